@@ -1,0 +1,55 @@
+"""meaningful-perturbation: perturbation-based explanations of image classifiers.
+
+Implements Meaningful Perturbation (Fong & Vedaldi, ICCV 2017; presets ``paper`` and
+``paper-loc``), the jacobgil/pytorch-explain-black-box re-implementation (``seed``) and
+Extremal Perturbation (Fong, Patrick & Vedaldi, ICCV 2019; ``extremal``), with baselines,
+metrics, a CLI (``mperturb``) and a batch runner.
+
+Conventions:
+    * ``x`` is an ``(N, C, H, W)`` float tensor already normalised for the model; the model
+      maps it to ``(N, classes)`` scores.
+    * ``target`` is an int, an ``(N,)`` integer tensor, or a list of class lists per image.
+    * A **mask** ``m`` lies in [0, 1] with **1 = keep the original pixel**, 0 = fully
+      perturbed. Result masks are ``(N, K, H, W)``: K masks per image (K areas for
+      extremal, K = 1 otherwise).
+    * **saliency** is ``(N, H, W)`` and always "higher = more important": ``1 - m`` for the
+      deletion game, ``m`` for preservation, the sum over the K areas for extremal.
+    * Everything follows ``x.device`` / ``x.dtype``; all randomness comes from ``seed``:
+      same seed, same inputs → bitwise-identical masks on CPU.
+    * The caller's model is left exactly as found (training flags, ``requires_grad``),
+      also when a call raises; parameters are frozen while optimising.
+
+Example:
+    >>> import torch, meaningful_perturbation as mp
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1),
+    ...     torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    >>> ex = mp.explain(model, torch.randn(1, 3, 32, 32), method="paper", steps=3)
+    >>> tuple(ex.saliency.shape)
+    (1, 32, 32)
+"""
+
+from __future__ import annotations
+
+from .api import explain
+from .errors import ConfigError, InputError, MeaningfulPerturbationError, ModelError
+from .explanation import Explanation
+from .methods.registry import get_method, methods
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "explain",
+    "Explanation",
+    "methods",
+    "method_config",
+    "MeaningfulPerturbationError",
+    "InputError",
+    "ConfigError",
+    "ModelError",
+    "__version__",
+]
+
+
+def method_config(name: str):
+    """The default (frozen dataclass) config of preset ``name``."""
+    return get_method(name).default_config()

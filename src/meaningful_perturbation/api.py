@@ -1,0 +1,108 @@
+"""The public entry point :func:`explain`."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from ._validate import check_images, resolve_target
+from .core.frozen import frozen
+from .core.loop import check_output
+from .core.objective import Targets
+from .errors import InputError, ModelError
+from .explanation import Explanation
+from .methods.common import Context
+from .methods.registry import get_method, resolve_config
+
+__all__ = ["explain"]
+
+
+def explain(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    target: Any = None,
+    method: str = "paper",
+    *,
+    seed: int = 0,
+    progress: bool = False,
+    callback: Callable[[int, int], None] | None = None,
+    **overrides: Any,
+) -> Explanation:
+    """Explain the model's prediction for a batch of images.
+
+    Args:
+        model: ``nn.Module`` or callable mapping ``(N, C, H, W)`` to ``(N, classes)`` scores
+            (logits). It is run in eval mode with frozen parameters and restored afterwards.
+        x: ``(N, C, H, W)`` float tensor, already normalised for the model, on any device.
+        target: ``None`` (top-1 class of the clean image; top-5 for ``paper-loc``), an int,
+            an ``(N,)`` integer tensor, or a list of ``N`` class lists (the scores of the
+            classes in a list are summed; images with different numbers of classes share
+            the batch).
+        method: a name from :func:`meaningful_perturbation.methods`.
+        seed: seed of every random draw (jitter, noise); same seed → identical masks.
+        progress: show a tqdm progress bar over the optimisation steps.
+        callback: ``callback(step, total)`` after every step.
+        **overrides: any field of the method's config (``steps``, ``lr``, ``game``, ...).
+
+    Returns:
+        :class:`Explanation` with ``saliency`` ``(N, H, W)`` and ``masks`` ``(N, K, H, W)``
+        on the CPU.
+
+    Example:
+        >>> import torch, meaningful_perturbation as mp
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1),
+        ...     torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        >>> ex = mp.explain(model, torch.randn(2, 3, 32, 32), target=1, steps=5)
+        >>> ex.saliency.shape, ex.masks.shape
+        (torch.Size([2, 32, 32]), torch.Size([2, 1, 32, 32]))
+    """
+    spec = get_method(method)
+    cfg = resolve_config(spec, overrides)
+    x = check_images(x).detach()
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(f"seed: expected an int, got {seed!r}")
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=getattr(cfg, "steps", None), desc=f"{method}", unit="step", leave=False)
+    user_cb = callback
+
+    def cb(step: int, total: int) -> None:
+        if bar is not None:
+            bar.update(1)
+        if user_cb is not None:
+            user_cb(step, total)
+
+    try:
+        with frozen(model):
+            with torch.no_grad():
+                try:
+                    logits = model(x)
+                except (ModelError, InputError):
+                    raise
+                except Exception as e:
+                    raise ModelError(
+                        f"model: calling it on x of shape {tuple(x.shape)} failed with {type(e).__name__}: {e}"
+                    ) from e
+            if hasattr(logits, "logits") and not isinstance(logits, torch.Tensor):
+                logits = logits.logits
+            logits = check_output(logits, x.shape[0], where="on the clean images").float()
+            rows = resolve_target(target, logits, getattr(cfg, "top_k", 1))
+            generator = torch.Generator(device="cpu")
+            generator.manual_seed(seed)
+            ctx = Context(
+                model=model,
+                x=x,
+                targets=Targets(rows, device=x.device),
+                clean_logits=logits,
+                seed=seed,
+                generator=generator,
+                method=method,
+                callback=cb if (bar is not None or user_cb is not None) else None,
+            )
+            return spec.run(ctx, cfg)
+    finally:
+        if bar is not None:
+            bar.close()

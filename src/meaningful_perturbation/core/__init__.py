@@ -1,0 +1,1 @@
+"""Differentiable building blocks: perturbations, mask parameterisations, objective terms, the loop."""

@@ -1,0 +1,247 @@
+"""The one optimisation loop shared by every mask-learning method.
+
+Per step ``t`` (the algorithm box common to Fong & Vedaldi 2017 and Fong et al. 2019):
+
+1. ``grid, m = mask(θ)``; for each game ``g`` the blended mask is ``m`` or ``1 - m``;
+2. ``x̃ = blend(levels, m_g)`` for all ``N`` images × ``K`` masks × ``G`` games at once,
+   then jitter (shift of the image relative to the mask, or a horizontal flip) and noise;
+3. ``s = f_c(model(x̃))``; per mask ``loss = Σ_g sign_g·s_g + Σ_terms w_term(t)·term(grid, m)``;
+4. one optimiser step on ``Σ loss`` (each mask's gradient is independent of the others),
+   then ``θ`` is projected back to [0, 1].
+
+The loop prints nothing; it reports through a callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from ..errors import ModelError
+from .objective import Targets, class_probability, class_score
+from .perturbation import blend, shift
+
+__all__ = ["Game", "Term", "Problem", "Result", "optimise", "forward_scores"]
+
+
+@dataclass(frozen=True)
+class Game:
+    """One way of turning a mask into an input and scoring it.
+
+    Attributes:
+        name: ``"delete"`` or ``"preserve"``.
+        invert: blend with ``1 - m`` instead of ``m`` (extremal deletion: ``m`` marks the
+            deleted region).
+        sign: ``+1`` to minimise the class score (deletion), ``-1`` to maximise it.
+    """
+
+    name: str
+    invert: bool
+    sign: float
+
+
+@dataclass(frozen=True)
+class Term:
+    """A named regulariser ``weight(t)·fn(grid, m)``; ``fn`` returns ``(N, K)``."""
+
+    name: str
+    weight: float | Callable[[int], float]
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def weight_at(self, t: int) -> float:
+        return self.weight(t) if callable(self.weight) else self.weight
+
+
+@dataclass
+class Problem:
+    """Everything the loop needs; assembled by a method preset."""
+
+    model: Callable
+    levels: torch.Tensor  # (N, L, C, H, W)
+    mask: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    theta: torch.Tensor  # (N, K, ...)
+    games: Sequence[Game]
+    targets: Targets
+    score: str
+    terms: Sequence[Term]
+    steps: int
+    make_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+    jitter: int | str = 0  # int: max shift in px; "flip": flip on odd steps; 0/"none": off
+    noise_std: float = 0.0
+    generator: torch.Generator | None = None
+    low: float = 0.0
+    high: float = 1.0
+    autocast: bool = False
+    channels_last: bool = False
+    early_stop: int | None = None
+    early_stop_tol: float = 1e-3
+    callback: Callable[[int, dict], None] | None = None
+
+
+@dataclass
+class Result:
+    theta: torch.Tensor
+    masks: torch.Tensor  # (N, K, H, W)
+    history: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (steps, N, K)
+    steps_run: torch.Tensor | None = None  # (N, K) long
+
+
+def _model_forward(problem: Problem, x: torch.Tensor) -> torch.Tensor:
+    if problem.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ctx = (
+        torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
+        if problem.autocast
+        else contextlib.nullcontext()
+    )
+    with ctx:
+        out = problem.model(x)
+    if hasattr(out, "logits") and not isinstance(out, torch.Tensor):  # HF ModelOutput
+        out = out.logits
+    return out
+
+
+def check_output(out, batch: int, *, where: str) -> torch.Tensor:
+    """Validate a model output: a finite ``(batch, classes)`` tensor."""
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"model output {where}: expected a tensor of shape (N, classes), got {type(out).__name__}")
+    if out.dim() != 2 or out.shape[0] != batch:
+        raise ModelError(
+            f"model output {where}: expected shape ({batch}, classes) for an input batch of {batch}, "
+            f"got {tuple(out.shape)}; wrap the model so it returns one row of class scores per image"
+        )
+    if not torch.isfinite(out).all():
+        raise ModelError(f"model output {where}: contains NaN or inf values")
+    return out
+
+
+def forward_scores(problem: Problem, x: torch.Tensor, targets: Targets) -> torch.Tensor:
+    """Class probabilities of ``x`` without gradients, ``(B,)``."""
+    with torch.no_grad():
+        out = check_output(_model_forward(problem, x), x.shape[0], where="during evaluation")
+        return class_probability(out, targets)
+
+
+def _compose(problem: Problem, full: torch.Tensor, t: int, jitter: tuple[int, int] | None) -> torch.Tensor:
+    """Perturbed inputs for step ``t``: ``(N·K·G, C, H, W)``."""
+    n, k = full.shape[:2]
+    g = len(problem.games)
+    parts = [1 - full if game.invert else full for game in problem.games]
+    bm = torch.stack(parts, dim=2).reshape(n, k * g, *full.shape[2:]) if g > 1 else parts[0]
+    if jitter is not None:
+        # Paper eq. (4): the image is shifted by τ relative to the mask, Φ(x0(· − τ), m):
+        # shift the mask by −τ, blend, shift the result by +τ.
+        bm = shift(bm, -jitter[0], -jitter[1])
+    xt = blend(problem.levels, bm)
+    xt = xt.reshape(-1, *xt.shape[2:])
+    if jitter is not None:
+        xt = shift(xt, jitter[0], jitter[1])
+    return xt
+
+
+def optimise(problem: Problem) -> Result:
+    """Run the optimisation described in the module docstring."""
+    theta = problem.theta.detach().clone().requires_grad_(True)
+    opt = problem.make_optimizer([theta])
+    n, k = theta.shape[:2]
+    games = list(problem.games)
+    g = len(games)
+    device = theta.device
+    targets = problem.targets.repeat(k * g)
+    steps = int(problem.steps)
+    hist_names = ["loss"] + [f"score_{gm.name}" for gm in games] + [term.name for term in problem.terms]
+    history = {name: torch.zeros((steps, n, k), dtype=torch.float32, device=device) for name in hist_names}
+    shift_jitter = isinstance(problem.jitter, int) and problem.jitter > 0
+    flip_jitter = problem.jitter == "flip"
+    h, w = problem.levels.shape[-2:]
+    c = problem.levels.shape[2]
+
+    stopper = _EarlyStop(problem.early_stop, problem.early_stop_tol, (n, k), device) if problem.early_stop else None
+    steps_run = steps
+    for t in range(steps):
+        tau = None
+        if shift_jitter:
+            tau = tuple(int(v) for v in torch.randint(0, problem.jitter, (2,), generator=problem.generator))
+        grid, full = problem.mask(theta)
+        xt = _compose(problem, full, t, tau)
+        if flip_jitter and t % 2 == 1:
+            xt = xt.flip(-1)
+        if problem.noise_std > 0:
+            noise = torch.randn((1, c, h, w), generator=problem.generator)
+            xt = xt + (noise * problem.noise_std).to(device=xt.device, dtype=xt.dtype)
+        out = _model_forward(problem, xt)
+        if t == 0:
+            check_output(out, xt.shape[0], where="on the perturbed batch")
+            if not out.requires_grad:
+                raise ModelError(
+                    "model has no gradient path to its input: its output does not require grad "
+                    "(does it detach, call .numpy(), or run under torch.no_grad()?); "
+                    "mask optimisation needs d(output)/d(input)"
+                )
+        s = class_score(out, targets, problem.score).view(n, k, g)
+        loss = torch.zeros((n, k), dtype=s.dtype, device=device)
+        for j, game in enumerate(games):
+            loss = loss + game.sign * s[..., j]
+            history[f"score_{game.name}"][t] = s[..., j].detach()
+        for term in problem.terms:
+            v = term.fn(grid, full)
+            loss = loss + term.weight_at(t) * v
+            history[term.name][t] = v.detach()
+        history["loss"][t] = loss.detach()
+
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        if t == 0 and (theta.grad is None or not torch.isfinite(theta.grad).all()):
+            raise ModelError("the gradient of the model output with respect to its input is missing or not finite")
+        if stopper is not None:
+            before = theta.detach().clone()
+        opt.step()
+        with torch.no_grad():
+            theta.clamp_(problem.low, problem.high)
+            if stopper is not None:
+                stopper.update(loss.detach(), t)
+                frozen = ~stopper.active
+                theta[frozen] = before[frozen]
+        if problem.callback is not None:
+            problem.callback(t, history)
+        if stopper is not None and (t + 1) % 10 == 0 and not bool(stopper.active.any()):
+            steps_run = t + 1
+            break
+
+    history = {name: v[:steps_run].detach() for name, v in history.items()}
+    with torch.no_grad():
+        _, full = problem.mask(theta)
+    run = stopper.stopped_at.clamp_max(steps_run) if stopper is not None else torch.full((n, k), steps_run, device=device)
+    return Result(theta=theta.detach(), masks=full[:, :, 0].detach(), history=history, steps_run=run)
+
+
+class _EarlyStop:
+    """Per-mask early stopping on an exponential moving average of the loss.
+
+    A mask stops (its parameters are frozen) once its smoothed loss has not improved by
+    more than ``tol`` (relative) for ``window`` consecutive steps. Each mask decides alone,
+    so results do not depend on batch composition.
+    """
+
+    def __init__(self, window: int, tol: float, shape, device) -> None:
+        self.window = int(window)
+        self.tol = float(tol)
+        self.ema = torch.full(shape, math.nan, device=device)
+        self.best = torch.full(shape, math.inf, device=device)
+        self.since = torch.zeros(shape, dtype=torch.long, device=device)
+        self.active = torch.ones(shape, dtype=torch.bool, device=device)
+        self.stopped_at = torch.full(shape, 2**62, dtype=torch.long, device=device)
+
+    def update(self, loss: torch.Tensor, t: int) -> None:
+        loss = loss.float()
+        self.ema = torch.where(torch.isnan(self.ema), loss, 0.9 * self.ema + 0.1 * loss)
+        improved = torch.isinf(self.best) | (self.ema < self.best - self.tol * self.best.abs())
+        self.best = torch.where(improved, self.ema, self.best)
+        self.since = torch.where(improved, torch.zeros_like(self.since), self.since + 1)
+        stop = self.active & (self.since >= self.window)
+        self.stopped_at = torch.where(stop, torch.full_like(self.stopped_at, t + 1), self.stopped_at)
+        self.active = self.active & ~stop

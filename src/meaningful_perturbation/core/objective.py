@@ -1,0 +1,104 @@
+"""Objective pieces: class scores on the model output and mask regularisers.
+
+Every function returns one value per optimised mask (no reduction over the batch), so the
+loop can sum them and each mask's gradient is independent of its batch neighbours.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["Targets", "class_score", "class_probability", "l1_term", "tv_term", "SCORES"]
+
+SCORES = ("prob", "logit", "contrastive")
+
+
+class Targets:
+    """Per-image target class sets, stored as a padded index tensor.
+
+    Attributes:
+        index: ``(N, T)`` long, padded with the first class of the row.
+        valid: ``(N, T)`` bool, False on padding.
+        lists: the class lists, one per image.
+    """
+
+    def __init__(self, lists: list[list[int]], device) -> None:
+        self.lists = [list(map(int, row)) for row in lists]
+        t = max(len(row) for row in self.lists)
+        idx = [row + [row[0]] * (t - len(row)) for row in self.lists]
+        val = [[True] * len(row) + [False] * (t - len(row)) for row in self.lists]
+        self.index = torch.tensor(idx, dtype=torch.long, device=device)
+        self.valid = torch.tensor(val, dtype=torch.bool, device=device)
+
+    def __len__(self) -> int:
+        return len(self.lists)
+
+    def repeat(self, per_image: int) -> "Targets":
+        """Targets for a batch where every image is repeated ``per_image`` times in a row."""
+        out = Targets.__new__(Targets)
+        out.lists = [row for row in self.lists for _ in range(per_image)]
+        out.index = self.index.repeat_interleave(per_image, dim=0)
+        out.valid = self.valid.repeat_interleave(per_image, dim=0)
+        return out
+
+    @property
+    def is_single(self) -> bool:
+        return all(len(row) == 1 for row in self.lists)
+
+
+def class_probability(logits: torch.Tensor, targets: Targets) -> torch.Tensor:
+    """Softmax probability of each row's target set (sum over its classes), ``(B,)``."""
+    p = torch.softmax(logits.float(), dim=1).gather(1, targets.index)
+    return (p * targets.valid).sum(dim=1)
+
+
+def class_score(logits: torch.Tensor, targets: Targets, kind: str) -> torch.Tensor:
+    """The score ``f_c`` the games maximise or minimise, one per row, ``(B,)``.
+
+    Args:
+        logits: ``(B, classes)`` model output.
+        targets: ``B`` target sets.
+        kind: ``"prob"``: softmax probability summed over the set (2017 authors' code uses
+            the ``prob`` layer); ``"logit"``: summed raw logits (2019 "simple" score);
+            ``"contrastive"``: mean target logit minus the largest non-target logit (2019
+            "contrastive" score).
+    """
+    if kind == "prob":
+        return class_probability(logits, targets)
+    z = logits.float()
+    zt = z.gather(1, targets.index) * targets.valid
+    if kind == "logit":
+        return zt.sum(dim=1)
+    # contrastive
+    other = z.scatter(1, targets.index, float("-inf")).amax(dim=1)
+    return zt.sum(dim=1) / targets.valid.sum(dim=1) - other
+
+
+def l1_term(grid: torch.Tensor, toward: float) -> torch.Tensor:
+    """Mean of ``|toward - m|`` over the mask cells, ``(N, K)``.
+
+    ``toward = 1`` gives the deletion game's ``‖1 - m‖₁`` (penalises deleted area),
+    ``toward = 0`` the preservation game's ``‖m‖₁`` (penalises kept area).
+    """
+    return (toward - grid).abs().mean(dim=(-3, -2, -1))
+
+
+def tv_term(grid: torch.Tensor, beta: float, *, isotropic: bool = True, reduction: str = "mean") -> torch.Tensor:
+    """Total variation of the mask grid, ``(N, K)``.
+
+    isotropic: ``Σ_u ((m(u+e_y) - m(u))² + (m(u+e_x) - m(u))²)^(β/2)`` over the cells
+    where both forward differences exist (2017 authors' code ``tv()``).
+    anisotropic: ``mean|Δ_y m|^β + mean|Δ_x m|^β`` (the seed re-implementation's ``tv_norm``).
+
+    ``reduction="mean"`` divides the isotropic sum by the number of terms; the caller
+    rescales it to the reference grid (see ``methods.paper``). A constant mask gives 0.
+    """
+    dy = grid[..., 1:, :] - grid[..., :-1, :]
+    dx = grid[..., :, 1:] - grid[..., :, :-1]
+    if isotropic:
+        g = dy[..., :, :-1] ** 2 + dx[..., :-1, :] ** 2
+        # (g + 0)^(β/2) has an infinite derivative at 0 for β < 2; clamp keeps it finite.
+        v = g.clamp_min(1e-12) ** (beta / 2) if beta < 2 else g ** (beta / 2)
+        red = v.mean(dim=(-3, -2, -1)) if reduction == "mean" else v.sum(dim=(-3, -2, -1))
+        return red
+    return dy.abs().pow(beta).mean(dim=(-3, -2, -1)) + dx.abs().pow(beta).mean(dim=(-3, -2, -1))

@@ -1,0 +1,215 @@
+"""``paper`` and ``paper-loc``: Meaningful Perturbation (Fong & Vedaldi, ICCV 2017).
+
+Deletion game (default), per image and mask::
+
+    min_m  λ1·‖1 - m‖₁ + λ2·Σ_u ‖∇m(u)‖^β + E_τ[ f_c(Φ(x0(· - τ); m)) ]     (paper eq. 3-4)
+
+Preservation game: ``λ1·‖m‖₁ + λ2·TV − f_c(Φ(x0; m))``. ``m`` lives on a grid of 1/8 of the
+image side, is upsampled bilinearly and blurred (σm), ``Φ`` is the blur whose width
+``σ0·(1 - m(u))`` follows the mask (quantised to ``levels`` levels and interpolated), and
+``f_c`` is the softmax probability.
+
+Resolution independence. The authors' coefficients are for *sums* over the 28×28 grid of
+a 224×224 image. Here each term is computed as a mean over the grid and converted back:
+
+* L1: ``λ1 · n_ref · mean|1 - m|`` with ``n_ref = h·w·(224/short side)²`` — identical to
+  the sum at 224×224, and the same function of the continuous mask at any size;
+* TV: ``λ2 · r^(β-2) · Σ_u ‖∇m(u)‖^β`` with ``r = grid short side / 28``: a smooth mask
+  sampled ``r`` times more finely has ``r²`` more cells with gradients ``r`` times smaller,
+  so the factor makes the sum a function of the continuous mask (equal to the authors' sum
+  at 224×224);
+* pixel lengths (σ0, σm, jitter) scale with the short side / 224.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..core.loop import Game, Problem, Term
+from ..core.mask import UpsampledMask
+from ..core.objective import SCORES, l1_term, tv_term
+from .common import Context, check_choice, check_range, make_levels, pixels, run_problem
+from .registry import register
+
+__all__ = ["PaperConfig"]
+
+GAMES = ("delete", "preserve")
+PERTURBATIONS = ("blur", "constant", "noise", "fade")
+
+
+@dataclass(frozen=True)
+class PaperConfig:
+    """Knobs of the 2017 method. Pixel values are given at ``reference_size``."""
+
+    steps: int = 300  # authors' code: 300 iterations
+    lr: float = 0.1  # authors' code: Adam, learning rate 0.1
+    game: str = "delete"  # paper §4 "deletion game"; "preserve" = §4 preservation game
+    perturbation: str = "blur"  # paper §4.1; authors' code null_type=blur
+    blur_sigma: float = 10.0  # σ0 = 10 px at 224 (paper §4.1; authors' code blur radius 10)
+    levels: int = 8  # DESIGN §2: 8 levels approximate σ(u) = σ0·(1 - m(u)) (paper §4.1)
+    perturbation_noise: float = 1.0  # "noise" perturbation std in normalised units (paper §4.1 leaves it open)
+    score: str = "prob"  # authors' code optimises the softmax ("prob") output
+    l1: float = 1e-4  # λ1 on ‖1 - m‖₁ summed over the 28×28 mask (authors' code default)
+    tv: float = 1e-2  # λ2 (authors' code default)
+    tv_beta: float = 3.0  # β of the isotropic TV (authors' code tv())
+    mask_scale: int = 8  # mask side = image side / 8 → 28×28 at 224 (authors' code mask_scale=8)
+    mask_blur: float = 5.0  # σm = 5 px blur of the upsampled mask (authors' code blur_mask=5)
+    jitter: int = 4  # random shift τ ∈ [0, 4) px per step (paper eq. 4; authors' code jitter=4)
+    noise_std: float = 0.0  # additive input noise per step: none in the paper
+    init: str = "circle"  # authors' code --mask_init circle: see circle_threshold
+    circle_threshold: float = 0.01  # smallest centred circle whose deletion leaves < 1% of the clean score (DESIGN §3)
+    top_k: int = 1  # classes explained when target is None: top-1 (paper §5)
+    reference_size: int = 224  # pixel defaults above are for 224×224 inputs (paper §5, ImageNet)
+    early_stop: int | None = None  # off by default; a window in steps (see docs/benchmarks.md)
+    autocast: bool = False  # bfloat16 autocast of the model forward
+    channels_last: bool = False  # channels_last memory format for the model input
+
+    def validate(self) -> None:
+        check_range("steps", self.steps, 1, integer=True)
+        check_range("lr", self.lr, 0, low_open=True)
+        check_choice("game", self.game, GAMES)
+        check_choice("perturbation", self.perturbation, PERTURBATIONS)
+        check_range("blur_sigma", self.blur_sigma, 0, low_open=True)
+        check_range("levels", self.levels, 2, integer=True)
+        check_range("perturbation_noise", self.perturbation_noise, 0)
+        check_choice("score", self.score, SCORES)
+        check_range("l1", self.l1, 0)
+        check_range("tv", self.tv, 0)
+        check_range("tv_beta", self.tv_beta, 1)
+        check_range("mask_scale", self.mask_scale, 1, integer=True)
+        check_range("mask_blur", self.mask_blur, 0)
+        check_range("jitter", self.jitter, 0, integer=True)
+        check_range("noise_std", self.noise_std, 0)
+        check_choice("init", self.init, ("circle", "ones", "zeros", "half"))
+        check_range("circle_threshold", self.circle_threshold, 0, 1, low_open=True)
+        check_range("top_k", self.top_k, 1, integer=True)
+        check_range("reference_size", self.reference_size, 1, integer=True)
+        if self.early_stop is not None:
+            check_range("early_stop", self.early_stop, 1, integer=True)
+
+
+def _circle_init(ctx: Context, cfg: PaperConfig, mask: UpsampledMask, levels: torch.Tensor, problem_fw) -> torch.Tensor:
+    """Grid values of the smallest centred disc meeting the score criterion.
+
+    Deletion: the smallest disc (0 inside) whose deletion leaves < ``circle_threshold`` of
+    the clean probability. Preservation (mirrored rule): the smallest disc (1 inside) whose
+    preservation keeps ≥ ``1 - circle_threshold`` of it. If no radius qualifies, the
+    largest (covering the image) is used. Radii: 0.05 to 0.75 of the short side.
+    """
+    n = ctx.x.shape[0]
+    H, W = ctx.size
+    radii = torch.arange(1, 16, dtype=torch.float32) * 0.05 * min(H, W)  # (R,)
+    ys, xs = mask.grid_coordinates(dtype=torch.float32, device=ctx.x.device)
+    dist = torch.sqrt((ys - (H - 1) / 2) ** 2 + (xs - (W - 1) / 2) ** 2)  # (h, w)
+    inside = (dist.unsqueeze(0) < radii.to(dist.device).view(-1, 1, 1)).to(ctx.x.dtype)  # (R, h, w)
+    delete = cfg.game == "delete"
+    grids = 1 - inside if delete else inside
+    R = grids.shape[0]
+    theta = grids.view(1, R, 1, *grids.shape[1:]).expand(n, R, 1, *grids.shape[1:])
+    _, full = mask(theta)
+    from ..core.perturbation import blend
+
+    clean = problem_fw.clean
+    probs = []
+    for i in range(n):  # one image's R discs per forward: bounded memory, batch-invariant
+        xt = blend(levels[i : i + 1], full[i : i + 1]).reshape(R, *ctx.x.shape[1:])
+        probs.append(problem_fw(xt, i))
+    p = torch.stack(probs)  # (N, R)
+    ok = p < cfg.circle_threshold * clean.view(-1, 1) if delete else p >= (1 - cfg.circle_threshold) * clean.view(-1, 1)
+    first = torch.where(ok.any(dim=1), ok.float().argmax(dim=1), torch.full((n,), R - 1, device=p.device))
+    return grids[first].unsqueeze(1).unsqueeze(1)  # (N, 1, 1, h, w)
+
+
+class _ScoreFn:
+    """Probability of image ``i``'s target on a batch of its perturbations (no grad)."""
+
+    def __init__(self, ctx: Context, problem: Problem) -> None:
+        from ..core.objective import class_probability
+
+        self.ctx, self.problem = ctx, problem
+        self.clean = class_probability(ctx.clean_logits, ctx.targets)
+
+    def __call__(self, xt: torch.Tensor, i: int) -> torch.Tensor:
+        from ..core.loop import forward_scores
+        from ..core.objective import Targets
+
+        t = Targets([self.ctx.targets.lists[i]] * xt.shape[0], device=xt.device)
+        return forward_scores(self.problem, xt, t)
+
+
+def build_problem(ctx: Context, cfg: PaperConfig) -> Problem:
+    """Assemble the 2017 objective for ``ctx`` (exposed for benchmarks and tests)."""
+    H, W = ctx.size
+    scale = ctx.scale(cfg.reference_size)
+    x = ctx.x
+    n = x.shape[0]
+    levels = make_levels(
+        x,
+        cfg.perturbation,
+        sigma=pixels(cfg.blur_sigma, scale),
+        num_levels=cfg.levels,
+        noise=cfg.perturbation_noise,
+        generator=ctx.generator,
+    )
+    grid = (max(math.ceil(H / cfg.mask_scale), 2), max(math.ceil(W / cfg.mask_scale), 2))
+    mask = UpsampledMask(grid, (H, W), blur_sigma=pixels(cfg.mask_blur, scale))
+    delete = cfg.game == "delete"
+    ref_side = cfg.reference_size / cfg.mask_scale  # 28 cells at 224
+    r = min(grid) / ref_side
+    n_ref = grid[0] * grid[1] / r**2
+    tv_factor = r ** (cfg.tv_beta - 2)
+    beta = cfg.tv_beta
+    terms = [
+        Term("l1", cfg.l1 * n_ref, lambda g, m: l1_term(g, 1.0 if delete else 0.0)),
+        Term("tv", cfg.tv * tv_factor, lambda g, m: tv_term(g, beta, isotropic=True, reduction="sum")),
+    ]
+    games = [Game("delete", False, 1.0)] if delete else [Game("preserve", False, -1.0)]
+    jit = math.ceil(pixels(cfg.jitter, scale) - 1e-6) if cfg.jitter > 0 else 0
+    problem = Problem(
+        model=ctx.model,
+        levels=levels,
+        mask=mask,
+        theta=mask.init(n, 1, 1.0, dtype=x.dtype, device=x.device),
+        games=games,
+        targets=ctx.targets,
+        score=cfg.score,
+        terms=terms,
+        steps=cfg.steps,
+        make_optimizer=lambda params: torch.optim.Adam(params, lr=cfg.lr),
+        jitter=jit if jit > 1 else 0,
+        noise_std=cfg.noise_std,
+        generator=ctx.generator,
+        autocast=cfg.autocast,
+        channels_last=cfg.channels_last,
+        early_stop=cfg.early_stop,
+    )
+    if cfg.init == "circle":
+        problem.theta = _circle_init(ctx, cfg, mask, levels, _ScoreFn(ctx, problem))
+    else:
+        problem.theta = mask.init(n, 1, {"ones": 1.0, "zeros": 0.0, "half": 0.5}[cfg.init], dtype=x.dtype, device=x.device)
+    return problem
+
+
+def _run(ctx: Context, cfg: PaperConfig):
+    problem = build_problem(ctx, cfg)
+    delete = cfg.game == "delete"
+    return run_problem(
+        ctx,
+        problem,
+        cfg,
+        saliency=(lambda m: 1 - m[:, 0]) if delete else (lambda m: m[:, 0]),
+    )
+
+
+register("paper", PaperConfig, "Meaningful Perturbation (Fong & Vedaldi 2017): deletion game, blur, L1+TV, 300 Adam steps")(_run)
+register(
+    "paper-loc",
+    PaperConfig,
+    "2017 localisation setting: λ1=1e-3, β=2, top-5 classes summed (authors' --loc_params, Table 1)",
+    l1=1e-3,  # authors' code --loc_params
+    tv_beta=2.0,  # authors' code --loc_params
+    top_k=5,  # top-5 classes summed (paper Table 1 protocol)
+)(_run)

@@ -1,0 +1,98 @@
+"""Method registry: one place feeding ``explain``, ``methods()``, the CLI and the docs."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import ConfigError
+
+__all__ = ["MethodSpec", "register", "get_method", "methods", "resolve_config", "config_as_dict"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method.
+
+    Attributes:
+        name: preset name used by ``explain(..., method=name)``.
+        config_cls: frozen dataclass of the method's knobs (defaults cite their sources).
+        run: ``run(ctx, config) -> Explanation`` where ``ctx`` is a :class:`~.context.Context`.
+        summary: one line for listings.
+        defaults: keyword overrides applied on top of ``config_cls()`` (presets that share
+            a config class, e.g. ``paper-loc``).
+    """
+
+    name: str
+    config_cls: type
+    run: Callable[..., Any]
+    summary: str
+    defaults: tuple[tuple[str, Any], ...] = ()
+
+    def default_config(self):
+        return dataclasses.replace(self.config_cls(), **dict(self.defaults))
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(name: str, config_cls: type, summary: str, **defaults: Any) -> Callable:
+    """Decorator registering ``run`` under ``name``."""
+
+    def deco(run: Callable) -> Callable:
+        _REGISTRY[name] = MethodSpec(name, config_cls, run, summary, tuple(defaults.items()))
+        return run
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    # Importing the preset modules registers them.
+    from . import paper, seed  # noqa: F401
+
+    for optional in ("extremal", "baselines"):
+        try:
+            __import__(f"{__package__}.{optional}")
+        except ModuleNotFoundError as e:  # pragma: no cover - only while a module is absent
+            if e.name != f"{__package__}.{optional}":
+                raise
+
+
+def methods() -> list[str]:
+    """Names of the registered presets, in registration order."""
+    _ensure_loaded()
+    return list(_REGISTRY)
+
+
+def get_method(name: str) -> MethodSpec:
+    """The :class:`MethodSpec` called ``name``; unknown names list the valid ones."""
+    _ensure_loaded()
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ConfigError(f"method: unknown method {name!r}; valid methods: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def resolve_config(spec: MethodSpec, overrides: dict[str, Any]):
+    """The preset's config with ``overrides`` applied and validated."""
+    base = spec.default_config()
+    valid = [f.name for f in dataclasses.fields(base)]
+    unknown = [k for k in overrides if k not in valid]
+    if unknown:
+        raise ConfigError(
+            f"{', '.join(map(repr, unknown))}: not a setting of method {spec.name!r}; valid settings: {', '.join(valid)}"
+        )
+    cfg = dataclasses.replace(base, **overrides)
+    check = getattr(cfg, "validate", None)
+    if check is not None:
+        check()
+    return cfg
+
+
+def config_as_dict(cfg) -> dict[str, Any]:
+    """JSON-able view of a config dataclass."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out

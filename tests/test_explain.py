@@ -1,0 +1,228 @@
+"""`explain` end to end: oracle quality, determinism, batching, model state, seed equivalence."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import meaningful_perturbation as mp
+from oracles import TextureOracle, region_masks, textured_image
+
+HALVES = [(0.0, 0.0, 1.0, 0.5), (0.0, 0.5, 1.0, 1.0)]
+QUADRANTS = [(0.0, 0.0, 0.5, 0.5), (0.0, 0.5, 0.5, 1.0), (0.5, 0.0, 1.0, 0.5), (0.5, 0.5, 1.0, 1.0)]
+
+
+def _batch(size, boxes):
+    return torch.cat([textured_image(size, k, seed=k, boxes=boxes) for k in range(len(boxes))])
+
+
+@pytest.mark.parametrize("method", ["paper", "seed"])
+def test_saliency_mass_in_evidence_region(method):
+    size = 64
+    model = TextureOracle(size, HALVES)
+    x = _batch(size, HALVES)
+    ex = mp.explain(model, x, method=method)
+    assert ex.target == [[0], [1]]  # top-1 of the clean image is the textured region's class
+    region = region_masks(size, HALVES)
+    mass = (ex.saliency * region).sum(dim=(1, 2)) / ex.saliency.sum(dim=(1, 2))
+    assert torch.all(mass >= 0.8), mass
+
+
+@pytest.mark.parametrize("method,max_area", [("paper", 0.2), ("seed", 0.4)])
+def test_learned_deletion_suppresses_class_with_small_area(method, max_area):
+    size = 64
+    model = TextureOracle(size, QUADRANTS)
+    x = _batch(size, QUADRANTS)
+    ex = mp.explain(model, x, method=method)
+    ratio = ex.scores["masked"][:, 0] / ex.scores["clean"]
+    assert torch.all(ratio < 0.1), ratio
+    deleted = (1 - ex.masks).mean(dim=(1, 2, 3))
+    assert torch.all(deleted < max_area), deleted  # each evidence quadrant is 0.25 of the image
+    assert torch.all(ex.scores["perturbed"] < ex.scores["clean"])
+
+
+def test_result_structure_and_history():
+    model = TextureOracle(32, QUADRANTS)
+    x = _batch(32, QUADRANTS)[:2]
+    ex = mp.explain(model, x, target=torch.tensor([0, 1]), steps=7)
+    assert ex.saliency.shape == (2, 32, 32) and ex.masks.shape == (2, 1, 32, 32)
+    assert torch.allclose(ex.saliency, 1 - ex.masks[:, 0])
+    assert ex.masks.min() >= 0 and ex.masks.max() <= 1
+    assert set(ex.history) == {"loss", "score_delete", "l1", "tv"}
+    assert all(v.shape == (7, 2, 1) for v in ex.history.values())
+    assert ex.method == "paper" and ex.config["steps"] == 7 and ex.config["l1"] == 1e-4
+    # The loss is the weighted sum of the recorded terms and score.
+    assert torch.all(ex.history["score_delete"] >= 0) and torch.all(ex.history["score_delete"] <= 1)
+
+
+def test_preserve_game_saliency_is_mask():
+    model = TextureOracle(32, HALVES)
+    x = _batch(32, HALVES)
+    ex = mp.explain(model, x, game="preserve", steps=60)
+    assert torch.allclose(ex.saliency, ex.masks[:, 0])
+    region = region_masks(32, HALVES)
+    mass = (ex.saliency * region).sum(dim=(1, 2)) / ex.saliency.sum(dim=(1, 2))
+    assert torch.all(mass > 0.6), mass
+    assert "score_preserve" in ex.history
+
+
+def test_paper_loc_sums_top5_classes():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    x = torch.randn(2, 3, 24, 24)
+    ex = mp.explain(model, x, method="paper-loc", steps=3)
+    assert all(len(t) == 5 for t in ex.target)
+    top5 = model(x).topk(5, dim=1).indices.tolist()
+    assert ex.target == top5
+    p = torch.softmax(model(x), 1)
+    assert torch.allclose(ex.scores["clean"], torch.stack([p[i, top5[i]].sum() for i in range(2)]), atol=1e-5)
+    assert ex.config["l1"] == 1e-3 and ex.config["tv_beta"] == 2.0
+
+
+def test_ragged_target_lists():
+    model = TextureOracle(24, QUADRANTS)
+    x = _batch(24, QUADRANTS)[:2]
+    ex = mp.explain(model, x, target=[[0, 4], [1]], steps=3)
+    p = torch.softmax(model(x), 1)
+    assert torch.allclose(ex.scores["clean"], torch.stack([p[0, 0] + p[0, 4], p[1, 1]]), atol=1e-5)
+    assert ex.target == [[0, 4], [1]]
+
+
+@pytest.mark.parametrize("method", ["paper", "seed"])
+def test_same_seed_identical_masks_and_different_seed_differs(method):
+    model = TextureOracle(64, QUADRANTS)  # at 64 px the paper's jitter is τ ∈ {0, 1}
+    x = _batch(64, QUADRANTS)[:2]
+    a = mp.explain(model, x, method=method, steps=25, seed=3)
+    b = mp.explain(model, x, method=method, steps=25, seed=3)
+    c = mp.explain(model, x, method=method, steps=25, seed=4)
+    assert torch.equal(a.masks, b.masks)
+    assert not torch.equal(a.masks, c.masks)
+
+
+@pytest.mark.parametrize("method", ["paper", "seed"])
+def test_batch_of_8_equals_one_by_one(method):
+    size = 32
+    model = TextureOracle(size, QUADRANTS).double()
+    x = torch.cat([_batch(size, QUADRANTS), _batch(size, QUADRANTS).flip(-1)]).double()
+    assert x.shape[0] == 8
+    together = mp.explain(model, x, method=method, steps=40)
+    for i in range(8):
+        alone = mp.explain(model, x[i : i + 1], method=method, steps=40)
+        assert torch.allclose(alone.masks, together.masks[i : i + 1], atol=1e-6)
+        assert alone.target[0] == together.target[i]
+
+
+class _Flaky(nn.Module):
+    def __init__(self, fail_at: int):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.fc = nn.Linear(3, 4)
+        self.calls = 0
+        self.fail_at = fail_at
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("boom")
+        return self.fc(self.bn(self.conv(x)).mean(dim=(2, 3)))
+
+
+def _state(model):
+    return [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]
+
+
+def test_model_state_restored():
+    model = _Flaky(fail_at=-1)
+    model.train()
+    model.bn.eval()  # mixed flags must come back exactly
+    model.fc.weight.requires_grad_(False)
+    before = _state(model)
+    params = [p.detach().clone() for p in model.parameters()]
+    mp.explain(model, torch.randn(2, 3, 16, 16), steps=3)
+    assert _state(model) == before
+    assert all(torch.equal(p, q) for p, q in zip(params, model.parameters()))
+
+
+def test_model_state_restored_on_exception():
+    model = _Flaky(fail_at=3)
+    model.train()
+    model.conv.bias.requires_grad_(False)
+    before = _state(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        mp.explain(model, torch.randn(1, 3, 16, 16), steps=5, init="ones")
+    assert _state(model) == before
+
+
+def test_parameters_get_no_gradients():
+    model = _Flaky(fail_at=-1)
+    mp.explain(model, torch.randn(1, 3, 16, 16), steps=3)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def _seed_transcription(model, x, category, steps):
+    """The seed script's loop, written out plainly (noise off), at the size of ``x``."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    img_u8 = ((x * std + mean) * 255).round().clamp(0, 255).numpy()
+    med = ndimage.median_filter(img_u8, size=(1, 1, 11, 11), mode="nearest") / 255.0
+    blurred = (torch.from_numpy(med).float() - mean) / std
+    mask = torch.ones(1, 1, 28, 28, requires_grad=True)
+    upsample = nn.UpsamplingBilinear2d(size=x.shape[-2:])
+    optimizer = torch.optim.Adam([mask], lr=0.1)
+
+    def tv_norm(inp, beta):
+        img = inp[0, 0]
+        row = torch.mean(torch.abs(img[:-1, :] - img[1:, :]).pow(beta))
+        col = torch.mean(torch.abs(img[:, :-1] - img[:, 1:]).pow(beta))
+        return row + col
+
+    for _ in range(steps):
+        up = upsample(mask).expand(1, 3, *x.shape[-2:])
+        perturbed = x.mul(up) + blurred.mul(1 - up)
+        outputs = F.softmax(model(perturbed), dim=1)
+        loss = 0.01 * torch.mean(torch.abs(1 - mask)) + 0.2 * tv_norm(mask, 3) + outputs[0, category]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        mask.data.clamp_(0, 1)
+    return upsample(mask).detach()
+
+
+def test_seed_matches_plain_transcription():
+    size = 56
+    model = TextureOracle(size, QUADRANTS)
+    x = textured_image(size, 2, seed=5, boxes=QUADRANTS)
+    x = x.clamp(-2.0, 2.2)  # representable as an 8-bit image after de-normalisation
+    for p in model.parameters():
+        p.requires_grad_(False)
+    ref = _seed_transcription(model, x, 2, steps=60)
+    ex = mp.explain(model, x, target=2, method="seed", noise_std=0.0, steps=60)
+    assert ex.masks.shape == (1, 1, size, size)
+    assert (ex.masks[:, :1] - ref).abs().max() < 1e-4
+    assert (1 - ref).abs().max() > 0.1  # the run actually moved the mask
+
+
+def test_save_load_roundtrip(tmp_path):
+    model = TextureOracle(24, QUADRANTS)
+    x = _batch(24, QUADRANTS)[:2]
+    ex = mp.explain(model, x, steps=4)
+    path = ex.save(tmp_path / "ex")
+    assert path.suffix == ".npz" and path.exists()
+    back = mp.Explanation.load(path)
+    assert torch.equal(back.masks, ex.masks) and torch.equal(back.saliency, ex.saliency)
+    assert back.target == ex.target and back.config == ex.config and back.method == "paper"
+    assert set(back.history) == set(ex.history) and set(back.scores) == set(ex.scores)
+    with np.load(path, allow_pickle=False) as z:  # readable without pickle
+        assert "saliency" in z.files
+    one = ex[1]
+    assert one.saliency.shape == (1, 24, 24) and one.target == [ex.target[1]]
+
+
+def test_methods_listing_and_configs():
+    assert {"paper", "paper-loc", "seed"} <= set(mp.methods())
+    cfg = mp.method_config("seed")
+    assert cfg.steps == 500 and cfg.noise_std == 0.2 and cfg.mask_size == 28
+    with pytest.raises(Exception):
+        cfg.steps = 3  # frozen
