@@ -1,0 +1,158 @@
+"""What a model loader returns, and the request every loader receives."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from meaningful_perturbation.errors import ConfigError, InputError
+from meaningful_perturbation.io.images import Preprocessing
+
+__all__ = [
+    "PREPROCESSING_EXTRA_FILE",
+    "LoadRequest",
+    "LoadedModel",
+    "downloads_allowed",
+    "existing_file",
+    "finish",
+    "one_line",
+    "preprocessing_from_mapping",
+    "read_preprocessing_json",
+]
+
+#: Name of the optional JSON file inside TorchScript / ``torch.export`` archives that holds
+#: the model's :class:`~meaningful_perturbation.io.Preprocessing` fields, e.g.
+#: ``torch.jit.save(m, path, _extra_files={PREPROCESSING_EXTRA_FILE: json.dumps(prep.to_dict())})``.
+PREPROCESSING_EXTRA_FILE = "preprocessing.json"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A classifier ready for :func:`meaningful_perturbation.explain`, with its preprocessing.
+
+    Attributes:
+        model: maps a normalised ``(N, 3, H, W)`` float batch to ``(N, classes)`` logits; an
+            ``nn.Module`` in eval mode on the requested device.
+        preprocessing: the model's own preprocessing (resize, crop, mean/std, class names);
+            combine it with user overrides through
+            :func:`~meaningful_perturbation.io.resolve_preprocessing`.
+        spec: the spec string the model was loaded from.
+    """
+
+    model: Callable[[torch.Tensor], torch.Tensor]
+    preprocessing: Preprocessing
+    spec: str
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """Name of each output index (``preprocessing.class_names``), or ``None``."""
+        return self.preprocessing.class_names
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """Everything a source loader needs besides its own argument.
+
+    Attributes:
+        spec: the full spec string, for messages.
+        weights: state-dict file to load into the model, or ``None``.
+        unsafe_pickle: allow pickled (non-weights-only) checkpoint files.
+        device: where the model must end up.
+    """
+
+    spec: str
+    weights: Path | None
+    unsafe_pickle: bool
+    device: torch.device
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, shortened to ``limit`` characters."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text or type(exc).__name__
+
+
+def downloads_allowed() -> bool:
+    """Whether the user explicitly allowed network downloads (``HF_HUB_OFFLINE=0``).
+
+    Offline is the default for every source; setting ``HF_HUB_OFFLINE`` to ``0``, ``false``,
+    ``no`` or ``off`` before loading lets the hub libraries download missing weights.
+    """
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("0", "false", "no", "off")
+
+
+def existing_file(text: str, *, what: str, spec: str) -> Path:
+    """Return ``Path(text)`` if it is an existing regular file, else raise :class:`InputError`."""
+    if not text:
+        raise ConfigError(f"model spec {spec!r}: expected a {what} path after the prefix")
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise InputError(f"{text}: no such file (model spec {spec!r} expects a {what})")
+    if path.is_dir():
+        raise InputError(f"{text}: is a folder, not a {what} (model spec {spec!r})")
+    return path
+
+
+def preprocessing_from_mapping(
+    values: Mapping[str, Any] | Preprocessing | None, *, source: str, lenient: bool = False
+) -> Preprocessing:
+    """Build a :class:`Preprocessing` from a model's own description of it.
+
+    Args:
+        values: ``None`` (ImageNet defaults), a :class:`Preprocessing`, or a mapping of its
+            fields (JSON text decoded by the caller). Unset fields take ImageNet defaults.
+        source: where the values came from, for messages.
+        lenient: ignore unknown keys instead of raising (for bundled metadata that may carry
+            extra information).
+
+    Raises:
+        ConfigError: unknown keys (unless ``lenient``) or invalid values.
+    """
+    if values is None:
+        return Preprocessing()
+    if isinstance(values, Preprocessing):
+        return values
+    if not isinstance(values, Mapping):
+        raise ConfigError(
+            f"{source}: expected preprocessing as a dict or Preprocessing, got {type(values).__name__}"
+        )
+    fields = set(Preprocessing.__dataclass_fields__)
+    data = {k: v for k, v in values.items() if k in fields or not lenient}
+    try:
+        return Preprocessing.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+
+
+def read_preprocessing_json(raw: str | bytes | None, *, source: str) -> Preprocessing:
+    """Decode the :data:`PREPROCESSING_EXTRA_FILE` payload of an archive (empty = defaults)."""
+    if not raw:
+        return Preprocessing()
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    try:
+        values = json.loads(text)
+    except ValueError as exc:
+        raise InputError(f"{source}: {PREPROCESSING_EXTRA_FILE} is not valid JSON ({exc})") from exc
+    return preprocessing_from_mapping(values, source=f"{source}: {PREPROCESSING_EXTRA_FILE}")
+
+
+def finish(model: Any, request: LoadRequest, *, what: str) -> nn.Module | Callable:
+    """Move a module to the requested device and put it in eval mode; check it is callable."""
+    if isinstance(model, nn.Module):
+        model = model.to(request.device)
+        model.eval()
+        return model
+    if callable(model):
+        return model
+    raise ConfigError(
+        f"model spec {request.spec!r}: {what} returned {type(model).__name__}, expected a "
+        "torch.nn.Module (or a callable mapping (N, C, H, W) images to (N, classes) logits)"
+    )

@@ -1,0 +1,568 @@
+"""Model specs (meaningful_perturbation.models): every source that can run here.
+
+torchvision and timm cannot be imported on the development machines (CUDA-only builds for
+this torch); their real tests skip with a reason, and stand-in modules that mimic the parts of
+their API we call exercise our own code paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from meaningful_perturbation.errors import ConfigError, InputError, ModelError
+from meaningful_perturbation.io import IMAGENET_MEAN, Preprocessing
+from meaningful_perturbation.models import (
+    PREPROCESSING_EXTRA_FILE,
+    LoadedModel,
+    apply_state_dict,
+    list_model_specs,
+    load_model,
+    load_state_dict_file,
+)
+
+
+def tiny_net(num_classes: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(4, num_classes),
+    )  # fmt: skip
+
+
+X = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+FACTORY_SOURCE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    def _net():
+        return nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(4, 3),
+        )
+
+    def build():
+        return _net(), {"input_size": 32, "resize": None, "class_names": ["a", "b", "c"]}
+
+    def build_plain():
+        return _net()
+
+    def broken():
+        raise RuntimeError("boom")
+
+    def not_a_model():
+        return 42
+    """
+)
+
+
+@pytest.fixture()
+def factory_file(tmp_path) -> Path:
+    path = tmp_path / "my_model.py"
+    path.write_text(FACTORY_SOURCE)
+    return path
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _random_weights_like(model: nn.Module) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    return {k: torch.randn(v.shape, generator=g) for k, v in model.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Spec table and spec errors
+# ----------------------------------------------------------------------------------------------
+
+
+def test_list_model_specs_covers_every_prefix():
+    rows = list_model_specs()
+    prefixes = [row.pattern.split(":")[0] for row in rows]
+    assert prefixes == ["demo", "torchvision", "timm", "hf", "torchscript", "export", "python"]
+    assert all(row.description and row.example for row in rows)
+
+
+def test_unknown_prefix_lists_valid_prefixes():
+    with pytest.raises(ConfigError) as info:
+        load_model("keras:model.h5")
+    message = str(info.value)
+    for prefix in ("demo", "torchvision:", "timm:", "hf:", "torchscript:", "export:", "python:"):
+        assert prefix in message
+
+
+def test_bare_file_path_gets_a_hint(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"x")
+    with pytest.raises(ConfigError, match="torchscript:"):
+        load_model(str(path))
+
+
+@pytest.mark.parametrize("spec", ["torchscript:", "python:model.py", "demo:extra", "", "hf:"])
+def test_malformed_specs_are_config_errors(spec):
+    with pytest.raises(ConfigError):
+        load_model(spec)
+
+
+@pytest.mark.parametrize("prefix", ["torchscript", "export", "python"])
+def test_missing_file_is_named(tmp_path, prefix):
+    missing = tmp_path / "nope.bin"
+    spec = f"{prefix}:{missing}" + (":build" if prefix == "python" else "")
+    with pytest.raises(InputError, match="no such file") as info:
+        load_model(spec)
+    assert str(missing) in str(info.value)
+
+
+def test_missing_weights_file_fails_before_building(factory_file, tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        load_model(f"python:{factory_file}:broken", weights=tmp_path / "absent.safetensors")
+
+
+# ----------------------------------------------------------------------------------------------
+# demo
+# ----------------------------------------------------------------------------------------------
+
+
+def test_demo_model_and_preprocessing():
+    demo = pytest.importorskip("meaningful_perturbation.demo", reason="demo package not written yet")
+    try:
+        loaded = load_model("demo")
+    except InputError as exc:  # weights not trained/shipped yet
+        pytest.skip(f"demo weights unavailable: {exc}")
+    expected = demo.DEMO_PREPROCESSING
+    assert isinstance(loaded, LoadedModel) and loaded.spec == "demo"
+    assert loaded.preprocessing.size == (expected["input_size"],) * 2
+    assert loaded.preprocessing.resize == expected["input_size"]  # never crops the demo image
+    assert loaded.class_names == tuple(expected["class_names"])
+    size = expected["input_size"]
+    assert loaded.model(torch.zeros(2, 3, size, size)).shape == (2, len(expected["class_names"]))
+    assert not loaded.model.training
+
+
+def test_demo_with_a_weights_file(tmp_path):
+    demo = pytest.importorskip("meaningful_perturbation.demo", reason="demo package not written yet")
+    from safetensors.torch import save_file
+
+    donor = demo.ShapeNet(num_classes=len(demo.DEMO_PREPROCESSING["class_names"]))
+    path = tmp_path / "demo.safetensors"
+    save_file({k: v.contiguous() for k, v in donor.state_dict().items()}, str(path))
+    loaded = load_model("demo", weights=path)
+    assert _same_weights(loaded.model, donor)
+    assert loaded.class_names == tuple(demo.DEMO_PREPROCESSING["class_names"])
+
+
+# ----------------------------------------------------------------------------------------------
+# python:FILE.py:FACTORY and weights files
+# ----------------------------------------------------------------------------------------------
+
+
+def test_python_factory_with_preprocessing_dict(factory_file):
+    loaded = load_model(f"python:{factory_file}:build")
+    assert loaded.preprocessing == Preprocessing(input_size=32, resize=None, class_names=("a", "b", "c"))
+    assert loaded.class_names == ("a", "b", "c")
+    assert loaded.model(X).shape == (2, 3)
+    assert not loaded.model.training
+
+
+def test_python_factory_plain_module_gets_imagenet_defaults(factory_file):
+    loaded = load_model(f"python:{factory_file}:build_plain")
+    assert loaded.preprocessing == Preprocessing()
+    assert loaded.class_names is None
+
+
+def test_python_factory_errors(factory_file):
+    with pytest.raises(ConfigError, match="build_plain"):  # lists what the file defines
+        load_model(f"python:{factory_file}:nonexistent")
+    with pytest.raises(ModelError, match="boom"):
+        load_model(f"python:{factory_file}:broken")
+    with pytest.raises(ConfigError, match="int"):
+        load_model(f"python:{factory_file}:not_a_model")
+    bad = factory_file.with_name("syntax_error.py")
+    bad.write_text("def build(:\n")
+    with pytest.raises(ModelError, match="syntax_error.py"):
+        load_model(f"python:{bad}:build")
+
+
+def test_python_factory_with_safetensors_weights(factory_file, tmp_path):
+    from safetensors.torch import save_file
+
+    reference = load_model(f"python:{factory_file}:build").model
+    weights = _random_weights_like(reference)
+    path = tmp_path / "w.safetensors"
+    save_file(weights, str(path))
+    loaded = load_model(f"python:{factory_file}:build", weights=path)
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in weights.items())
+    assert not _same_weights(loaded.model, reference)
+
+
+def test_weights_via_torch_load_weights_only(factory_file, tmp_path):
+    reference = load_model(f"python:{factory_file}:build").model
+    weights = _random_weights_like(reference)
+    plain, nested = tmp_path / "w.pt", tmp_path / "ckpt.pth"
+    torch.save(weights, plain)
+    torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in weights.items()}}, nested)
+    for path in (plain, nested):
+        loaded = load_model(f"python:{factory_file}:build", weights=str(path))
+        assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in weights.items())
+
+
+def test_pickled_module_needs_unsafe_pickle(factory_file, tmp_path):
+    donor = tiny_net()
+    with torch.no_grad():
+        for p in donor.parameters():
+            p.add_(1.0)
+    path = tmp_path / "full_model.pt"
+    torch.save(donor, path)
+    with pytest.raises(InputError) as info:
+        load_model(f"python:{factory_file}:build", weights=path)
+    message = str(info.value)
+    assert "unsafe_pickle=True" in message and "full_model.pt" in message
+    loaded = load_model(f"python:{factory_file}:build", weights=path, unsafe_pickle=True)
+    assert _same_weights(loaded.model, donor)
+
+
+def test_weights_that_do_not_fit_are_listed(factory_file, tmp_path):
+    reference = load_model(f"python:{factory_file}:build").model
+    weights = dict(reference.state_dict())
+    weights["extra.weight"] = weights.pop("4.weight")
+    weights["0.bias"] = torch.zeros(7)
+    path = tmp_path / "bad.pt"
+    torch.save(weights, path)
+    with pytest.raises(InputError) as info:
+        load_model(f"python:{factory_file}:build", weights=path)
+    message = str(info.value)
+    assert "bad.pt" in message
+    assert "missing key(s): 4.weight" in message
+    assert "unexpected key(s): extra.weight" in message
+    assert "0.bias (file (7,) vs model (4,))" in message
+
+
+@pytest.mark.parametrize(
+    "content, phrase", [(b"", "empty"), (b"not a checkpoint", "not a PyTorch weights file")]
+)
+def test_unreadable_weights_files(tmp_path, content, phrase):
+    path = tmp_path / "w.pt"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=phrase):
+        load_state_dict_file(path)
+    bad_safe = tmp_path / "w.safetensors"
+    bad_safe.write_bytes(b"garbage" * 10)
+    with pytest.raises(InputError, match="safetensors"):
+        load_state_dict_file(bad_safe)
+
+
+def test_apply_state_dict_is_strict_and_copies():
+    model = nn.Linear(3, 2)
+    apply_state_dict(model, {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}, source="test")
+    assert torch.equal(model.weight, torch.ones(2, 3))
+    with pytest.raises(InputError, match="1 missing key"):
+        apply_state_dict(model, {"weight": torch.ones(2, 3)}, source="test")
+
+
+# ----------------------------------------------------------------------------------------------
+# torchscript: and export:
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_torchscript_roundtrip_with_preprocessing(tmp_path):
+    net = tiny_net().eval()
+    path = tmp_path / "model.pt"
+    prep = Preprocessing(input_size=16, resize=None, class_names=("a", "b", "c"))
+    extra = {PREPROCESSING_EXTRA_FILE: json.dumps(prep.to_dict())}
+    torch.jit.save(torch.jit.script(net), str(path), _extra_files=extra)
+    loaded = load_model(f"torchscript:{path}")
+    assert loaded.preprocessing == prep
+    assert torch.allclose(loaded.model(X), net(X), atol=1e-6)
+    plain = tmp_path / "plain.pt"
+    torch.jit.save(torch.jit.script(net), str(plain))
+    assert load_model(f"torchscript:{plain}").preprocessing == Preprocessing()
+
+
+def test_torchscript_refuses_a_state_dict(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(tiny_net().state_dict(), path)
+    with pytest.raises(InputError, match="not a TorchScript archive"):
+        load_model(f"torchscript:{path}")
+
+
+def test_export_roundtrip_and_mode_switching(tmp_path):
+    net = tiny_net().eval()
+    program = torch.export.export(net, (X,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    path = tmp_path / "model.pt2"
+    extra = {PREPROCESSING_EXTRA_FILE: json.dumps({"input_size": 16})}
+    torch.export.save(program, str(path), extra_files=extra)
+    loaded = load_model(f"export:{path}")
+    assert loaded.preprocessing.size == (16, 16)
+    assert torch.allclose(loaded.model(X), net(X), atol=1e-6)
+    assert torch.allclose(loaded.model(X[:1]), net(X[:1]), atol=1e-6)  # batch size is free
+    loaded.model.train()  # exported graphs refuse train()/eval(); the wrapper must not
+    loaded.model.eval()
+    x = X.clone().requires_grad_(True)
+    loaded.model(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# hf:ID_OR_DIR
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def offline_env(monkeypatch):
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def _tiny_vit_folder(path: Path, with_processor: bool = True) -> Path:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, num_labels=3, id2label={0: "cat", 1: "dog", 2: "bird"},
+        label2id={"cat": 0, "dog": 1, "bird": 2},
+    )  # fmt: skip
+    transformers.ViTForImageClassification(config).save_pretrained(path)
+    if with_processor:
+        (path / "preprocessor_config.json").write_text(json.dumps({
+            "image_processor_type": "ViTImageProcessor", "do_resize": True, "do_normalize": True,
+            "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 2,
+            "size": {"height": 32, "width": 32},
+        }))  # fmt: skip
+    return path
+
+
+def test_hf_local_folder(tmp_path, offline_env):
+    folder = _tiny_vit_folder(tmp_path / "vit")
+    loaded = load_model(f"hf:{folder}")
+    assert loaded.class_names == ("cat", "dog", "bird")
+    prep = loaded.preprocessing
+    assert (prep.size, prep.crop, prep.mean) == ((32, 32), "none", (0.5, 0.5, 0.5))
+    logits = loaded.model(torch.randn(2, 3, 32, 32))
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 3)
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
+
+
+def test_hf_without_processor_config_uses_model_config(tmp_path, offline_env):
+    folder = _tiny_vit_folder(tmp_path / "vit", with_processor=False)
+    prep = load_model(f"hf:{folder}").preprocessing
+    assert prep.size == (32, 32) and prep.mean == IMAGENET_MEAN
+
+
+def test_hf_user_setting_is_respected(offline_env, tmp_path):
+    offline_env.setenv("TRANSFORMERS_OFFLINE", "1")
+    offline_env.setenv("HF_HUB_OFFLINE", "1")
+    folder = _tiny_vit_folder(tmp_path / "vit")
+    load_model(f"hf:{folder}")
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_hf_missing_model_fails_fast(tmp_path, offline_env):
+    pytest.importorskip("transformers")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no usable model"):
+        load_model(f"hf:{empty}")
+    with pytest.raises(InputError, match="local Hugging Face cache"):
+        load_model("hf:no-such-org-xyz/no-such-model-xyz")
+    with pytest.raises(InputError, match="no such folder"):
+        load_model(f"hf:{tmp_path / 'absent'}")
+
+
+def test_hf_preprocessing_from_convnext_style_config():
+    transformers = pytest.importorskip("transformers")
+    from meaningful_perturbation.models.hub import _hf_preprocessing
+
+    config = types.SimpleNamespace(id2label={0: "LABEL_0", 1: "LABEL_1"}, image_size=224)
+    mixin = transformers.image_processing_utils.ImageProcessingMixin
+    original = mixin.get_image_processor_dict
+    try:
+        mixin.get_image_processor_dict = classmethod(lambda cls, *a, **k: ({
+            "size": {"shortest_edge": 224}, "crop_pct": 0.875, "resample": 3,
+            "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+        }, {}))  # fmt: skip
+        prep = _hf_preprocessing(transformers, "x", config, {})
+    finally:
+        mixin.get_image_processor_dict = original
+    assert (prep.size, prep.resize, prep.crop, prep.interpolation) == ((224, 224), 256, "center", "bicubic")
+    assert prep.class_names is None  # placeholder LABEL_i names carry no information
+
+
+# ----------------------------------------------------------------------------------------------
+# Missing libraries
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec, modules, package",
+    [("torchvision:resnet18", ("torchvision", "torchvision.models"), "torchvision"),
+     ("timm:resnet18", ("timm",), "timm"),
+     ("hf:org/model", ("transformers",), "transformers")],
+)  # fmt: skip
+def test_missing_library_gives_install_hint(monkeypatch, spec, modules, package):
+    for name in modules:
+        monkeypatch.setitem(sys.modules, name, None)  # makes `import name` raise ImportError
+    with pytest.raises(ConfigError) as info:
+        load_model(spec)
+    message = str(info.value)
+    assert f"pip install {package}" in message and "\n" not in message
+
+
+# ----------------------------------------------------------------------------------------------
+# torchvision and timm: real libraries where they import
+# ----------------------------------------------------------------------------------------------
+
+
+def test_torchvision_random_init_and_metadata(monkeypatch, tmp_path):
+    pytest.importorskip("torchvision", reason="torchvision cannot be imported here")
+    loaded = load_model("torchvision:resnet18:NONE")
+    prep = loaded.preprocessing
+    assert prep.size == (224, 224) and prep.resize == 256 and len(prep.class_names) == 1000
+    assert loaded.model(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
+
+
+def test_torchvision_missing_cache_fails_fast_and_weights_file_works(monkeypatch, tmp_path):
+    pytest.importorskip("torchvision", reason="torchvision cannot be imported here")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(InputError, match="--weights"):
+        load_model("torchvision:resnet18")
+    path = tmp_path / "resnet18.pt"
+    torch.save(load_model("torchvision:resnet18:NONE").model.state_dict(), path)
+    assert load_model("torchvision:resnet18", weights=path).preprocessing.resize == 256
+
+
+def test_timm_missing_cache_fails_fast_and_weights_file_works(monkeypatch, tmp_path):
+    timm = pytest.importorskip("timm", reason="timm cannot be imported here")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+    with pytest.raises(InputError, match="--weights"):
+        load_model("timm:resnet18.a1_in1k")
+    path = tmp_path / "resnet18.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(timm.create_model("resnet18").state_dict(), str(path))
+    loaded = load_model("timm:resnet18", weights=path)
+    assert loaded.preprocessing.size == (224, 224)
+    assert loaded.model(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stand-ins for the torchvision / timm APIs we call (our code paths, not theirs)
+# ----------------------------------------------------------------------------------------------
+
+
+def _fake_torchvision(monkeypatch, captured: dict) -> None:
+    import enum
+
+    class _Transforms:
+        crop_size, resize_size = [24], [28]
+        mean, std = [0.4, 0.4, 0.4], [0.2, 0.2, 0.2]
+        interpolation = types.SimpleNamespace(value="bicubic")
+
+    class TinyWeights(enum.Enum):
+        IMAGENET1K_V1 = "https://example.invalid/models/tiny-0123abcd.pth"
+        DEFAULT = IMAGENET1K_V1  # an alias, as in torchvision
+
+        @property
+        def url(self):
+            return self.value
+
+        @property
+        def meta(self):
+            return {"categories": ["x", "y", "z"]}
+
+        def transforms(self):
+            return _Transforms()
+
+    def get_model(name, weights=None):
+        captured["weights"] = weights
+        return tiny_net()
+
+    models = types.ModuleType("torchvision.models")
+    models.list_models = lambda module=None: ["tiny"]
+    models.get_model_weights = lambda name: TinyWeights
+    models.get_model = get_model
+    package = types.ModuleType("torchvision")
+    package.models = models
+    monkeypatch.setitem(sys.modules, "torchvision", package)
+    monkeypatch.setitem(sys.modules, "torchvision.models", models)
+
+
+def test_torchvision_code_path_with_stand_in(monkeypatch, tmp_path):
+    captured: dict = {}
+    _fake_torchvision(monkeypatch, captured)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(InputError) as info:
+        load_model("torchvision:tiny")
+    message = str(info.value)
+    assert "tiny-0123abcd.pth" in message and str(tmp_path / "hub" / "checkpoints") in message
+    assert "--weights" in message
+    cached = tmp_path / "hub" / "checkpoints" / "tiny-0123abcd.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"stand-in")
+    loaded = load_model("torchvision:tiny")
+    assert captured["weights"] is not None
+    prep = loaded.preprocessing
+    assert (prep.size, prep.resize, prep.interpolation) == ((24, 24), 28, "bicubic")
+    assert prep.class_names == ("x", "y", "z")
+    loaded = load_model("torchvision:tiny:NONE")
+    assert captured["weights"] is None and loaded.class_names == ("x", "y", "z")
+    with pytest.raises(ConfigError, match="IMAGENET1K_V1"):
+        load_model("torchvision:tiny:V9")
+    with pytest.raises(ConfigError, match="did you mean tiny"):
+        load_model("torchvision:tinyy")
+
+
+def test_timm_code_path_with_stand_in(monkeypatch, tmp_path):
+    calls: dict = {}
+    timm = types.ModuleType("timm")
+    timm.is_model = lambda name: name.split(".")[0] == "tiny"
+    timm.list_models = lambda: ["tiny"]
+
+    def create_model(name, pretrained=False):
+        calls["pretrained"] = pretrained
+        return tiny_net()
+
+    timm.create_model = create_model
+    timm.models = types.SimpleNamespace(
+        get_pretrained_cfg=lambda name: types.SimpleNamespace(
+            file=None, url=None, hf_hub_id="timm/tiny.test", hf_hub_filename=None
+        )
+    )
+    timm.data = types.SimpleNamespace(
+        resolve_model_data_config=lambda model: {
+            "input_size": (3, 24, 24), "crop_pct": 0.75, "crop_mode": "center",
+            "interpolation": "bicubic", "mean": (0.5,) * 3, "std": (0.5,) * 3,
+        },
+        infer_imagenet_subset=lambda model: None,
+    )  # fmt: skip
+    monkeypatch.setitem(sys.modules, "timm", timm)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name, revision=None: None)
+    with pytest.raises(InputError, match="timm/tiny.test"):
+        load_model("timm:tiny")
+    assert "pretrained" not in calls  # refused before timm tried to fetch anything
+    path = tmp_path / "w.pt"
+    torch.save(tiny_net().state_dict(), path)
+    loaded = load_model("timm:tiny", weights=path)
+    assert calls["pretrained"] is False
+    assert (loaded.preprocessing.size, loaded.preprocessing.resize) == ((24, 24), 32)
+    with pytest.raises(ConfigError, match="timm has no model"):
+        load_model("timm:huge")
