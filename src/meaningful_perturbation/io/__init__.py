@@ -11,13 +11,16 @@ Example:
 from meaningful_perturbation.io.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
+    expand_images,
+    load_image,
+    to_rgb,
+)
+from meaningful_perturbation.io.preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Geometry,
     Preprocessing,
     denormalize,
-    expand_images,
-    load_image,
     map_to_original,
     preprocess,
     resolve_preprocessing,
@@ -36,4 +39,5 @@ __all__ = [
     "map_to_original",
     "preprocess",
     "resolve_preprocessing",
+    "to_rgb",
 ]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from meaningful_perturbation.errors import ConfigError, InputError
-from meaningful_perturbation.io.images import Preprocessing
+from meaningful_perturbation.io.preprocessing import Preprocessing
 
 __all__ = [
     "PREPROCESSING_EXTRA_FILE",

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from meaningful_perturbation.errors import ConfigError, InputError, ModelError
-from meaningful_perturbation.io.images import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from meaningful_perturbation.io.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from meaningful_perturbation.models._imports import require, set_offline_defaults
 from meaningful_perturbation.models.base import (
     LoadedModel,

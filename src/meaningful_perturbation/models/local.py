@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from meaningful_perturbation.errors import ConfigError, InputError, ModelError
-from meaningful_perturbation.io.images import Preprocessing
+from meaningful_perturbation.io.preprocessing import Preprocessing
 from meaningful_perturbation.models.base import (
     PREPROCESSING_EXTRA_FILE,
     LoadedModel,
