@@ -79,6 +79,9 @@ class Problem:
     channels_last: bool = False
     early_stop: int | None = None
     early_stop_tol: float = 1e-3
+    # What early stopping watches, per mask: monitor(loss, scores (N,K,G), terms) -> (N, K).
+    # Default: the loss. Methods whose loss has growing weights watch a fixed-weight version.
+    monitor: Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor] | None = None
     callback: Callable[[int, dict], None] | None = None
 
 
@@ -187,10 +190,12 @@ def optimise(problem: Problem) -> Result:
         for j, game in enumerate(games):
             loss = loss + game.sign * s[..., j]
             history[f"score_{game.name}"][t] = s[..., j].detach()
+        values = {}
         for term in problem.terms:
             v = term.fn(grid, full)
             loss = loss + term.weight_at(t) * v
             history[term.name][t] = v.detach()
+            values[term.name] = v.detach()
         history["loss"][t] = loss.detach()
 
         opt.zero_grad(set_to_none=True)
@@ -203,7 +208,8 @@ def optimise(problem: Problem) -> Result:
         with torch.no_grad():
             theta.clamp_(problem.low, problem.high)
             if stopper is not None:
-                stopper.update(loss.detach(), t)
+                watched = loss.detach() if problem.monitor is None else problem.monitor(loss.detach(), s.detach(), values)
+                stopper.update(watched, t)
                 frozen = ~stopper.active
                 theta[frozen] = before[frozen]
         if problem.callback is not None:

@@ -73,7 +73,8 @@ class SeedConfig:
             check_range("early_stop", self.early_stop, 1, integer=True)
 
 
-def _run(ctx: Context, cfg: SeedConfig):
+def build_problem(ctx: Context, cfg: SeedConfig) -> Problem:
+    """Assemble the seed script's objective for ``ctx`` (exposed for benchmarks and tests)."""
     x = ctx.x
     n = x.shape[0]
     H, W = ctx.size
@@ -81,7 +82,7 @@ def _run(ctx: Context, cfg: SeedConfig):
     mask = UpsampledMask((cfg.mask_size, cfg.mask_size), (H, W), blur_sigma=0.0, align_corners=True)
     delete = cfg.game == "delete"
     beta = cfg.tv_beta
-    problem = Problem(
+    return Problem(
         model=ctx.model,
         levels=levels,
         mask=mask,
@@ -102,6 +103,11 @@ def _run(ctx: Context, cfg: SeedConfig):
         channels_last=cfg.channels_last,
         early_stop=cfg.early_stop,
     )
+
+
+def _run(ctx: Context, cfg: SeedConfig):
+    problem = build_problem(ctx, cfg)
+    delete = cfg.game == "delete"
     return run_problem(ctx, problem, cfg, saliency=(lambda m: 1 - m[:, 0]) if delete else (lambda m: m[:, 0]))
 
 

@@ -1,0 +1,145 @@
+"""Overhead of one optimisation step over a bare forward+backward (DESIGN §5).
+
+For a ~0.19 GMAC CNN at 224×224, measures the time per step of the ``paper``, ``seed`` and
+``extremal`` loops (``core.loop.optimise`` on a problem built by each preset) and of a bare
+forward+backward with input gradients only, at the same effective batch (images × areas),
+interleaved round-robin in one process after warm-ups; prints the median of each and the
+ratio.
+
+    python benchmarks/overhead.py [--rounds 9] [--steps 5] [--size 224] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+
+from meaningful_perturbation.core.frozen import frozen
+from meaningful_perturbation.core.loop import optimise
+from meaningful_perturbation.core.objective import Targets
+from meaningful_perturbation.methods import extremal, paper
+from meaningful_perturbation.methods import seed as seed
+from meaningful_perturbation.methods.common import Context
+from meaningful_perturbation.methods.registry import get_method, resolve_config
+
+
+def small_cnn(classes: int = 1000) -> nn.Module:
+    """4 stride-2 conv blocks, GAP, linear: ≈0.19 GMAC at 224² (DESIGN §5's model size)."""
+
+    def block(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+    return nn.Sequential(block(3, 32), block(32, 64), block(64, 128), block(128, 256), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, classes))
+
+
+def macs(model: nn.Module, size: int) -> float:
+    total = 0
+    hooks = []
+
+    def hook(mod, inp, out):
+        nonlocal total
+        if isinstance(mod, nn.Conv2d):
+            total += out.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+        elif isinstance(mod, nn.Linear):
+            total += mod.in_features * mod.out_features
+
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            hooks.append(m.register_forward_hook(hook))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    for h in hooks:
+        h.remove()
+    return total / 1e9
+
+
+def make_problem(name: str, model, x, **overrides):
+    spec = get_method(name)
+    cfg = resolve_config(spec, overrides)
+    with torch.no_grad():
+        logits = model(x)
+    g = torch.Generator().manual_seed(0)
+    ctx = Context(model, x, Targets([[int(c)] for c in logits.argmax(1)], x.device), logits, 0, g, name)
+    build = {"paper": paper.build_problem, "seed": seed.build_problem, "extremal": extremal.build_problem}[name]
+    return build(ctx, cfg)
+
+
+def bare(model, x):
+    def step():
+        xi = x.detach().requires_grad_(True)
+        out = model(xi)
+        out[:, 0].sum().backward()
+
+    return step
+
+
+def loop(problem, steps):
+    def run():
+        problem.steps = steps
+        optimise(problem)
+
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--steps", type=int, default=5, help="optimisation steps per timed call")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model = small_cnn().to(args.device).eval()
+    print(f"model: {macs(model, args.size):.3f} GMAC at {args.size}²; torch {torch.__version__}; "
+          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; device {args.device}")
+    S = args.steps
+    with frozen(model):
+        cases = {}
+        for b in args.batches:
+            x = torch.randn(b, 3, args.size, args.size, device=args.device)
+            x4 = torch.randn(b * 4, 3, args.size, args.size, device=args.device)
+            cases[f"bare b={b}"] = (bare(model, x), S)
+            cases[f"bare b={b}x4"] = (bare(model, x4), S)
+            cases[f"paper b={b}"] = (loop(make_problem("paper", model, x), S), S)
+            cases[f"seed b={b}"] = (loop(make_problem("seed", model, x), S), S)
+            cases[f"extremal 1 area b={b}"] = (loop(make_problem("extremal", model, x, areas=(0.1,)), S), S)
+            cases[f"extremal 4 areas b={b}"] = (loop(make_problem("extremal", model, x), S), S)
+        times = {k: [] for k in cases}
+        for fn, _ in cases.values():  # warm-up
+            fn()
+        for r in range(args.rounds):
+            for name, (fn, reps) in cases.items():
+                if name.startswith("bare"):
+                    t0 = time.perf_counter()
+                    for _ in range(reps):
+                        fn()
+                    dt = (time.perf_counter() - t0) / reps
+                else:
+                    t0 = time.perf_counter()
+                    fn()
+                    dt = (time.perf_counter() - t0) / reps
+                times[name].append(dt)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\nmedian of {args.rounds} interleaved rounds, {S} steps per timed call; ratio = step / bare fwd+bwd at the same effective batch\n")
+    print("| configuration | ms/step | bare fwd+bwd ms | ratio | target |")
+    print("|---|---|---|---|---|")
+    for b in args.batches:
+        base, base4 = med[f"bare b={b}"], med[f"bare b={b}x4"]
+        rows = [
+            (f"paper b={b}", base, "<= 1.15" if b >= 8 else "<= 1.3"),
+            (f"seed b={b}", base, "<= 1.15" if b >= 8 else "<= 1.3"),
+            (f"extremal 1 area b={b}", base, ""),
+            (f"extremal 4 areas b={b}", base4, "<= 1.25" if b >= 8 else ""),
+        ]
+        for name, ref, target in rows:
+            print(f"| {name} | {med[name] * 1e3:.1f} | {ref * 1e3:.1f} | {med[name] / ref:.2f} | {target} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""``extremal``: Extremal Perturbation (Fong, Patrick & Vedaldi, ICCV 2019).
+
+For each target area ``a`` the smooth mask ``m`` (see ``core.smoothmax``) solves::
+
+    preserve:  min_m  −f_c(Φ(x; m))      + λ_t·R_a(m)
+    delete:    min_m   f_c(Φ(x; 1 − m))  + λ_t·R_a(m)
+    dual:      min_m  −f_c(Φ(x; m)) + f_c(Φ(x; 1 − m)) + λ_t·R_a(m)
+
+with the area ranking constraint ``R_a(m) = mean((sort(m) − r_a)²)``, ``r_a`` = ``(1−a)·P``
+zeros then ``a·P`` ones over the ``P`` pixels *of the image* (the reference measured it on
+a padded canvas, so a nominal ``a`` covered up to 1.35·a of a 224² image), and the growing
+weight ``λ_t = 300·1.0035^t``. All areas of all images (and both games for ``dual``) are one
+batch. ``m`` marks the salient region in every game; ``masks`` stores the keep-mask of the
+primary game (``m`` for preserve and dual, ``1 − m`` for delete) and ``saliency`` is the sum
+of the salient regions over the areas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..core.loop import Game, Problem, Term
+from ..core.objective import SCORES
+from ..core.perturbation import gaussian_blur
+from ..core.smoothmax import SmoothMaxMask
+from ..errors import ConfigError
+from .common import Context, check_choice, check_range, make_levels, pixels, run_problem
+from .registry import register
+
+__all__ = ["ExtremalConfig", "area_term"]
+
+GAMES = ("preserve", "delete", "dual")
+
+
+@dataclass(frozen=True)
+class ExtremalConfig:
+    """Knobs of the 2019 method; pixel values are given at ``reference_size``."""
+
+    areas: tuple[float, ...] = (0.025, 0.05, 0.1, 0.2)  # the areas of the 2019 paper's figures/pointing runs
+    steps: int = 800  # 2019 paper §4: 800 iterations
+    lr: float = 0.01  # SGD learning rate 0.01 (2019 reference code)
+    momentum: float = 0.9  # SGD momentum 0.9 (2019 reference code)
+    dampening: float = 0.9  # SGD dampening 0.9 (2019 reference code)
+    game: str = "preserve"  # 2019 §3: preservation is the default game; "delete" and "dual" available
+    perturbation: str = "blur"  # 2019 §3.2: blur pyramid; "fade" available
+    blur_sigma: float = 20.0  # σ_max = 20 px of the blur pyramid (2019 reference code)
+    levels: int = 8  # 8 pyramid levels (2019 reference code)
+    score: str = "logit"  # "simple" reward = the class logit (2019 §3); "contrastive" available
+    area_weight: float = 300.0  # λ0 = 300 (2019 reference code)
+    area_growth: float = 1.0035  # λ_t = λ0·1.0035^t (2019 reference code)
+    step_px: float = 7.0  # lattice step of the smooth mask, 7 px at 224 (2019 reference code)
+    sigma: float = 21.0  # smooth-mask kernel σ = 21 px at 224 (2019 reference code)
+    temperature: float = 20.0  # smooth-max temperature (2019 reference code)
+    init: float = 0.5  # mask parameters start uniform at 0.5: no prior on the location
+    jitter: int | str = "flip"  # horizontal flip on odd steps (2019 reference code); int = random shift px; "none"
+    noise_std: float = 0.0  # no additive noise in the 2019 method
+    saliency_area: float | None = None  # None: saliency = sum over areas (2019 pointing benchmark); else that area's mask
+    smooth: float = 0.0  # post-blur σ of the saliency as a fraction of the short side (pointing benchmark: 0.09)
+    top_k: int = 1  # classes explained when target is None
+    reference_size: int = 224  # pixel defaults are for 224×224 inputs (2019 §4, ImageNet)
+    early_stop: int | None = None  # off by default; a window in steps (see docs/benchmarks.md)
+    autocast: bool = False  # bfloat16 autocast of the model forward
+    channels_last: bool = False  # channels_last memory format for the model input
+
+    def validate(self) -> None:
+        areas = self.areas
+        if isinstance(areas, (int, float)) and not isinstance(areas, bool):
+            areas = (areas,)
+        if not isinstance(areas, (tuple, list)) or len(areas) == 0:
+            raise ConfigError(f"areas: expected a non-empty sequence of fractions in (0, 1], got {self.areas!r}")
+        for a in areas:
+            if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a <= 1:
+                raise ConfigError(f"areas: every area must be a fraction in (0, 1], got {a!r} in {self.areas!r}")
+        check_range("steps", self.steps, 1, integer=True)
+        check_range("lr", self.lr, 0, low_open=True)
+        check_range("momentum", self.momentum, 0, 1)
+        check_range("dampening", self.dampening, 0, 1)
+        check_choice("game", self.game, GAMES)
+        check_choice("perturbation", self.perturbation, ("blur", "fade", "constant"))
+        check_range("blur_sigma", self.blur_sigma, 0, low_open=True)
+        check_range("levels", self.levels, 2, integer=True)
+        check_choice("score", self.score, SCORES)
+        check_range("area_weight", self.area_weight, 0)
+        check_range("area_growth", self.area_growth, 1)
+        check_range("step_px", self.step_px, 0, low_open=True)
+        check_range("sigma", self.sigma, 0, low_open=True)
+        check_range("temperature", self.temperature, 0, low_open=True)
+        check_range("init", self.init, 0, 1)
+        if not (self.jitter in ("flip", "none") or (isinstance(self.jitter, int) and not isinstance(self.jitter, bool) and self.jitter >= 0)):
+            raise ConfigError(f"jitter: expected 'flip', 'none' or a shift in pixels >= 0, got {self.jitter!r}")
+        check_range("noise_std", self.noise_std, 0)
+        if self.saliency_area is not None and self.saliency_area not in tuple(areas):
+            raise ConfigError(f"saliency_area: expected None or one of the areas {tuple(areas)}, got {self.saliency_area!r}")
+        check_range("smooth", self.smooth, 0, 1)
+        check_range("top_k", self.top_k, 1, integer=True)
+        if self.early_stop is not None:
+            check_range("early_stop", self.early_stop, 1, integer=True)
+
+    @property
+    def area_tuple(self) -> tuple[float, ...]:
+        return (float(self.areas),) if isinstance(self.areas, (int, float)) else tuple(float(a) for a in self.areas)
+
+
+def area_term(full: torch.Tensor, areas: tuple[float, ...]) -> torch.Tensor:
+    """``R_a(m) = mean((sort(m) − r_a)²)`` per mask, ``(N, K)``; mask ``k`` uses ``areas[k]``.
+
+    ``sort(m)`` is ascending and ``r_a`` is ``P − A`` zeros then ``A = round(a·P)`` ones, so
+    ``Σ (sort(m) − r_a)² = Σ m² + A − 2·(sum of the A largest m)``. That identity is what is
+    computed: the A-th largest value ``τ`` comes from a selection (``kthvalue``, linear time)
+    instead of a full sort, and values tied with ``τ`` share the remaining top slots equally,
+    so the (sub)gradient does not depend on the order of tied pixels.
+    """
+    n, k = full.shape[:2]
+    flat = full.reshape(n, k, -1)
+    P = flat.shape[-1]
+    A = torch.tensor([int(round(a * P)) for a in areas], device=flat.device)  # (K,)
+    with torch.no_grad():
+        # τ = A-th largest = (P − A + 1)-th smallest; A = 0 → weight 0 everywhere.
+        taus = []
+        for j in range(k):
+            a_j = int(A[j])
+            if a_j == 0:
+                taus.append(torch.full((n,), float("inf"), dtype=flat.dtype, device=flat.device))
+            else:
+                taus.append(flat[:, j].kthvalue(P - a_j + 1, dim=-1).values)
+        tau = torch.stack(taus, dim=1).unsqueeze(-1)  # (N, K, 1)
+        above = flat > tau
+        tied = flat == tau
+        n_above = above.sum(-1, keepdim=True)
+        n_tied = tied.sum(-1, keepdim=True).clamp_min(1)
+        share = (A.view(1, k, 1) - n_above).clamp_min(0) / n_tied
+        weight = above.to(flat.dtype) + tied.to(flat.dtype) * share
+    top_sum = (flat * weight).sum(-1)
+    return ((flat**2).sum(-1) + A.to(flat.dtype) - 2 * top_sum) / P
+
+
+def build_problem(ctx: Context, cfg: ExtremalConfig) -> Problem:
+    """Assemble the 2019 objective for ``ctx`` (exposed for benchmarks and tests)."""
+    x = ctx.x
+    n = x.shape[0]
+    H, W = ctx.size
+    scale = ctx.scale(cfg.reference_size)
+    areas = cfg.area_tuple
+    levels = make_levels(x, cfg.perturbation, sigma=pixels(cfg.blur_sigma, scale), num_levels=cfg.levels)
+    mask = SmoothMaxMask.for_image((H, W), max(pixels(cfg.step_px, scale), 1.0), pixels(cfg.sigma, scale), cfg.temperature)
+    games = {
+        "preserve": [Game("preserve", False, -1.0)],
+        "delete": [Game("delete", True, 1.0)],
+        "dual": [Game("preserve", False, -1.0), Game("delete", True, 1.0)],
+    }[cfg.game]
+    w0, growth = cfg.area_weight, cfg.area_growth
+    if cfg.jitter == "flip" or cfg.jitter == "none":
+        jitter = cfg.jitter if cfg.jitter == "flip" else 0
+    else:
+        jitter = int(round(pixels(cfg.jitter, scale)))
+    signs = torch.tensor([g.sign for g in games], device=x.device)
+
+    def monitor(loss, scores, values):
+        # The loss grows with λ_t; early stopping watches the objective at the fixed weight λ0.
+        return (scores * signs).sum(dim=-1) + w0 * values["area"]
+
+    return Problem(
+        model=ctx.model,
+        levels=levels,
+        mask=mask,
+        theta=mask.init(n, len(areas), cfg.init, dtype=x.dtype, device=x.device),
+        games=games,
+        targets=ctx.targets,
+        score=cfg.score,
+        terms=[Term("area", lambda t: w0 * growth**t, lambda g, m: area_term(m, areas))],
+        steps=cfg.steps,
+        make_optimizer=lambda params: torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, dampening=cfg.dampening),
+        jitter=jitter,
+        noise_std=cfg.noise_std,
+        generator=ctx.generator,
+        autocast=cfg.autocast,
+        channels_last=cfg.channels_last,
+        early_stop=cfg.early_stop,
+        monitor=monitor,
+    )
+
+
+def _run(ctx: Context, cfg: ExtremalConfig):
+    problem = build_problem(ctx, cfg)
+    areas = cfg.area_tuple
+    delete_only = cfg.game == "delete"
+    H, W = ctx.size
+
+    def saliency(keep: torch.Tensor) -> torch.Tensor:
+        salient = 1 - keep if delete_only else keep  # the region m in every game
+        sal = salient[:, areas.index(cfg.saliency_area)] if cfg.saliency_area is not None else salient.sum(dim=1)
+        if cfg.smooth > 0:
+            sal = gaussian_blur(sal.unsqueeze(1), cfg.smooth * min(H, W)).squeeze(1)
+        return sal
+
+    ex = run_problem(ctx, problem, cfg, saliency=saliency, extra={"areas": list(areas)})
+    if delete_only:
+        # Stored masks are keep-masks (1 = keep): the delete game keeps 1 − m.
+        ex.masks = 1 - ex.masks
+    ex.extra["achieved_area"] = ((1 - ex.masks) if delete_only else ex.masks).mean(dim=(2, 3)).tolist()
+    return ex
+
+
+register("extremal", ExtremalConfig, "Extremal Perturbation (Fong, Patrick & Vedaldi 2019): smooth masks of fixed areas, 800 SGD steps")(_run)

@@ -1,0 +1,215 @@
+"""`extremal`: smooth-max masks, the area constraint, games, batching, oracles."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import meaningful_perturbation as mp
+from meaningful_perturbation import ConfigError
+from meaningful_perturbation.core.smoothmax import SmoothMaxMask, smooth_max_kernel
+from meaningful_perturbation.methods.extremal import area_term
+from oracles import TextureOracle, region_masks, textured_image
+
+BOXES = [(0.1, 0.1, 0.4, 0.4), (0.1, 0.6, 0.4, 0.9), (0.6, 0.1, 0.9, 0.4), (0.6, 0.6, 0.9, 0.9)]
+
+
+def _transcribed_mask(theta, sm: SmoothMaxMask):
+    """The definition in core/smoothmax.py written out with loops (float64)."""
+    h, w = sm.grid_size
+    hi, wi = sm.inner_size
+    H, W = sm.image_size
+    sy, sx = sm.spacing
+    R, T, p = sm.radius, sm.temperature, sm.pad
+    lat = torch.zeros(h, w, dtype=torch.float64)
+    for i in range(h):
+        for j in range(w):
+            vals = []
+            for di in range(-R, R + 1):
+                for dj in range(-R, R + 1):
+                    ii, jj = i + di, j + dj
+                    v = float(theta[ii, jj]) if 0 <= ii < h and 0 <= jj < w else 0.0
+                    z = math.hypot(di * sy, dj * sx) / sm.sigma
+                    vals.append(math.exp(-2 * max(z - 0.5, 0.0) ** 2) * v)
+            num = sum(v * math.exp(T * v) for v in vals)
+            den = sum(math.exp(T * v) for v in vals)
+            lat[i, j] = num / den
+    inner = lat[p : p + hi, p : p + wi]
+    full = torch.zeros(H, W, dtype=torch.float64)
+    for y in range(H):
+        for x in range(W):
+            fy, fx = y * (hi - 1) / (H - 1), x * (wi - 1) / (W - 1)
+            y0, x0 = min(int(fy), hi - 2), min(int(fx), wi - 2)
+            ay, ax = fy - y0, fx - x0
+            full[y, x] = (
+                (1 - ay) * (1 - ax) * inner[y0, x0]
+                + (1 - ay) * ax * inner[y0, x0 + 1]
+                + ay * (1 - ax) * inner[y0 + 1, x0]
+                + ay * ax * inner[y0 + 1, x0 + 1]
+            )
+    return lat, full
+
+
+@pytest.mark.parametrize("image_size,step,sigma", [((15, 19), 2.0, 6.0), ((22, 22), 3.0, 9.0), ((12, 17), 2.5, 4.0)])
+def test_smooth_max_equals_transcription(image_size, step, sigma):
+    sm = SmoothMaxMask.for_image(image_size, step, sigma)
+    g = torch.Generator().manual_seed(1)
+    theta = torch.rand((2, 1, 1, *sm.grid_size), generator=g, dtype=torch.float64)
+    lat, full = sm(theta)
+    for n in range(2):
+        ref_lat, ref_full = _transcribed_mask(theta[n, 0, 0], sm)
+        assert (lat[n, 0, 0] - ref_lat).abs().max() < 1e-5
+        assert (full[n, 0, 0] - ref_full).abs().max() < 1e-5
+    assert full.shape == (2, 1, 1, *image_size)
+
+
+def test_smooth_max_reference_geometry_and_kernel():
+    sm = SmoothMaxMask.for_image((224, 224), 7.0, 21.0)
+    assert sm.radius == 4  # 9×9 = 81 neighbours, as in the reference
+    assert sm.inner_size == (33, 33)
+    assert smooth_max_kernel(torch.tensor([0.0, 0.5, 1.0])).tolist() == pytest.approx([1.0, 1.0, math.exp(-0.5)])
+    ones = sm(torch.ones(1, 1, 1, *sm.grid_size))[1]
+    assert ones.min() > 0.99 and ones.max() <= 1.0
+
+
+def test_smooth_max_gradcheck_float64():
+    sm = SmoothMaxMask.for_image((9, 11), 2.0, 5.0)
+    theta = torch.rand((1, 2, 1, *sm.grid_size), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: sm(t)[1], (theta,), eps=1e-6, atol=1e-5)
+
+
+def test_lattice_mask_is_close_to_per_pixel_evaluation():
+    """Interpolating the lattice values vs evaluating the smooth max at every pixel."""
+    H = W = 64
+    step, sigma = 2.0, 6.0
+    sm = SmoothMaxMask.for_image((H, W), step, sigma)
+    g = torch.Generator().manual_seed(0)
+    theta = (torch.rand((1, 1, 1, *sm.grid_size), generator=g, dtype=torch.float64) > 0.7).double()
+    full = sm(theta)[1][0, 0, 0]
+    p, R = sm.pad, sm.radius
+    ys = torch.arange(sm.grid_size[0], dtype=torch.float64) - p  # lattice coordinates in steps
+    sy = sm.spacing[0]
+    worst = 0.0
+    for y in range(0, H, 5):
+        for x in range(0, W, 5):
+            cy, cx = y / sy + p, x / sy + p
+            i0, j0 = round(cy), round(cx)
+            vals = []
+            for di in range(-R, R + 1):
+                for dj in range(-R, R + 1):
+                    ii, jj = i0 + di, j0 + dj
+                    v = float(theta[0, 0, 0, ii, jj]) if 0 <= ii < sm.grid_size[0] and 0 <= jj < sm.grid_size[1] else 0.0
+                    z = math.hypot((ii - cy) * sy, (jj - cx) * sy) / sigma
+                    vals.append(math.exp(-2 * max(z - 0.5, 0) ** 2) * v)
+            m = sum(v * math.exp(20 * v) for v in vals) / sum(math.exp(20 * v) for v in vals)
+            worst = max(worst, abs(m - float(full[y, x])))
+    assert worst < 0.08, worst
+
+
+def test_area_term_equals_sorted_definition():
+    m = torch.rand(3, 4, 1, 9, 7)
+    m[0, 0] = 0.5  # all tied
+    areas = (0.025, 0.1, 0.5, 1.0)
+    P = 63
+    ours = area_term(m, areas)
+    for k, a in enumerate(areas):
+        ref = torch.zeros(P)
+        A = round(a * P)
+        if A:
+            ref[P - A :] = 1
+        expected = ((m[:, k].reshape(3, -1).sort(dim=-1).values - ref) ** 2).mean(-1)
+        assert torch.allclose(ours[:, k], expected, atol=1e-6)
+
+
+def _oracle(size):
+    model = TextureOracle(size, BOXES, gain=4.0, bias=0.0, log=True)
+    x = torch.cat([textured_image(size, k, seed=k, boxes=BOXES, grain=size / 64) for k in range(2)])
+    return model, x
+
+
+def test_preserve_mask_covers_evidence_region():
+    size = 64
+    model, x = _oracle(size)
+    # The oracle's classes are not mirror-symmetric, so the flip jitter (which assumes a
+    # flip-invariant classifier) is switched off.
+    ex = mp.explain(model, x, method="extremal", areas=(0.1, 0.2), jitter="none")
+    region = region_masks(size, BOXES)[:2, None]  # each region is 9% of the image
+    covered = (ex.masks * region).sum(dim=(2, 3)) / region.sum(dim=(2, 3))
+    assert torch.all(covered[:, 1] > 0.9), covered  # the 0.2 mask holds the 0.09 region
+    assert torch.all(covered[:, 0] > 0.7), covered
+    inside = (ex.masks * region).sum(dim=(2, 3)) / ex.masks.sum(dim=(2, 3))
+    assert torch.all(inside[:, 0] > 0.6), inside
+    assert torch.all(ex.scores["masked"][:, 1] > 0.9 * ex.scores["clean"])
+    assert ex.saliency.shape == (2, size, size)
+    assert torch.allclose(ex.saliency, ex.masks.sum(dim=1))
+
+
+def test_dual_runs_both_games_in_one_batch():
+    model, x = _oracle(32)
+    calls = []
+    model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    ex = mp.explain(model, x, method="extremal", game="dual", areas=(0.1, 0.2), steps=5, jitter="none")
+    assert set(ex.history) == {"loss", "score_preserve", "score_delete", "area"}
+    assert {"masked", "masked_delete"} <= set(ex.scores)
+    assert 2 * 2 * 2 in calls  # N=2 images × K=2 areas × G=2 games in one forward pass
+
+
+def test_delete_game_masks_are_keep_masks():
+    model, x = _oracle(32)
+    ex = mp.explain(model, x, method="extremal", game="delete", areas=(0.2,), steps=20, jitter="none")
+    assert torch.allclose(ex.saliency, 1 - ex.masks[:, 0], atol=1e-6)
+
+
+def test_areas_jointly_equal_areas_separately():
+    model, x = _oracle(32)
+    model, x = model.double(), x.double()
+    joint = mp.explain(model, x, method="extremal", areas=(0.05, 0.2), steps=30, jitter=1)
+    for k, a in enumerate((0.05, 0.2)):
+        alone = mp.explain(model, x, method="extremal", areas=(a,), steps=30, jitter=1)
+        assert torch.allclose(alone.masks[:, 0], joint.masks[:, k], atol=1e-6)
+
+
+def test_batch_of_images_equals_one_by_one():
+    model, x = _oracle(32)
+    model, x = model.double(), x.double()
+    together = mp.explain(model, x, method="extremal", areas=(0.1,), steps=30)
+    for i in range(2):
+        alone = mp.explain(model, x[i : i + 1], method="extremal", areas=(0.1,), steps=30)
+        assert torch.allclose(alone.masks, together.masks[i : i + 1], atol=1e-6)
+
+
+def test_same_seed_identical_masks():
+    model, x = _oracle(32)
+    a = mp.explain(model, x, method="extremal", areas=(0.1,), steps=20, jitter=8, seed=5)
+    b = mp.explain(model, x, method="extremal", areas=(0.1,), steps=20, jitter=8, seed=5)
+    c = mp.explain(model, x, method="extremal", areas=(0.1,), steps=20, jitter=8, seed=6)
+    assert torch.equal(a.masks, b.masks)
+    assert not torch.equal(a.masks, c.masks)
+
+
+@pytest.mark.parametrize("areas", [(0.0,), (-0.1,), (1.5,), (), "big", (0.1, None)])
+def test_bad_areas(areas):
+    model, x = _oracle(32)
+    with pytest.raises(ConfigError, match="areas"):
+        mp.explain(model, x, method="extremal", areas=areas, steps=1)
+
+
+def test_saliency_area_and_smooth_options():
+    model, x = _oracle(32)
+    ex = mp.explain(model, x, method="extremal", areas=(0.1, 0.2), steps=5, saliency_area=0.2)
+    assert torch.allclose(ex.saliency, ex.masks[:, 1])
+    sm = mp.explain(model, x, method="extremal", areas=(0.1, 0.2), steps=5, smooth=0.09)
+    assert sm.saliency.std() < ex.masks.sum(1).std() + 1e-6
+    with pytest.raises(ConfigError, match="saliency_area"):
+        mp.explain(model, x, method="extremal", areas=(0.1,), saliency_area=0.3)
+
+
+@pytest.mark.parametrize("method,kw", [("extremal", dict(areas=(0.1,), jitter="none")), ("paper", {})])
+def test_early_stopping(method, kw):
+    model, x = _oracle(64)
+    ex = mp.explain(model, x, method=method, early_stop=40, **kw)
+    run = torch.tensor(ex.extra["steps_run"])
+    full = mp.method_config(method).steps
+    assert run.max() < full
+    assert ex.history["loss"].shape[0] <= full
