@@ -1,0 +1,8 @@
+"""``python -m meaningful_perturbation`` = the ``mperturb`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

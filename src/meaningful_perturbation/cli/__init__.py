@@ -1,0 +1,117 @@
+"""The ``mperturb`` command line: ``explain``, ``methods``, ``models`` (and ``benchmark``
+when installed).
+
+Exit status: 0 success; 1 some images could not be read (the others were done); 2 a usage or
+library error (one line ``mperturb: error: ...`` on stderr, no traceback); 130 interrupted.
+
+Example:
+    >>> from meaningful_perturbation.cli import main
+    >>> main(["methods"])  # doctest: +SKIP
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import os
+import sys
+from typing import Sequence
+
+from ..errors import MeaningfulPerturbationError
+
+__all__ = ["main", "build_parser"]
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from ..methods.registry import config_as_dict, get_method, methods
+
+    for name in methods():
+        spec = get_method(name)
+        print(f"{name}: {spec.summary}")
+        cfg = config_as_dict(spec.default_config())
+        if args.verbose or args.name:
+            for key, value in cfg.items():
+                print(f"    {key} = {value!r}")
+        else:
+            shown = ", ".join(f"{k}={v!r}" for k, v in cfg.items())
+            print(f"    defaults: {shown or '(none)'}")
+    return 0
+
+
+def _cmd_methods_entry(args: argparse.Namespace) -> int:
+    if args.name:
+        from ..methods.registry import config_as_dict, get_method
+
+        spec = get_method(args.name)
+        print(f"{spec.name}: {spec.summary}")
+        for f in dataclasses.fields(spec.default_config()):
+            print(f"    {f.name} = {config_as_dict(spec.default_config())[f.name]!r}")
+        return 0
+    return _cmd_methods(args)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from ..models import list_model_specs
+
+    for row in list_model_specs():
+        print(f"{row.pattern}\n    {row.description}\n    e.g. --model {row.example}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+    from . import explain
+
+    parser = argparse.ArgumentParser(
+        prog="mperturb",
+        description="Perturbation-based explanations of image classifiers (Meaningful Perturbation).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    explain.add_parser(sub)
+    p = sub.add_parser("methods", help="list the method presets, their summaries and defaults")
+    p.add_argument("name", nargs="?", default=None, help="show one preset's settings, one per line")
+    p.add_argument("-v", "--verbose", action="store_true", help="one setting per line")
+    p.set_defaults(func=_cmd_methods_entry)
+    p = sub.add_parser("models", help="list the model spec forms accepted by --model")
+    p.set_defaults(func=_cmd_models)
+    try:  # optional subcommand, provided by cli/benchmark.py when present
+        benchmark = importlib.import_module(f"{__name__}.benchmark")
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.benchmark":
+            raise
+    else:
+        cmd = benchmark.add_parser(sub)
+        if cmd is not None and cmd.get_default("func") is None:
+            cmd.set_defaults(func=benchmark.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``mperturb`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as e:  # --help, --version, usage errors
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(func(args) or 0)
+    except MeaningfulPerturbationError as e:
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"mperturb: error: {msg}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `mperturb methods | head`
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+    except KeyboardInterrupt:
+        print("mperturb: interrupted", file=sys.stderr)
+        return 130

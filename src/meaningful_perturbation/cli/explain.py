@@ -1,0 +1,250 @@
+"""``mperturb explain``: explain images from files, folders or globs and write figures.
+
+Per image ``<stem>`` (the file name without extension, made safe for a file name) the output
+folder receives ``<stem>_overlay.png``, ``<stem>_panel.png``, ``<stem>.npz`` and
+``<stem>_summary.json``; the folder also gets ``config.json``. Existing files are never
+replaced without ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, InputError
+from .options import RunSettings, add_method_options, add_model_options, build_run_settings, method_overrides
+
+__all__ = ["add_parser", "run", "safe_stem", "resolve_cli_target"]
+
+OUTPUT_SUFFIXES = ("_overlay.png", "_panel.png", ".npz", "_summary.json")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "explain",
+        help="explain images and write overlays, panels, .npz and JSON summaries",
+        description="Explain the model's prediction for each image and write the results to --out.",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders or glob patterns")
+    add_model_options(p)
+    add_method_options(p)
+    o = p.add_argument_group("output")
+    o.add_argument("--out", default="mperturb-out", metavar="DIR", help="output folder (default ./mperturb-out)")
+    o.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    o.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-image lines")
+    p.set_defaults(func=run)
+    return p
+
+
+def safe_stem(name: str) -> str:
+    """A file-name-safe stem: letters, digits, ``._-`` only, no leading dot, never empty.
+
+    Example:
+        >>> safe_stem("../my cat (1)")
+        'my_cat_1'
+    """
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
+    return stem[:120] or "image"
+
+
+def _unique_stems(paths: list[Path]) -> list[str]:
+    stems: list[str] = []
+    used: set[str] = {"config"}
+    for p in paths:
+        base = safe_stem(p.stem)
+        stem, k = base, 2
+        while stem.lower() in used:
+            stem, k = f"{base}_{k}", k + 1
+        used.add(stem.lower())
+        stems.append(stem)
+    return stems
+
+
+def resolve_cli_target(target: Any, logits: torch.Tensor, class_names: tuple[str, ...] | None) -> list[list[int]] | None:
+    """``--target`` → a class list for one image (``None`` = the method's default)."""
+    n_classes = int(logits.shape[-1])
+    if target is None:
+        return None
+    if target in ("top1", "top5"):
+        k = min(1 if target == "top1" else 5, n_classes)
+        return [logits[0].topk(k).indices.tolist()]
+    if isinstance(target, int):
+        if not 0 <= target < n_classes:
+            raise ConfigError(f"--target: class index {target} out of range for a model with {n_classes} classes")
+        return [[target]]
+    names = list(class_names or ())
+    lowered = [n.lower() for n in names]
+    if target.lower() in lowered:
+        return [[lowered.index(target.lower())]]
+    if not names:
+        raise ConfigError(f"--target: {target!r} is not an index, top1 or top5, and the model has no class names")
+    hint = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+    raise ConfigError(f"--target: unknown class name {target!r}; classes: {hint}")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (tuple, set)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    return str(o)
+
+
+def _perturbed_input(x: torch.Tensor, mask: torch.Tensor, config: dict[str, Any]) -> torch.Tensor:
+    """The input with the mask applied: ``x * m + p(x) * (1 - m)`` for display.
+
+    ``p`` follows the config's perturbation (blur at the configured sigma, scaled from
+    ``reference_size`` to this input; median blur; constant = the dataset mean, i.e. 0 after
+    normalisation); other kinds fall back to a Gaussian blur of sigma 10 px.
+    """
+    from ..core.perturbation import gaussian_blur, median_blur
+
+    kind = config.get("perturbation", "blur")
+    size = min(x.shape[-2:])
+    if kind == "constant":
+        p = torch.zeros_like(x)
+    elif kind in ("median", "median_blur") and "median_size" in config:
+        p = median_blur(x, int(config["median_size"]))
+    else:
+        sigma = float(config.get("blur_sigma", 10.0) or 10.0)
+        ref = config.get("reference_size")
+        if ref:
+            sigma = sigma * size / float(ref)
+        p = gaussian_blur(x, max(sigma, 0.5))
+    m = mask.to(x.dtype).clamp(0, 1)
+    return x * m + p * (1 - m)
+
+
+def _to_hwc_uint8(img: torch.Tensor) -> np.ndarray:
+    return (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import explain as explain_fn
+    from .. import figures
+    from ..io import denormalize, expand_images, load_image, map_to_original, preprocess, resolve_preprocessing
+    from ..models import load_model
+
+    settings: RunSettings = build_run_settings(args)
+    paths = expand_images(args.images)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out: {str(out)!r} exists and is not a folder")
+    stems = _unique_stems(paths)
+    planned = [out / "config.json"] + [out / f"{s}{suf}" for s in stems for suf in OUTPUT_SUFFIXES]
+    existing = [p for p in planned if p.exists()]
+    if existing and not args.overwrite:
+        names = ", ".join(p.name for p in existing[:3]) + (" ..." if len(existing) > 3 else "")
+        raise InputError(
+            f"--out: {len(existing)} output file(s) already exist in {str(out)!r} ({names}); "
+            "pass --overwrite to replace them or choose another --out"
+        )
+    loaded = load_model(
+        settings.model, weights=settings.weights, unsafe_pickle=settings.unsafe_pickle, device=settings.device
+    )
+    prep = resolve_preprocessing(loaded.preprocessing, **settings.preprocessing)
+    class_names = prep.class_names
+    device = torch.device(settings.device)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(
+        out / "config.json",
+        {"method": settings.method, "config": settings.config, "settings": settings.to_dict(),
+         "preprocessing": prep.to_dict(), "model": settings.model},
+    )
+    interactive = not args.quiet and sys.stderr.isatty()
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    failures = 0
+    overrides = method_overrides(settings)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(list(zip(paths, stems)), desc="images", unit="img", disable=not interactive)
+    for path, stem in bar:
+        try:
+            image = load_image(path)
+        except InputError as e:
+            failures += 1
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            print(f"mperturb: skipping {path}: {msg}" if str(path) not in msg else f"mperturb: skipping: {msg}",
+                  file=sys.stderr)
+            continue
+        x, geometry = preprocess(image, prep)
+        xb = x.unsqueeze(0).to(device)
+        with torch.no_grad():
+            logits = loaded.model(xb)
+            if hasattr(logits, "logits") and not isinstance(logits, torch.Tensor):
+                logits = logits.logits
+        target = resolve_cli_target(settings.target, logits.float().cpu(), class_names)
+        t0 = time.perf_counter()
+        ex = explain_fn(
+            loaded.model, xb, target=target, method=settings.method, seed=settings.seed,
+            progress=interactive, **overrides,
+        )
+        seconds = time.perf_counter() - t0
+        sal = ex.saliency[0].float()
+        mask = ex.masks[0, 0].float()
+        # Files.
+        ex.save(out / f"{stem}.npz")
+        original = np.asarray(image, dtype=np.uint8)
+        sal_orig = map_to_original(sal, geometry)
+        figures.save_overlay(out / f"{stem}_overlay.png", original, sal_orig)
+        shown = denormalize(x, prep)
+        perturbed = denormalize(_perturbed_input(x.unsqueeze(0), mask[None, None], ex.config)[0], prep)
+        preserved = shown * mask.clamp(0, 1)[None]
+        history = {k: v[:, 0, 0] for k, v in ex.history.items() if v.dim() == 3 and v.shape[0] > 0}
+        targets = ex.target[0]
+        names = [class_names[c] if class_names and c < len(class_names) else str(c) for c in targets]
+        figures.save_panel(
+            out / f"{stem}_panel.png",
+            original=_to_hwc_uint8(shown), saliency=sal.numpy(), perturbed=_to_hwc_uint8(perturbed),
+            preserved=_to_hwc_uint8(preserved), history=history,
+            title=f"{path.name}: {settings.method}, target {', '.join(names)}",
+        )
+        scores = {k: v[0].tolist() for k, v in ex.scores.items()}
+        _write_json(out / f"{stem}_summary.json", {
+            "image": str(path),
+            "stem": stem,
+            "target": targets,
+            "target_names": names if class_names else None,
+            "scores": scores,
+            "method": settings.method,
+            "settings": settings.to_dict(),
+            "config": ex.config,
+            "preprocessing": prep.to_dict(),
+            "model": loaded.spec,
+            "seconds": round(seconds, 4),
+            "original_size": list(geometry.original_size),
+        })
+        clean = scores.get("clean")
+        masked = scores.get("masked")
+        say(f"{path}: target {', '.join(names)}"
+            + (f", p clean {clean:.3f}" if isinstance(clean, float) else "")
+            + (f", masked {masked[0]:.3f}" if isinstance(masked, list) and masked else "")
+            + f" ({seconds:.1f}s) -> {out / stem}_*")
+    bar.close()
+    if failures:
+        print(f"mperturb: {failures} of {len(paths)} image(s) could not be read", file=sys.stderr)
+        return 1
+    return 0

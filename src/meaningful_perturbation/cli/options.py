@@ -1,0 +1,218 @@
+"""Option definitions shared by the ``mperturb`` subcommands (``explain``, ``benchmark``).
+
+``add_model_options`` / ``add_method_options`` add the arguments to a parser;
+``build_run_settings`` turns the parsed namespace into a validated :class:`RunSettings`
+(method overrides resolved against the preset's config, so a typo fails before any model is
+loaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, InputError
+from ..methods.registry import config_as_dict, get_method, resolve_config
+
+__all__ = [
+    "RunSettings",
+    "add_model_options",
+    "add_method_options",
+    "build_run_settings",
+    "parse_set_value",
+    "parse_target",
+]
+
+
+@dataclass
+class RunSettings:
+    """Everything a run needs besides the images.
+
+    Attributes:
+        model: model spec (``demo`` when not given).
+        weights: optional state-dict file.
+        unsafe_pickle: allow pickled weights files.
+        device: ``cpu`` / ``cuda`` / ``cuda:1`` ...
+        preprocessing: overrides for :func:`~meaningful_perturbation.io.resolve_preprocessing`
+            (only the ones given).
+        method: preset name.
+        target: ``None`` (method default), ``"top1"``, ``"top5"``, an int or a class name.
+        overrides: method config overrides (``--config`` < ``--set`` < ``--steps``/``--areas``).
+        config: the resolved method config as a plain dict.
+        seed: random seed.
+    """
+
+    model: str = "demo"
+    weights: str | None = None
+    unsafe_pickle: bool = False
+    device: str = "cpu"
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    method: str = "paper"
+    target: str | int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "weights": self.weights,
+            "unsafe_pickle": self.unsafe_pickle,
+            "device": self.device,
+            "preprocessing": self.preprocessing,
+            "method": self.method,
+            "target": self.target,
+            "overrides": self.overrides,
+            "seed": self.seed,
+        }
+
+
+def _size(text: str) -> int | tuple[int, int]:
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}") from None
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 2:
+        return (values[0], values[1])
+    raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}")
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--model --weights --unsafe-pickle --device`` and the preprocessing overrides."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default=None, metavar="SPEC",
+                   help="model spec (see `mperturb models`); default: the bundled demo model")
+    g.add_argument("--weights", default=None, metavar="FILE",
+                   help="state-dict file loaded into the model (.safetensors or torch.save)")
+    g.add_argument("--unsafe-pickle", action="store_true",
+                   help="accept weights files that need full unpickling (trusted files only)")
+    g.add_argument("--device", default="cpu", metavar="DEVICE", help="cpu, cuda, cuda:1, ... (default cpu)")
+    p = parser.add_argument_group("preprocessing overrides (default: the model's own)")
+    p.add_argument("--input-size", type=_size, default=None, metavar="N|HxW", help="model input size")
+    p.add_argument("--resize", type=int, default=None, metavar="N",
+                   help="short side before the centre crop (0 = just cover the input size)")
+    p.add_argument("--mean", type=float, nargs=3, default=None, metavar=("R", "G", "B"))
+    p.add_argument("--std", type=float, nargs=3, default=None, metavar=("R", "G", "B"))
+
+
+def add_method_options(parser: argparse.ArgumentParser) -> None:
+    """``--method --target --areas --steps --set --config --seed``."""
+    g = parser.add_argument_group("method")
+    g.add_argument("--method", default="paper", metavar="NAME",
+                   help="preset (see `mperturb methods`); default paper")
+    g.add_argument("--target", default=None, metavar="CLASS|top1|top5",
+                   help="class index or name, top1, or top5 (5 top classes, scores summed); "
+                        "default: the method's own (top-1; top-5 for paper-loc)")
+    g.add_argument("--areas", type=float, nargs="+", default=None, metavar="A",
+                   help="mask areas (extremal)")
+    g.add_argument("--steps", type=int, default=None, metavar="N", help="optimisation steps")
+    g.add_argument("--set", dest="set_values", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field; VALUE parsed as JSON when possible (repeatable)")
+    g.add_argument("--config", default=None, metavar="FILE",
+                   help="JSON object of config overrides (applied before --set)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def parse_set_value(item: str) -> tuple[str, Any]:
+    """``"key=value"`` → ``(key, value)``, the value parsed as JSON when possible.
+
+    Example:
+        >>> parse_set_value("areas=[0.1, 0.2]")
+        ('areas', [0.1, 0.2])
+        >>> parse_set_value("game=preserve")
+        ('game', 'preserve')
+    """
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set: expected KEY=VALUE, got {item!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.replace("-", "_"), value
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"--config: cannot read {path!r} ({e.strerror or e})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--config: {path!r} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {path!r} must hold a JSON object of config fields, got {type(data).__name__}")
+    # A config.json written by `mperturb explain` wraps the fields in "config".
+    if isinstance(data.get("config"), dict) and "method" in data:
+        data = data["config"]
+    return data
+
+
+def parse_target(text: str | None) -> str | int | None:
+    """``None`` / ``top1`` / ``top5`` / an int / a class name (kept as str)."""
+    if text is None:
+        return None
+    t = text.strip()
+    if t.lower() in ("top1", "top5"):
+        return t.lower()
+    try:
+        return int(t)
+    except ValueError:
+        return t
+
+
+def build_run_settings(args: argparse.Namespace) -> RunSettings:
+    """Validate the parsed options into a :class:`RunSettings`.
+
+    Raises:
+        ConfigError / InputError: unknown method or setting, bad ``--set``/``--config``.
+    """
+    overrides: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        overrides.update(_read_config_file(args.config))
+    for item in getattr(args, "set_values", None) or []:
+        key, value = parse_set_value(item)
+        overrides[key] = value
+    if getattr(args, "steps", None) is not None:
+        overrides["steps"] = args.steps
+    if getattr(args, "areas", None) is not None:
+        overrides["areas"] = list(args.areas)
+    # JSON lists -> tuples (configs are frozen dataclasses with tuple fields).
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    method = getattr(args, "method", "paper") or "paper"
+    spec = get_method(method)
+    try:
+        cfg = resolve_config(spec, overrides)
+    except TypeError as e:  # a value of the wrong type deep inside a dataclass check
+        raise ConfigError(f"--set: invalid value for method {method!r} ({e})") from None
+    prep: dict[str, Any] = {}
+    for name in ("input_size", "resize", "mean", "std"):
+        value = getattr(args, name, None)
+        if value is not None:
+            prep[name] = tuple(value) if isinstance(value, list) else value
+    return RunSettings(
+        model=getattr(args, "model", None) or "demo",
+        weights=getattr(args, "weights", None),
+        unsafe_pickle=bool(getattr(args, "unsafe_pickle", False)),
+        device=getattr(args, "device", "cpu") or "cpu",
+        preprocessing=prep,
+        method=method,
+        target=parse_target(getattr(args, "target", None)),
+        overrides={k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
+        config=config_as_dict(cfg),
+        seed=int(getattr(args, "seed", 0) or 0),
+    )
+
+
+def method_overrides(settings: RunSettings) -> dict[str, Any]:
+    """The overrides as keyword arguments for ``explain`` (lists back to tuples)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in settings.overrides.items()}
+
