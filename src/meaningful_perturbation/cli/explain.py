@@ -168,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
     prep = resolve_preprocessing(loaded.preprocessing, **settings.preprocessing)
     class_names = prep.class_names
     device = torch.device(settings.device)
+    if isinstance(settings.target, str) and settings.target not in ("top1", "top5"):
+        # Check a class name before anything is written (indices need the model's output size).
+        resolve_cli_target(settings.target, torch.zeros(1, len(class_names or ()) or 1), class_names)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(
         out / "config.json",
