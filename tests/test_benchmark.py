@@ -1,0 +1,185 @@
+"""Tests for the ShapeEvidence benchmark (library + ``mperturb benchmark``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+
+from meaningful_perturbation.errors import ConfigError, InputError
+from meaningful_perturbation.evaluation import COLUMNS, METRICS, BenchmarkResult, run_benchmark
+from meaningful_perturbation.evaluation.benchmark import _CountingModel, _scaled_overrides
+
+QUICK_METHODS = ["paper", "rise", "gradient", "random"]
+
+
+def _model() -> torch.nn.Module:
+    """The demo model, or a seeded random ShapeNet while the weights are not there."""
+    from meaningful_perturbation.demo import load_demo_model
+    from meaningful_perturbation.demo.model import ShapeNet
+
+    try:
+        return load_demo_model()
+    except InputError:
+        torch.manual_seed(0)
+        return ShapeNet().eval()
+
+
+@pytest.fixture(scope="module")
+def quick() -> BenchmarkResult:
+    return run_benchmark(
+        n=16, methods=QUICK_METHODS, size=64, steps_scale=0.02, progress=False, model=_model(), curve_steps=10
+    )
+
+
+def test_quick_run_table_has_every_column(quick: BenchmarkResult) -> None:
+    md = quick.to_markdown()
+    lines = md.strip().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == list(COLUMNS)
+    for col in ("exact pointing", "pointing@tol", "rank acc", "distractor mass", "deletion AUC ↓",
+                "insertion AUC ↑", "min. sufficient area ↓", "s/img", "passes/img"):
+        assert col in header
+    assert len(lines) == 2 + len(QUICK_METHODS)
+    for line, name in zip(lines[2:], QUICK_METHODS):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == name and len(cells) == len(COLUMNS)
+        # "0.91 [0.87, 0.95]" or n/a
+        for c in cells[1 : 1 + len(METRICS)]:
+            assert c == "n/a" or ("[" in c and c.endswith("]"))
+
+
+def test_rows_are_sane(quick: BenchmarkResult) -> None:
+    rows = {r["method"]: r for r in quick.rows}
+    for r in rows.values():
+        for k, _ in METRICS:
+            mean, lo, hi = r[k]
+            if not math.isnan(mean):
+                assert lo <= mean + 1e-12 and mean <= hi + 1e-12
+        assert r["seconds_per_image"] > 0
+        assert r["passes_per_image"] >= 1.0  # at least the clean pass
+    # random / gradient: one clean pass (+ one backward-carrying pass for gradient)
+    assert rows["random"]["passes_per_image"] == pytest.approx(1.0)
+    assert rows["gradient"]["passes_per_image"] <= 3.0
+    # RISE with 4000 * 0.02 = 80 masks evaluates at least 80 images per image
+    assert rows["rise"]["passes_per_image"] >= 80
+    assert rows["paper"]["passes_per_image"] > rows["random"]["passes_per_image"]
+    # random saliency rarely lands exactly on the shape
+    assert rows["random"]["exact_pointing"][0] < 0.5
+    assert quick.settings["overrides"]["paper"] == {"steps": 6}
+    assert quick.settings["overrides"]["rise"] == {"n_masks": 80}
+
+
+def test_json_keys(quick: BenchmarkResult) -> None:
+    js = quick.to_json()
+    json.dumps(js, allow_nan=False)
+    assert set(js) >= {"settings", "columns", "rows", "per_image"}
+    assert js["settings"]["n"] == 16 and js["settings"]["methods"] == QUICK_METHODS
+    for row in js["rows"]:
+        for k, _ in METRICS:
+            assert set(row[k]) == {"mean", "lo", "hi"}
+        assert "seconds_per_image" in row and "passes_per_image" in row
+    assert len(js["per_image"]["random"]["exact_pointing"]) == 16
+
+
+def test_distractor_mass_only_on_images_with_distractors(quick: BenchmarkResult) -> None:
+    vals = quick.per_image["random"]["distractor_mass"]
+    n_with = quick.rows[0]["n_distractor_images"]
+    assert sum(not math.isnan(v) for v in vals) == n_with
+
+
+def test_counting_wrapper_counts_images() -> None:
+    m = _CountingModel(torch.nn.Flatten())
+    m(torch.zeros(3, 2))
+    m(torch.zeros(5, 2))
+    assert m.images == 8
+
+
+def test_scaled_overrides() -> None:
+    assert _scaled_overrides("paper", 1.0) == {}
+    assert _scaled_overrides("paper", 0.5) == {"steps": 150}
+    assert _scaled_overrides("paper", 1e-9) == {"steps": 1}
+    assert _scaled_overrides("gradient", 0.5) == {}
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"n": 0},
+        {"n": -3},
+        {"n": 2.5},
+        {"methods": ["nope"]},
+        {"methods": []},
+        {"steps_scale": 0},
+        {"steps_scale": float("nan")},
+        {"size": 8},
+        {"batch_size": 0},
+    ],
+)
+def test_bad_args(kwargs) -> None:
+    with pytest.raises(ConfigError):
+        run_benchmark(progress=False, model=torch.nn.Identity(), **kwargs)
+
+
+def test_unknown_method_lists_valid() -> None:
+    with pytest.raises(ConfigError, match="valid methods"):
+        run_benchmark(methods=["gradient", "bogus"], progress=False, model=torch.nn.Identity())
+
+
+def _parser() -> argparse.ArgumentParser:
+    from meaningful_perturbation.cli.benchmark import add_parser
+
+    parser = argparse.ArgumentParser(prog="mperturb")
+    sub = parser.add_subparsers(dest="command")
+    add_parser(sub)
+    return parser
+
+
+def test_cli_writes_outputs(tmp_path, monkeypatch, capsys) -> None:
+    import meaningful_perturbation.demo as demo
+    from meaningful_perturbation.cli.benchmark import run
+
+    model = _model()
+    monkeypatch.setattr(demo, "load_demo_model", lambda device="cpu", weights=None: model)
+    out = tmp_path / "res"
+    args = _parser().parse_args(
+        ["benchmark", "--n", "4", "--methods", "random,center", "--steps-scale", "0.1", "--out", str(out), "-q"]
+    )
+    assert args.func is run
+    assert run(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("| method |") and "| random |" in printed and "| center |" in printed
+    js = json.loads((out / "benchmark.json").read_text())
+    assert [r["method"] for r in js["rows"]] == ["random", "center"]
+    assert js["settings"]["steps_scale"] == 0.1
+    md = (out / "benchmark.md").read_text()
+    assert "| method | exact pointing |" in md
+    assert sorted(p.name for p in out.iterdir()) == ["benchmark.json", "benchmark.md"]  # no temp files left
+
+
+def test_cli_defaults() -> None:
+    args = _parser().parse_args(["benchmark"])
+    assert (args.n, args.methods, args.size, args.steps_scale, args.seed, args.out, args.device, args.quiet) == (
+        200,
+        None,
+        64,
+        1.0,
+        0,
+        "mperturb-benchmark",
+        "cpu",
+        False,
+    )
+
+
+@pytest.mark.parametrize("argv", [["--n", "0"], ["--methods", "bogus"]])
+def test_cli_bad_args(tmp_path, capsys, argv) -> None:
+    from meaningful_perturbation.cli.benchmark import run
+
+    args = _parser().parse_args(["benchmark", *argv, "--out", str(tmp_path / "o"), "-q"])
+    assert run(args) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and ("n:" in err or "bogus" in err)
+    assert not (tmp_path / "o").exists()
