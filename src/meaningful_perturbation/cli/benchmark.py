@@ -48,6 +48,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the data draw and the methods (default 0)")
     p.add_argument("--batch-size", type=int, default=16, help="images per explain() call (default 16)")
+    p.add_argument(
+        "--curve-steps", type=int, default=100, help="grid steps of the deletion/insertion/area curves (default 100)"
+    )
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -88,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             steps_scale=args.steps_scale,
             seed=args.seed,
             batch_size=getattr(args, "batch_size", 16),
+            curve_steps=getattr(args, "curve_steps", 100),
             device=args.device,
             progress=not args.quiet,
         )
