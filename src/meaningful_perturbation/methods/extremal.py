@@ -188,8 +188,8 @@ def _run(ctx: Context, cfg: ExtremalConfig):
     delete_only = cfg.game == "delete"
     H, W = ctx.size
 
-    def saliency(keep: torch.Tensor) -> torch.Tensor:
-        salient = 1 - keep if delete_only else keep  # the region m in every game
+    def saliency(salient: torch.Tensor) -> torch.Tensor:
+        # The loop's masks are the optimised m: the salient region in every game.
         sal = salient[:, areas.index(cfg.saliency_area)] if cfg.saliency_area is not None else salient.sum(dim=1)
         if cfg.smooth > 0:
             sal = gaussian_blur(sal.unsqueeze(1), cfg.smooth * min(H, W)).squeeze(1)
