@@ -1,0 +1,78 @@
+"""The shipped demo classifier for ShapeEvidence (DESIGN.md §4).
+
+A ~70k-parameter CNN (:class:`~meaningful_perturbation.demo.model.ShapeNet`) trained on the
+``"train"`` split of :func:`meaningful_perturbation.data.make_shape_evidence`; weights ship
+as ``shapes_cnn.safetensors`` (loaded with safetensors, never pickle). See ``MODEL_CARD.md``
+for the recipe and the measured accuracies.
+
+The model takes ``(N, 3, H, W)`` images with ``H, W >= 32`` (trained at 64 px), first scaled
+to [0, 1] and then normalised with the ImageNet mean / std given in
+:data:`DEMO_PREPROCESSING`, exactly as an ImageNet classifier's inputs would be.
+
+Importing this module is light: torch, safetensors and the model definition only.
+
+Example:
+    >>> import torch
+    >>> from meaningful_perturbation.demo import DEMO_PREPROCESSING, load_demo_model
+    >>> model = load_demo_model()
+    >>> x = torch.zeros(1, 3, DEMO_PREPROCESSING["input_size"], DEMO_PREPROCESSING["input_size"])
+    >>> model(x).shape
+    torch.Size([1, 6])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InputError, ModelError
+from .model import ShapeNet
+
+__all__ = ["DEMO_PREPROCESSING", "WEIGHTS_PATH", "ShapeNet", "load_demo_model"]
+
+#: The shipped weights (safetensors).
+WEIGHTS_PATH: Path = Path(__file__).with_name("shapes_cnn.safetensors")
+
+#: How to prepare inputs for the demo model. ``mean`` / ``std`` are the ImageNet statistics
+#: (the same values as :data:`meaningful_perturbation.data.MEAN` / ``STD``), applied to
+#: images in [0, 1]; ``class_names`` are in logit order.
+DEMO_PREPROCESSING: dict[str, Any] = {
+    "input_size": 64,
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+    "class_names": ("disc", "square", "triangle", "plus", "ring", "x"),
+}
+
+
+def load_demo_model(device: str | torch.device = "cpu", weights: str | Path | None = None) -> torch.nn.Module:
+    """Build :class:`ShapeNet` and load the shipped (or given) safetensors weights.
+
+    Args:
+        device: where to put the model.
+        weights: a ``.safetensors`` state dict; default: :data:`WEIGHTS_PATH`.
+
+    Returns:
+        The model in eval mode, parameters with ``requires_grad=True`` (as any freshly
+        loaded model; explanation methods freeze them themselves).
+
+    Raises:
+        InputError: the weights file does not exist.
+        ModelError: the file does not hold a ShapeNet state dict.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(weights) if weights is not None else WEIGHTS_PATH
+    if not path.is_file():
+        raise InputError(
+            f"weights: file {str(path)!r} not found; expected a .safetensors state dict "
+            "(train one with `python -m meaningful_perturbation.demo train --out PATH`)"
+        )
+    state = load_file(str(path), device="cpu")
+    model = ShapeNet(num_classes=len(DEMO_PREPROCESSING["class_names"]))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelError(f"weights: {str(path)!r} is not a ShapeNet state dict: {e}") from e
+    return model.to(device).eval()
