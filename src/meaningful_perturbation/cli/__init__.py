@@ -77,15 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_methods_entry)
     p = sub.add_parser("models", help="list the model spec forms accepted by --model")
     p.set_defaults(func=_cmd_models)
-    try:  # optional subcommand, provided by cli/benchmark.py when present
-        benchmark = importlib.import_module(f"{__name__}.benchmark")
-    except ModuleNotFoundError as e:
-        if e.name != f"{__name__}.benchmark":
-            raise
-    else:
-        cmd = benchmark.add_parser(sub)
+    for name in ("benchmark", "run", "report"):  # optional subcommands, cli/<name>.py when present
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            continue
+        cmd = module.add_parser(sub)
         if cmd is not None and cmd.get_default("func") is None:
-            cmd.set_defaults(func=benchmark.run)
+            cmd.set_defaults(func=module.run)
     return parser
 
 

@@ -1,0 +1,252 @@
+"""Where ``mperturb run`` gets its images: folders, CSV / JSONL manifests, ImageFolder trees.
+
+:func:`load_source` turns ``SOURCE`` into a list of :class:`Item` (sorted, with stable,
+unique, file-name-safe ids). Kinds (``kind="auto"`` picks one):
+
+* ``folder``: a folder with image files directly inside it (not recursive); no labels.
+* ``imagefolder``: a folder whose sub-folders hold the images (searched recursively), one
+  sub-folder per class, like ``torchvision.datasets.ImageFolder``. Labels: if every
+  sub-folder name is one of the model's class names (case-insensitive), the label is that
+  class's index; otherwise it is the index of the sub-folder in the sorted list of
+  sub-folder names (torchvision's rule).
+* ``csv``: a manifest with a header row; ``jsonl``: one JSON object per line. Fields:
+  ``path`` (required; relative to the manifest's folder, or absolute), ``target`` (optional
+  class index or class name), ``box`` (optional ``"x0,y0,x1,y1"`` string or list, or the
+  four fields ``x0 y0 x1 y1``; half-open pixel-edge coordinates of the original image) and
+  ``mask`` (optional ground-truth mask image, relative like ``path``; non-zero = object).
+
+``auto``: ``.csv`` → csv; ``.jsonl`` / ``.ndjson`` / ``.json`` → jsonl; a folder with image
+files at its top level → folder; a folder with only sub-folders of images → imagefolder.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import InputError
+from ..io import IMAGE_EXTENSIONS
+
+__all__ = ["Item", "SOURCE_KINDS", "load_source", "item_id", "detect_kind"]
+
+SOURCE_KINDS = ("auto", "folder", "imagefolder", "csv", "jsonl")
+
+
+@dataclass
+class Item:
+    """One image to explain.
+
+    Attributes:
+        id: stable, unique, file-name-safe identifier (sanitised relative path + short hash).
+        path: the image file.
+        rel: the path as given / relative to the source root (shown in reports).
+        label: ground-truth class (index or class name) from the source, or ``None``.
+        box: ``(x0, y0, x1, y1)`` ground-truth box in original-image pixels, or ``None``.
+        mask: ground-truth mask image file, or ``None``.
+        error: a problem found while reading the source (the item is recorded as a failure).
+    """
+
+    id: str
+    path: Path
+    rel: str
+    label: int | str | None = None
+    box: tuple[float, float, float, float] | None = None
+    mask: Path | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def item_id(rel: str, salt: str = "") -> str:
+    """``sanitised-relative-path-<8 hex>``: letters, digits, ``._-`` only, at most ~100 chars.
+
+    Example:
+        >>> item_id("cats/my cat.jpg")
+        'cats__my_cat.jpg-...'  # doctest: +SKIP
+    """
+    base = rel.replace("\\", "/").replace("/", "__")
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._-")[:80] or "item"
+    digest = hashlib.sha1((rel + "\0" + salt).encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{base}-{digest}"
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+
+
+def detect_kind(source: Path) -> str:
+    if not source.exists():
+        raise InputError(f"SOURCE: {str(source)!r} does not exist")
+    if source.is_file():
+        suffix = source.suffix.lower()
+        if suffix == ".csv":
+            return "csv"
+        if suffix in (".jsonl", ".ndjson", ".json"):
+            return "jsonl"
+        raise InputError(
+            f"SOURCE: {str(source)!r} is a file but not a .csv or .jsonl manifest "
+            "(use `mperturb explain` for single images, or --source-type)"
+        )
+    entries = sorted(source.iterdir())
+    if any(_is_image(p) for p in entries):
+        return "folder"
+    if any(p.is_dir() and not p.name.startswith(".") for p in entries):
+        return "imagefolder"
+    raise InputError(f"SOURCE: no images found in folder {str(source)!r}")
+
+
+def _parse_box(value: Any, where: str) -> tuple[float, float, float, float] | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        parts = [p for p in re.split(r"[,\s]+", value.strip()) if p]
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        raise InputError(f"{where}: box must be 'x0,y0,x1,y1' or a list of 4 numbers, got {value!r}")
+    try:
+        nums = tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: box must hold 4 numbers, got {value!r}") from None
+    if len(nums) != 4 or not (nums[2] > nums[0] and nums[3] > nums[1]):
+        raise InputError(f"{where}: box must be x0,y0,x1,y1 with x1 > x0 and y1 > y0, got {value!r}")
+    return nums  # type: ignore[return-value]
+
+
+def _parse_target(value: Any) -> int | str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise InputError(f"target: expected a class index or name, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _manifest_rows(source: Path, kind: str) -> list[tuple[int, dict[str, Any]]]:
+    try:
+        text = source.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"SOURCE: cannot read manifest {str(source)!r} ({e})") from None
+    rows: list[tuple[int, dict[str, Any]]] = []
+    if kind == "csv":
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames or "path" not in [f.strip() for f in reader.fieldnames]:
+            raise InputError(f"SOURCE: CSV manifest {str(source)!r} needs a header row with a 'path' column")
+        for lineno, row in enumerate(reader, start=2):
+            clean = {(k or "").strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
+            rows.append((lineno, {k: v for k, v in clean.items() if v not in (None, "")}))
+    else:
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"SOURCE: {source.name} line {lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise InputError(f"SOURCE: {source.name} line {lineno}: expected a JSON object")
+            rows.append((lineno, {k: v for k, v in obj.items() if v not in (None, "")}))
+    return rows
+
+
+def _from_manifest(source: Path, kind: str) -> list[Item]:
+    root = source.parent
+    items: list[Item] = []
+    for lineno, row in _manifest_rows(source, kind):
+        where = f"{source.name} line {lineno}"
+        if "path" not in row:
+            raise InputError(f"SOURCE: {where}: missing 'path'")
+        rel = str(row["path"])
+        path = Path(rel) if os.path.isabs(rel) else root / rel
+        box_value = row.get("box")
+        if box_value is None and all(k in row for k in ("x0", "y0", "x1", "y1")):
+            box_value = [row["x0"], row["y0"], row["x1"], row["y1"]]
+        box = _parse_box(box_value, f"SOURCE: {where}")
+        mask = row.get("mask")
+        mask_path = None if mask is None else (Path(str(mask)) if os.path.isabs(str(mask)) else root / str(mask))
+        label = _parse_target(row.get("target"))
+        salt = json.dumps([label, box, None if mask is None else str(mask)])
+        items.append(Item(id="", path=path, rel=rel, label=label, box=box, mask=mask_path, extra={"salt": salt}))
+    return items
+
+
+def _from_folder(source: Path) -> list[Item]:
+    return [Item(id="", path=p, rel=p.name) for p in sorted(source.iterdir()) if _is_image(p)]
+
+
+def _from_imagefolder(source: Path, class_names: Sequence[str] | None) -> tuple[list[Item], dict[str, Any]]:
+    classes = sorted(p.name for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise InputError(f"SOURCE: {str(source)!r} has no class sub-folders")
+    lowered = [c.lower() for c in class_names or ()]
+    by_name = bool(lowered) and all(c.lower() in lowered for c in classes)
+    mapping = {c: (lowered.index(c.lower()) if by_name else i) for i, c in enumerate(classes)}
+    items: list[Item] = []
+    for c in classes:
+        for dirpath, dirnames, filenames in os.walk(source / c):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                p = Path(dirpath) / name
+                if _is_image(p):
+                    items.append(Item(id="", path=p, rel=p.relative_to(source).as_posix(), label=mapping[c]))
+    info = {"classes": classes, "label_rule": "class names" if by_name else "sorted sub-folder index",
+            "mapping": mapping}
+    return items, info
+
+
+def load_source(
+    source: str | os.PathLike[str], kind: str = "auto", class_names: Sequence[str] | None = None
+) -> tuple[list[Item], dict[str, Any]]:
+    """Read ``source`` into items (sorted by relative path; ids unique).
+
+    Returns:
+        ``(items, info)``; ``info`` has ``kind`` and, for ImageFolder trees, the class mapping.
+
+    Raises:
+        InputError: missing source, unreadable manifest, a malformed row, no images.
+    """
+    src = Path(source)
+    if kind not in SOURCE_KINDS:
+        raise InputError(f"--source-type: expected one of {', '.join(SOURCE_KINDS)}, got {kind!r}")
+    if kind == "auto":
+        kind = detect_kind(src)
+    elif not src.exists():
+        raise InputError(f"SOURCE: {str(src)!r} does not exist")
+    info: dict[str, Any] = {"kind": kind, "source": str(src)}
+    if kind in ("csv", "jsonl"):
+        if not src.is_file():
+            raise InputError(f"SOURCE: {str(src)!r} is not a manifest file")
+        items = _from_manifest(src, kind)
+    elif not src.is_dir():
+        raise InputError(f"SOURCE: {str(src)!r} is not a folder")
+    elif kind == "folder":
+        items = _from_folder(src)
+    else:
+        items, extra = _from_imagefolder(src, class_names)
+        info.update(extra)
+    if not items:
+        raise InputError(f"SOURCE: no images found in {str(src)!r}")
+    used: set[str] = set()
+    for k, it in enumerate(items):
+        salt = it.extra.pop("salt", "")
+        iid = item_id(it.rel, salt)
+        n = 2
+        while iid.lower() in used:  # identical rows: disambiguate by occurrence
+            iid, n = item_id(it.rel, f"{salt}#{n}"), n + 1
+        used.add(iid.lower())
+        it.id = iid
+    return items, info
