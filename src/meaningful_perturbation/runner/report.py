@@ -141,6 +141,10 @@ _JS = """
   });
   select.addEventListener("change", function () { state.key = select.value; apply(); });
   orderBtn.addEventListener("click", function () { state.asc = !state.asc; apply(); });
+  // Initial order from the address: report.html#sort=clean (ascending) or #sort=-clean.
+  var m = /^#sort=(-?)([A-Za-z0-9_]+)$/.exec(window.location.hash || "");
+  var known = Array.prototype.map.call(select.options, function (o) { return o.value; });
+  if (m && known.indexOf(m[2]) >= 0) { state.key = m[2]; state.asc = m[1] !== "-"; }
   document.getElementById("js-status").textContent = "sorting enabled (" + rows.length + " items)";
   apply();
 })();
