@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import ModelError
 from .objective import Targets, class_probability, class_score
-from .perturbation import blend, shift
+from .perturbation import blend
 
 __all__ = ["Game", "Term", "Problem", "Result", "optimise", "forward_scores"]
 
@@ -129,21 +130,41 @@ def forward_scores(problem: Problem, x: torch.Tensor, targets: Targets) -> torch
         return class_probability(out, targets)
 
 
-def _compose(problem: Problem, full: torch.Tensor, t: int, jitter: tuple[int, int] | None) -> torch.Tensor:
-    """Perturbed inputs for step ``t``: ``(N·K·G, C, H, W)``."""
+def _compose(problem: Problem, levels: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """Perturbed inputs ``(N·K·G, C, H, W)`` from ``levels`` (possibly shifted/flipped) and masks."""
     n, k = full.shape[:2]
     g = len(problem.games)
     parts = [1 - full if game.invert else full for game in problem.games]
     bm = torch.stack(parts, dim=2).reshape(n, k * g, *full.shape[2:]) if g > 1 else parts[0]
-    if jitter is not None:
-        # Paper eq. (4): the image is shifted by τ relative to the mask, Φ(x0(· − τ), m):
-        # shift the mask by −τ, blend, shift the result by +τ.
-        bm = shift(bm, -jitter[0], -jitter[1])
-    xt = blend(problem.levels, bm)
-    xt = xt.reshape(-1, *xt.shape[2:])
-    if jitter is not None:
-        xt = shift(xt, jitter[0], jitter[1])
-    return xt
+    xt = blend(levels, bm)
+    return xt.reshape(-1, *xt.shape[2:])
+
+
+class _Views:
+    """Per-step views of the levels: shifted (jitter) or mirrored (flip), without copies.
+
+    Paper eq. (4) shifts the image relative to the mask, ``Φ(x0(· − τ), m)``: the levels are
+    padded once with replicated borders and each step reads a shifted window. A horizontal
+    flip of the perturbed input equals blending the mirrored levels with the mirrored mask;
+    the mirrored levels are built once.
+    """
+
+    def __init__(self, levels: torch.Tensor, shift: int, flip: bool) -> None:
+        self.levels = levels
+        self.J = shift
+        n, L, c, h, w = levels.shape
+        self.size = (h, w)
+        self.padded = (
+            F.pad(levels.reshape(n, L * c, h, w), (shift, shift, shift, shift), mode="replicate").reshape(n, L, c, h + 2 * shift, w + 2 * shift)
+            if shift > 0
+            else None
+        )
+        self.flipped = levels.flip(-1) if flip else None
+
+    def shifted(self, dy: int, dx: int) -> torch.Tensor:
+        h, w = self.size
+        J = self.J
+        return self.padded[..., J - dy : J - dy + h, J - dx : J - dx + w]
 
 
 def optimise(problem: Problem) -> Result:
@@ -163,16 +184,19 @@ def optimise(problem: Problem) -> Result:
     h, w = problem.levels.shape[-2:]
     c = problem.levels.shape[2]
 
+    views = _Views(problem.levels, problem.jitter if shift_jitter else 0, flip_jitter)
     stopper = _EarlyStop(problem.early_stop, problem.early_stop_tol, (n, k), device) if problem.early_stop else None
     steps_run = steps
     for t in range(steps):
-        tau = None
-        if shift_jitter:
-            tau = tuple(int(v) for v in torch.randint(0, problem.jitter, (2,), generator=problem.generator))
+        levels = problem.levels
         grid, full = problem.mask(theta)
-        xt = _compose(problem, full, t, tau)
+        blend_mask = full
+        if shift_jitter:
+            dy, dx = (int(v) for v in torch.randint(0, problem.jitter, (2,), generator=problem.generator))
+            levels = views.shifted(dy, dx)
         if flip_jitter and t % 2 == 1:
-            xt = xt.flip(-1)
+            levels, blend_mask = views.flipped, full.flip(-1)
+        xt = _compose(problem, levels, blend_mask)
         if problem.noise_std > 0:
             noise = torch.randn((1, c, h, w), generator=problem.generator)
             xt = xt + (noise * problem.noise_std).to(device=xt.device, dtype=xt.dtype)

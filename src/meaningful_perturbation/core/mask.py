@@ -21,6 +21,19 @@ from .perturbation import gaussian_blur
 __all__ = ["UpsampledMask"]
 
 
+def _upsample_blur_matrix(n_in: int, n_out: int, sigma: float, align_corners: bool) -> torch.Tensor:
+    """``(n_out, n_in)`` matrix of 1-D linear upsampling followed by a Gaussian blur.
+
+    Built by applying the very operations of the 2-D path (``F.interpolate`` in linear mode,
+    :func:`gaussian_blur` with replicated borders) to the identity, in float64.
+    """
+    eye = torch.eye(n_in, dtype=torch.float64).unsqueeze(1)  # (n_in, 1, n_in): basis vectors
+    up = F.interpolate(eye, size=n_out, mode="linear", align_corners=align_corners)  # (n_in, 1, n_out)
+    if sigma > 0:
+        up = gaussian_blur(up.unsqueeze(-2), sigma, padding="replicate").squeeze(-2)
+    return up[:, 0, :].transpose(0, 1).contiguous()
+
+
 @dataclass(frozen=True)
 class UpsampledMask:
     """Low-resolution grid upsampled bilinearly to the image, then optionally blurred.
@@ -50,14 +63,24 @@ class UpsampledMask:
 
     def __call__(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, k = theta.shape[:2]
-        h, w = self.grid_size
         H, W = self.image_size
-        flat = theta.reshape(n * k, 1, h, w)
-        full = F.interpolate(flat, size=(H, W), mode="bilinear", align_corners=self.align_corners)
-        if self.blur_sigma > 0:
-            # Replicated borders keep a constant mask constant and [0,1] masks inside [0,1].
-            full = gaussian_blur(full, self.blur_sigma, padding="replicate")
+        # Bilinear upsampling and the Gaussian blur are both separable linear maps, so
+        # blur(upsample(θ)) = A_y · θ · A_xᵀ with two small (H×h) and (W×w) matrices:
+        # two matmuls instead of a full-resolution interpolation and a 41-tap convolution.
+        a_y, a_x = self.operators(theta.dtype, theta.device)
+        full = a_y @ theta @ a_x.transpose(0, 1)
         return theta, full.reshape(n, k, 1, H, W)
+
+    def operators(self, dtype=torch.float32, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 1-D operators ``A_y`` ``(H, h)`` and ``A_x`` ``(W, w)`` (cached per dtype/device)."""
+        key = (dtype, str(device))
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            cache[key] = tuple(
+                _upsample_blur_matrix(n_in, n_out, self.blur_sigma, self.align_corners).to(dtype=dtype, device=device)
+                for n_in, n_out in zip(self.grid_size, self.image_size)
+            )
+        return cache[key]
 
     def grid_coordinates(self, dtype=torch.float32, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Image-pixel coordinates ``(y, x)`` of the centre of each grid cell, each ``(h, w)``."""
