@@ -89,7 +89,7 @@ th{background:#f3f3f3}
 #gallery th.sortable{cursor:pointer;user-select:none}
 #gallery th.sortable:hover{background:#e4e4ff}
 #gallery th.asc::after{content:" \\25B2"}#gallery th.desc::after{content:" \\25BC"}
-#gallery img{max-width:140px;max-height:140px;display:block}
+#gallery img{width:120px;height:auto;max-height:160px;object-fit:contain;display:block}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .path{max-width:22em;overflow-wrap:anywhere}
 .muted{color:#777}
