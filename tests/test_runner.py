@@ -64,6 +64,17 @@ def check_complete(out: Path, n: int) -> list[dict]:
     return recs
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: much faster than 2 on shared CI cores (restored afterwards)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[Path, list[dict]]:
     root = tmp_path_factory.mktemp("runner-data")
