@@ -36,6 +36,7 @@ def _transcribed_mask(theta, sm: SmoothMaxMask):
             den = sum(math.exp(T * v) for v in vals)
             lat[i, j] = num / den
     inner = lat[p : p + hi, p : p + wi]
+    lat = inner
     full = torch.zeros(H, W, dtype=torch.float64)
     for y in range(H):
         for x in range(W):

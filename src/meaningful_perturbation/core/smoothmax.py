@@ -96,35 +96,57 @@ class SmoothMaxMask:
         return torch.full((n, k, 1, h, w), float(value), dtype=dtype, device=device)
 
     def lattice(self, theta: torch.Tensor) -> torch.Tensor:
-        """Smooth max-convolution at the lattice points: ``(N, K, 1, h, w)``."""
+        """Smooth max-convolution at the lattice points on the image: ``(N, K, 1, h_in, w_in)``.
+
+        Only the inner points are evaluated (the outer ``pad`` rings are parameters whose own
+        mask values lie outside the image); their neighbourhoods never leave the padded
+        lattice when ``pad >= radius``, and the lattice is zero-padded otherwise.
+        """
         n, k = theta.shape[:2]
         h, w = self.grid_size
+        hi, wi = self.inner_size
         flat = theta.reshape(n * k, h, w)
+        extra = max(self.radius - self.pad, 0)
+        if extra:
+            flat = F.pad(flat, (extra, extra, extra, extra))
         wts = self.weights(dtype=theta.dtype, device=theta.device)
         out = _LatticeSmoothMax.apply(flat, wts, self.radius, float(self.temperature))
-        return out.reshape(n, k, 1, h, w)
+        return out.reshape(n, k, 1, hi, wi)
+
+    def operators(self, dtype=torch.float32, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bilinear (``align_corners=True``) interpolation matrices ``(H, h_in)``, ``(W, w_in)``."""
+        key = (dtype, str(device))
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            mats = []
+            for n_in, n_out in zip(self.inner_size, self.image_size):
+                eye = torch.eye(n_in, dtype=torch.float64).unsqueeze(1)
+                up = F.interpolate(eye, size=n_out, mode="linear", align_corners=True)
+                mats.append(up[:, 0, :].transpose(0, 1).contiguous().to(dtype=dtype, device=device))
+            cache[key] = tuple(mats)
+        return cache[key]
 
     def __call__(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, k = theta.shape[:2]
-        h, w = self.inner_size
         H, W = self.image_size
-        p = self.pad
         lat = self.lattice(theta)
-        inner = lat[..., p : p + h, p : p + w].reshape(n * k, 1, h, w)
-        full = F.interpolate(inner, size=(H, W), mode="bilinear", align_corners=True)
+        # Bilinear interpolation is separable: two small matmuls (same values as F.interpolate).
+        a_y, a_x = self.operators(theta.dtype, theta.device)
+        full = a_y @ lat @ a_x.transpose(0, 1)
         return lat, full.reshape(n, k, 1, H, W)
 
 
 def _neighbours(flat: torch.Tensor, R: int) -> torch.Tensor:
-    """``(M, h, w, (2R+1)²)`` copy of each lattice point's neighbourhood (zero padded)."""
+    """``(M, h − 2R, w − 2R, (2R+1)²)`` copy of the neighbourhoods of the points at least
+    ``R`` away from the border."""
     m, h, w = flat.shape
-    p = F.pad(flat, (R, R, R, R))
     d = 2 * R + 1
-    return p.unfold(1, d, 1).unfold(2, d, 1).reshape(m, h, w, d * d)
+    return flat.unfold(1, d, 1).unfold(2, d, 1).reshape(m, h - 2 * R, w - 2 * R, d * d)
 
 
 class _LatticeSmoothMax(torch.autograd.Function):
-    """``M = Σ_d v_d e^(T v_d) / Σ_d e^(T v_d)`` with ``v_d = κ_d·θ_(·+d)``, and its exact gradient.
+    """``M = Σ_d v_d e^(T v_d) / Σ_d e^(T v_d)`` with ``v_d = κ_d·θ_(·+d)`` at every point at
+    least ``R`` from the border of ``θ`` ``(M, h, w)``, and its exact gradient.
 
     ``∂M/∂v_d = e^(T v_d)/Z · (1 + T·(v_d − M))``; the gradient is folded back onto ``θ``
     with one shifted add per neighbour offset (cheaper than autograd's unfold backward).
@@ -145,11 +167,11 @@ class _LatticeSmoothMax(torch.autograd.Function):
         v, attn, out, wts = ctx.saved_tensors
         R, T = ctx.R, ctx.T
         g_v = grad_out.unsqueeze(-1) * attn * (1 + T * (v - out.unsqueeze(-1)))
-        g_nb = g_v * wts  # (M, h, w, D²)
+        g_nb = g_v * wts  # (M, h, w, D²) for the evaluated points
         m, h, w, _ = g_nb.shape
         d = 2 * R + 1
-        g_pad = g_nb.new_zeros((m, h + 2 * R, w + 2 * R))
+        g_flat = g_nb.new_zeros((m, h + 2 * R, w + 2 * R))
         for idx in range(d * d):
             i, j = divmod(idx, d)
-            g_pad[:, i : i + h, j : j + w] += g_nb[..., idx]
-        return g_pad[:, R : R + h, R : R + w], None, None, None
+            g_flat[:, i : i + h, j : j + w] += g_nb[..., idx]
+        return g_flat, None, None, None
