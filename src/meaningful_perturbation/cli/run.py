@@ -11,6 +11,7 @@ or library error (e.g. a non-empty ``--out`` without ``--resume``/``--force``).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -74,4 +75,11 @@ def run(args: argparse.Namespace) -> int:
             path = write_report(args.out)
             if not args.quiet:
                 print(f"report: {path}")
+    if summary.world_size > 1:
+        # Every file is written and fsynced, and the process group is destroyed. Leave now:
+        # interpreter teardown under torchrun with gloo can abort ("terminate called without
+        # an active exception") in the non-main rank, turning a finished run into a failure.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(summary.exit_code)
     return summary.exit_code
