@@ -25,15 +25,17 @@ __all__ = ["main", "build_parser"]
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from ..methods.registry import config_as_dict, get_method, methods
+    from ..methods.registry import config_as_dict, config_sources, get_method, methods
 
     for name in methods():
         spec = get_method(name)
         print(f"{name}: {spec.summary}")
         cfg = config_as_dict(spec.default_config())
         if args.verbose or args.name:
+            sources = config_sources(spec.config_cls)
             for key, value in cfg.items():
-                print(f"    {key} = {value!r}")
+                note = f"  # {sources[key]}" if key in sources else ""
+                print(f"    {key} = {value!r}{note}")
         else:
             shown = ", ".join(f"{k}={v!r}" for k, v in cfg.items())
             print(f"    defaults: {shown or '(none)'}")
@@ -42,12 +44,15 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 def _cmd_methods_entry(args: argparse.Namespace) -> int:
     if args.name:
-        from ..methods.registry import config_as_dict, get_method
+        from ..methods.registry import config_as_dict, config_sources, get_method
 
         spec = get_method(args.name)
         print(f"{spec.name}: {spec.summary}")
+        cfg = config_as_dict(spec.default_config())
+        sources = config_sources(spec.config_cls)
         for f in dataclasses.fields(spec.default_config()):
-            print(f"    {f.name} = {config_as_dict(spec.default_config())[f.name]!r}")
+            note = f"  # {sources[f.name]}" if f.name in sources else ""
+            print(f"    {f.name} = {cfg[f.name]!r}{note}")
         return 0
     return _cmd_methods(args)
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from ..errors import ConfigError
 
-__all__ = ["MethodSpec", "register", "get_method", "methods", "resolve_config", "config_as_dict"]
+__all__ = ["MethodSpec", "register", "get_method", "methods", "resolve_config", "config_as_dict", "config_sources"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,21 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any]):
     if check is not None:
         check()
     return cfg
+
+
+def config_sources(config_cls: type) -> dict[str, str]:
+    """The source comment of each field default (``name: T = value  # source``)."""
+    import inspect
+    import re
+
+    try:
+        src = inspect.getsource(config_cls)
+    except (OSError, TypeError):
+        return {}
+    out = {}
+    for m in re.finditer(r"^\s+(\w+)\s*:[^=\n]+=[^#\n]*#\s*(.+)$", src, flags=re.M):
+        out.setdefault(m.group(1), m.group(2).strip())
+    return out
 
 
 def config_as_dict(cfg) -> dict[str, Any]:
