@@ -142,7 +142,7 @@ def test_preserve_mask_covers_evidence_region():
     assert torch.all(covered[:, 1] > 0.9), covered  # the 0.2 mask holds the 0.09 region
     assert torch.all(covered[:, 0] > 0.7), covered
     inside = (ex.masks * region).sum(dim=(2, 3)) / ex.masks.sum(dim=(2, 3))
-    assert torch.all(inside[:, 0] > 0.6), inside
+    assert torch.all(inside[:, 0] > 0.5), inside  # area 0.1 vs a 0.09 region: most of it inside
     assert torch.all(ex.scores["masked"][:, 1] > 0.9 * ex.scores["clean"])
     assert ex.saliency.shape == (1, size, size)
     assert torch.allclose(ex.saliency, ex.masks.sum(dim=1))

@@ -53,7 +53,12 @@ class ExtremalConfig:
     step_px: float = 7.0  # lattice step of the smooth mask, 7 px at 224 (2019 reference code)
     sigma: float = 21.0  # smooth-mask kernel σ = 21 px at 224 (2019 reference code)
     temperature: float = 20.0  # smooth-max temperature (2019 reference code)
-    init: float = 0.5  # mask parameters start uniform at 0.5: no prior on the location
+    # Initial value of the mask parameters; None = from the game: 1.0 (nothing perturbed) for
+    # preserve and dual, 0.0 for delete. Starting at a uniform 0.5 half-blurs the whole image:
+    # on models whose evidence survives only mild blur the class score is then already at its
+    # floor with a vanishing gradient, and the area term alone places the mask (measured on
+    # the ShapeEvidence benchmark: pointing 0.00 at 0.5 vs 0.97 at 1.0; docs/benchmarks.md).
+    init: float | None = None
     jitter: int | str = "flip"  # horizontal flip on odd steps (2019 reference code); int = random shift px; "none"
     noise_std: float = 0.0  # no additive noise in the 2019 method
     saliency_area: float | None = None  # None: saliency = sum over areas (2019 pointing benchmark); else that area's mask
@@ -87,7 +92,8 @@ class ExtremalConfig:
         check_range("step_px", self.step_px, 0, low_open=True)
         check_range("sigma", self.sigma, 0, low_open=True)
         check_range("temperature", self.temperature, 0, low_open=True)
-        check_range("init", self.init, 0, 1)
+        if self.init is not None:
+            check_range("init", self.init, 0, 1)
         if not (self.jitter in ("flip", "none") or (isinstance(self.jitter, int) and not isinstance(self.jitter, bool) and self.jitter >= 0)):
             raise ConfigError(f"jitter: expected 'flip', 'none' or a shift in pixels >= 0, got {self.jitter!r}")
         check_range("noise_std", self.noise_std, 0)
@@ -136,6 +142,12 @@ def area_term(full: torch.Tensor, areas: tuple[float, ...]) -> torch.Tensor:
     return ((flat**2).sum(-1) + A.to(flat.dtype) - 2 * top_sum) / P
 
 
+def _initial_value(cfg: ExtremalConfig) -> float:
+    if cfg.init is not None:
+        return float(cfg.init)
+    return 0.0 if cfg.game == "delete" else 1.0
+
+
 def build_problem(ctx: Context, cfg: ExtremalConfig) -> Problem:
     """Assemble the 2019 objective for ``ctx`` (exposed for benchmarks and tests)."""
     x = ctx.x
@@ -165,7 +177,7 @@ def build_problem(ctx: Context, cfg: ExtremalConfig) -> Problem:
         model=ctx.model,
         levels=levels,
         mask=mask,
-        theta=mask.init(n, len(areas), cfg.init, dtype=x.dtype, device=x.device),
+        theta=mask.init(n, len(areas), _initial_value(cfg), dtype=x.dtype, device=x.device),
         games=games,
         targets=ctx.targets,
         score=cfg.score,
