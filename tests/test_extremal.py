@@ -218,3 +218,16 @@ def test_early_stopping():
     assert ex.history["loss"].shape[0] <= full
     # Stopping early keeps the deletion effective on this oracle.
     assert torch.all(ex.scores["masked"][:, 0] < 0.2 * ex.scores["clean"])
+
+
+@pytest.mark.parametrize("size", [64, 224])
+def test_achieved_area_within_ten_percent(size):
+    model = TextureOracle(size, BOXES, gain=4.0, bias=0.0, log=True)
+    x = textured_image(size, 0, seed=0, boxes=BOXES, grain=size / 64)
+    areas = (0.05, 0.1, 0.2)
+    ex = mp.explain(model, x, method="extremal", areas=areas, jitter="none")
+    achieved = torch.tensor(ex.extra["achieved_area"])[0]
+    target = torch.tensor(areas)
+    assert torch.all((achieved - target).abs() <= 0.1 * target), achieved
+    # measured on the image itself: the same number recomputed from the returned masks
+    assert torch.allclose(achieved, (ex.masks[0] > 0.5).float().mean(dim=(1, 2)))

@@ -211,7 +211,11 @@ def _run(ctx: Context, cfg: ExtremalConfig):
     if delete_only:
         # Stored masks are keep-masks (1 = keep): the delete game keeps 1 − m.
         ex.masks = 1 - ex.masks
-    ex.extra["achieved_area"] = ((1 - ex.masks) if delete_only else ex.masks).mean(dim=(2, 3)).tolist()
+    salient = (1 - ex.masks) if delete_only else ex.masks
+    # Achieved area: the fraction of the image's pixels where the salient mask exceeds ½
+    # (the area of the binary mask the ranking constraint pulls towards); its mean is kept too.
+    ex.extra["achieved_area"] = (salient > 0.5).float().mean(dim=(2, 3)).tolist()
+    ex.extra["mask_mean"] = salient.mean(dim=(2, 3)).tolist()
     return ex
 
 
