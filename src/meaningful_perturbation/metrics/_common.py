@@ -29,11 +29,7 @@ __all__ = [
 ]
 
 
-def describe(v: Any) -> str:
-    """Short description of ``v`` for error messages."""
-    if isinstance(v, torch.Tensor):
-        return f"tensor of shape {tuple(v.shape)} and dtype {v.dtype}"
-    return f"{type(v).__name__} {v!r}"[:120]
+from .._validate import describe  # noqa: E402  (one helper for every error message)
 
 
 def check_saliency(saliency: Any, name: str = "saliency") -> torch.Tensor:
