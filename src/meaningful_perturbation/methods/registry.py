@@ -35,6 +35,13 @@ class MethodSpec:
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
+# Listing order, independent of which module happened to be imported first.
+_ORDER = ("paper", "paper-loc", "seed", "extremal", "gradient", "gradcam", "occlusion", "rise", "random", "center")
+
+
+def _ordered() -> list[str]:
+    rank = {name: i for i, name in enumerate(_ORDER)}
+    return sorted(_REGISTRY, key=lambda name: (rank.get(name, len(rank)), name))
 
 
 def register(name: str, config_cls: type, summary: str, **defaults: Any) -> Callable:
@@ -60,16 +67,16 @@ def _ensure_loaded() -> None:
 
 
 def methods() -> list[str]:
-    """Names of the registered presets, in registration order."""
+    """Names of the registered presets: the paper methods first, then the baselines."""
     _ensure_loaded()
-    return list(_REGISTRY)
+    return _ordered()
 
 
 def get_method(name: str) -> MethodSpec:
     """The :class:`MethodSpec` called ``name``; unknown names list the valid ones."""
     _ensure_loaded()
     if not isinstance(name, str) or name not in _REGISTRY:
-        raise ConfigError(f"method: unknown method {name!r}; valid methods: {', '.join(_REGISTRY)}")
+        raise ConfigError(f"method: unknown method {name!r}; valid methods: {', '.join(_ordered())}")
     return _REGISTRY[name]
 
 
