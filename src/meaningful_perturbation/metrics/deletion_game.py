@@ -25,6 +25,7 @@ from ..errors import InputError
 from ._common import check_images_and_saliency, check_positive_int, class_probabilities, describe, resolve_target
 from .faithfulness import DEFAULT_BLUR_SIGMA, make_substrate
 from .localisation import _box_mask
+from .weak_localisation import _tight_boxes
 
 __all__ = ["DEFAULT_LEVELS", "DEFAULT_THRESHOLDS", "deletion_game_box", "threshold_boxes"]
 
@@ -51,17 +52,8 @@ def threshold_boxes(saliency: torch.Tensor, thresholds: torch.Tensor) -> torch.T
     span = flat.amax(dim=1, keepdim=True) - lo
     norm = torch.where(span > 0, (flat - lo) / span.clamp_min(1e-300), torch.zeros_like(flat)).view(n, 1, h, w)
     keep = norm >= thresholds.to(norm).view(1, -1, 1, 1)  # (N, T, H, W)
-    rows = keep.any(dim=3)
-    cols = keep.any(dim=2)
-    ar_h = torch.arange(h, device=saliency.device)
-    ar_w = torch.arange(w, device=saliency.device)
-    y0 = torch.where(rows, ar_h, h).amin(dim=2)
-    y1 = torch.where(rows, ar_h, -1).amax(dim=2) + 1
-    x0 = torch.where(cols, ar_w, w).amin(dim=2)
-    x1 = torch.where(cols, ar_w, -1).amax(dim=2) + 1
-    boxes = torch.stack([x0, y0, x1, y1], dim=2)
-    empty = ~rows.any(dim=2)
-    return torch.where(empty.unsqueeze(2), torch.zeros_like(boxes), boxes)
+    t = keep.shape[1]
+    return _tight_boxes(keep.reshape(n * t, h, w)).view(n, t, 4)
 
 
 def deletion_game_box(
