@@ -23,15 +23,7 @@ EVIL = "<script>alert(1)</script>.png"  # a sub-folder '<script>alert(1)<' holdi
 EVIL2 = "<img src=x onerror=alert(2)>.png"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: much faster than 2 on shared CI cores (restored afterwards)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._atomic import atomic_open
 from .errors import InputError
 
 __all__ = ["Explanation"]
@@ -101,16 +102,8 @@ class Explanation:
             arrays[f"history/{k}"] = v.detach().cpu().float().numpy()
         for k, v in self.scores.items():
             arrays[f"scores/{k}"] = v.detach().cpu().float().numpy()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with atomic_open(path, "wb") as f:
+            np.savez_compressed(f, **arrays)
         return path
 
     @classmethod

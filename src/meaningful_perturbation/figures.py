@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+from ._atomic import atomic_path
 
 __all__ = ["overlay", "save_overlay", "save_panel", "atomic_path"]
 
@@ -66,30 +67,6 @@ def overlay(rgb: Any, saliency: Any, *, alpha: float = 0.5, cmap: str = "jet") -
     base = rgb.astype(np.float64) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float64)
     out = (1.0 - alpha) * base + alpha * colours
     return (np.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-class atomic_path:
-    """Context manager giving a temporary path next to ``path``, renamed over it on success.
-
-    Example:
-        >>> with atomic_path("out.txt") as tmp:  # doctest: +SKIP
-        ...     tmp.write_text("hello")
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp{self.path.suffix}")
-
-    def __enter__(self) -> Path:
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                os.replace(self.tmp, self.path)
-        finally:
-            if self.tmp.exists():
-                self.tmp.unlink()
 
 
 def save_overlay(path: str | os.PathLike, rgb: Any, saliency: Any, *, alpha: float = 0.5) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -22,6 +21,7 @@ import torch
 
 from ..errors import ConfigError, InputError
 from .options import RunSettings, add_method_options, add_model_options, build_run_settings, method_overrides
+from .._atomic import atomic_write_text
 
 __all__ = ["add_parser", "run", "safe_stem", "resolve_cli_target"]
 
@@ -92,13 +92,7 @@ def resolve_cli_target(target: Any, logits: torch.Tensor, class_names: tuple[str
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(o: Any) -> Any:

@@ -16,6 +16,7 @@ import math
 import os
 from pathlib import Path
 from typing import Any, Iterable
+from .._atomic import atomic_open
 
 __all__ = [
     "RESULTS",
@@ -142,17 +143,9 @@ def done_ids(out: Path) -> set[str]:
 
 
 def _write_lines(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(dumps_line(rec))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_open(path, "w") as f:
+        for rec in records:
+            f.write(dumps_line(rec))
 
 
 def merge_results(out: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

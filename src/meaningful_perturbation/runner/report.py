@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 from ..errors import InputError
 from .merge import FAILURES, RESULTS, read_jsonl
+from .._atomic import atomic_write_text
 
 __all__ = ["write_report", "render_report", "collect_columns", "safe_json"]
 
@@ -294,11 +295,5 @@ def write_report(out: str | os.PathLike[str], *, path: str | os.PathLike[str] | 
     target = Path(path) if path is not None else out / REPORT
     rel = os.path.relpath(out.resolve(), target.resolve().parent).replace(os.sep, "/")
     text = render_report(out, embed=embed, base="" if rel == "." else rel + "/")
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_text(target, text)
     return target

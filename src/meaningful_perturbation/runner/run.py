@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from ..errors import ConfigError, InputError
 from . import dist as distmod
 from .merge import FAILURES, RESULTS, append_line, clean_stale_tmp, done_ids, merge_results, repair_tail
 from .sources import Item, load_source
+from .._atomic import atomic_write_text
 
 __all__ = ["RunOptions", "RunSummary", "run_directory", "METRIC_NAMES", "SETTINGS_FILE"]
 
@@ -78,16 +78,7 @@ class RunSummary:
 
 # ------------------------------------------------------------------------------------ helpers
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _our_files(out: Path) -> list[Path]:
