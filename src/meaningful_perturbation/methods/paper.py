@@ -28,9 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.loop import Game, Problem, Term
+from ..core.loop import Game, Problem, Term, forward_scores
 from ..core.mask import UpsampledMask
-from ..core.objective import SCORES, l1_term, tv_term
+from ..core.objective import SCORES, Targets, class_probability, l1_term, tv_term
+from ..core.perturbation import blend
 from .common import Context, check_choice, check_range, make_levels, pixels, run_problem
 from .registry import register
 
@@ -91,7 +92,7 @@ class PaperConfig:
             check_range("early_stop", self.early_stop, 1, integer=True)
 
 
-def _circle_init(ctx: Context, cfg: PaperConfig, mask: UpsampledMask, levels: torch.Tensor, problem_fw) -> torch.Tensor:
+def _circle_init(ctx: Context, cfg: PaperConfig, mask: UpsampledMask, problem: Problem) -> torch.Tensor:
     """Grid values of the smallest centred disc meeting the score criterion.
 
     Deletion: the smallest disc (0 inside) whose deletion leaves less than
@@ -114,37 +115,24 @@ def _circle_init(ctx: Context, cfg: PaperConfig, mask: UpsampledMask, levels: to
     R = grids.shape[0]
     theta = grids.view(1, R, 1, *grids.shape[1:]).expand(n, R, 1, *grids.shape[1:])
     _, full = mask(theta)
-    from ..core.perturbation import blend
+    levels = problem.levels
 
-    clean = problem_fw.clean
+    def prob(xt: torch.Tensor, i: int) -> torch.Tensor:
+        """Probability of image ``i``'s target set on a batch of its perturbations."""
+        return forward_scores(problem, xt, Targets([ctx.targets.lists[i]] * xt.shape[0], device=xt.device))
+
+    clean = class_probability(ctx.clean_logits, ctx.targets)
     probs = []
     for i in range(n):  # one image's R discs per forward: bounded memory, batch-invariant
         xt = blend(levels[i : i + 1], full[i : i + 1]).reshape(R, *ctx.x.shape[1:])
-        probs.append(problem_fw(xt, i))
+        probs.append(prob(xt, i))
     p = torch.stack(probs)  # (N, R)
-    floor = torch.stack([problem_fw(levels[i : i + 1, 0], i)[0] for i in range(n)]).view(-1, 1)
+    floor = torch.stack([prob(levels[i : i + 1, 0], i)[0] for i in range(n)]).view(-1, 1)
     span = (clean.view(-1, 1) - floor).clamp_min(0)
     gain = p - floor
     ok = gain < cfg.circle_threshold * span if delete else gain >= (1 - cfg.circle_threshold) * span
     first = torch.where(ok.any(dim=1), ok.float().argmax(dim=1), torch.full((n,), R - 1, device=p.device))
     return grids[first].unsqueeze(1).unsqueeze(1)  # (N, 1, 1, h, w)
-
-
-class _ScoreFn:
-    """Probability of image ``i``'s target on a batch of its perturbations (no grad)."""
-
-    def __init__(self, ctx: Context, problem: Problem) -> None:
-        from ..core.objective import class_probability
-
-        self.ctx, self.problem = ctx, problem
-        self.clean = class_probability(ctx.clean_logits, ctx.targets)
-
-    def __call__(self, xt: torch.Tensor, i: int) -> torch.Tensor:
-        from ..core.loop import forward_scores
-        from ..core.objective import Targets
-
-        t = Targets([self.ctx.targets.lists[i]] * xt.shape[0], device=xt.device)
-        return forward_scores(self.problem, xt, t)
 
 
 def build_problem(ctx: Context, cfg: PaperConfig) -> Problem:
@@ -194,7 +182,7 @@ def build_problem(ctx: Context, cfg: PaperConfig) -> Problem:
         early_stop=cfg.early_stop,
     )
     if cfg.init == "circle":
-        problem.theta = _circle_init(ctx, cfg, mask, levels, _ScoreFn(ctx, problem))
+        problem.theta = _circle_init(ctx, cfg, mask, problem)
     else:
         problem.theta = mask.init(n, 1, {"ones": 1.0, "zeros": 0.0, "half": 0.5}[cfg.init], dtype=x.dtype, device=x.device)
     return problem
