@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import meaningful_perturbation as mp
-from oracles import TextureOracle, region_masks, textured_image
+from oracles import BOXES, TextureOracle, region_masks, textured_image
 
 HALVES = [(0.0, 0.0, 1.0, 0.5), (0.0, 0.5, 1.0, 1.0)]
 QUADRANTS = [(0.0, 0.0, 0.5, 0.5), (0.0, 0.5, 0.5, 1.0), (0.5, 0.0, 1.0, 0.5), (0.5, 0.5, 1.0, 1.0)]
@@ -226,3 +226,41 @@ def test_methods_listing_and_configs():
     assert cfg.steps == 500 and cfg.noise_std == 0.2 and cfg.mask_size == 28
     with pytest.raises(Exception):
         cfg.steps = 3  # frozen
+
+
+class _HalfFadeOracle(nn.Module):
+    """Class 0 = brightness of box A; class 1 likes box B *half* faded (an artifact detector).
+
+    Fading A removes class 0's evidence and brings its probability down to the level of the
+    fully faded image; fading B halfway lowers it further by creating evidence for class 1.
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        regions = region_masks(size, [BOXES[0], BOXES[3]])
+        self.register_buffer("regions", regions / regions.sum(dim=(1, 2), keepdim=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = torch.einsum("nhw,khw->nk", x[:, 0], self.regions).unbind(1)
+        return torch.stack([4.0 * a, -4.0 * (b - 1.0) ** 2 - 2.0, torch.zeros_like(a)], dim=1)
+
+
+def test_paper_deletion_stops_at_the_fully_perturbed_score():
+    size = 64
+    x = torch.zeros(1, 3, size, size)
+    x[0, 0] = 2.0 * region_masks(size, [BOXES[0], BOXES[3]]).sum(0)  # A and B bright
+    model = _HalfFadeOracle(size)
+    regions = region_masks(size, [BOXES[0], BOXES[3]])
+    def mean_in(sal):
+        return ((sal[0] * regions).sum(dim=(1, 2)) / regions.sum(dim=(1, 2))).tolist()
+
+    floored = mp.explain(model, x, target=0, method="paper", perturbation="fade", jitter=0)
+    literal = mp.explain(model, x, target=0, method="paper", perturbation="fade", jitter=0, score_floor=False)
+    a_f, b_f = mean_in(floored.saliency)
+    a_l, b_l = mean_in(literal.saliency)
+    # Both delete the evidence A; only the literal objective also half-fades B.
+    assert a_f > 0.6 and a_l > 0.6, (a_f, a_l)
+    assert b_f < 0.1, b_f
+    assert b_l > 0.25, b_l
+    with pytest.raises(mp.ConfigError, match="score_floor"):
+        mp.explain(model, x, method="paper", score_floor="yes")

@@ -26,7 +26,7 @@ from ..errors import ModelError
 from .objective import Targets, class_probability, class_score
 from .perturbation import blend
 
-__all__ = ["Game", "Term", "Problem", "Result", "optimise", "forward_scores"]
+__all__ = ["Game", "Term", "Problem", "Result", "optimise", "forward_scores", "perturbed_scores"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,9 @@ class Problem:
     # Default: the loss. Methods whose loss has growing weights watch a fixed-weight version.
     monitor: Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor] | None = None
     callback: Callable[[int, dict], None] | None = None
+    # Per image ``(N,)``: deletion games (sign > 0) minimise ``max(s, floor)`` instead of ``s``,
+    # so the score is driven down to the fully perturbed image's level and not below it.
+    score_floor: torch.Tensor | None = None
 
 
 @dataclass
@@ -128,6 +131,14 @@ def forward_scores(problem: Problem, x: torch.Tensor, targets: Targets) -> torch
     with torch.no_grad():
         out = check_output(_model_forward(problem, x), x.shape[0], where="during evaluation")
         return class_probability(out, targets)
+
+
+def perturbed_scores(problem: Problem) -> torch.Tensor:
+    """Score (``problem.score``) of every image's fully perturbed version ``levels[:, 0]``, ``(N,)``."""
+    with torch.no_grad():
+        x = problem.levels[:, 0]
+        out = check_output(_model_forward(problem, x), x.shape[0], where="on the fully perturbed images")
+        return class_score(out, problem.targets, problem.score)
 
 
 def _compose(problem: Problem, levels: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
@@ -212,7 +223,10 @@ def optimise(problem: Problem) -> Result:
         s = class_score(out, targets, problem.score).view(n, k, g)
         loss = torch.zeros((n, k), dtype=s.dtype, device=device)
         for j, game in enumerate(games):
-            loss = loss + game.sign * s[..., j]
+            s_j = s[..., j]
+            if game.sign > 0 and problem.score_floor is not None:
+                s_j = torch.maximum(s_j, problem.score_floor.view(n, 1).to(s_j.dtype))
+            loss = loss + game.sign * s_j
             history[f"score_{game.name}"][t] = s[..., j].detach()
         values = {}
         for term in problem.terms:

@@ -7,9 +7,15 @@ For each target area ``a`` the smooth mask ``m`` (see ``core.smoothmax``) solves
     dual:      min_m  −f_c(Φ(x; m)) + f_c(Φ(x; 1 − m)) + λ_t·R_a(m)
 
 with the area ranking constraint ``R_a(m) = mean((sort(m) − r_a)²)``, ``r_a`` = ``(1−a)·P``
-zeros then ``a·P`` ones over the ``P`` pixels *of the image* (the reference measured it on
-a padded canvas, so a nominal ``a`` covered up to 1.35·a of a 224² image), and the growing
-weight ``λ_t = 300·1.0035^t``. All areas of all images (and both games for ``dual``) are one
+zeros then ``a·P`` ones, and the growing weight ``λ_t = 300·1.0035^t``. ``R_a`` is measured on
+the image itself, not on a padded canvas (the reference's canvas let a nominal ``a`` cover up
+to 1.35·a of a 224² image): over the ``P`` points of the mask lattice, which spans the image
+exactly and of which the pixel mask is the bilinear interpolation, so the fraction of
+lattice values above ½ is the fraction of pixels up to the half-cells along the border.
+Measuring on the lattice gives every parameter the same pull from the constraint; measured
+on pixels, a border (corner) lattice point stands for half (a quarter) as many pixels, is
+pulled down two (four) times more slowly and, once the class score has saturated, keeps the
+leftover area: masks drifted to the image corners (docs/benchmarks.md, "border artifacts"). All areas of all images (and both games for ``dual``) are one
 batch. ``m`` marks the salient region in every game; ``masks`` stores the keep-mask of the
 primary game (``m`` for preserve and dual, ``1 − m`` for delete) and ``saliency`` is the sum
 of the salient regions over the areas.
@@ -181,7 +187,7 @@ def build_problem(ctx: Context, cfg: ExtremalConfig) -> Problem:
         games=games,
         targets=ctx.targets,
         score=cfg.score,
-        terms=[Term("area", lambda t: w0 * growth**t, lambda g, m: area_term(m, areas))],
+        terms=[Term("area", lambda t: w0 * growth**t, lambda g, m: area_term(g, areas))],  # g: the lattice values
         steps=cfg.steps,
         make_optimizer=lambda params: torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, dampening=cfg.dampening),
         jitter=jitter,
