@@ -109,6 +109,14 @@ def test_methods_and_models_listing(capsys):
     assert "paper:" in text and "extremal:" in text and "steps=300" in text
     assert main(["methods", "paper"]) == 0
     assert "    l1 = 0.0001" in capsys.readouterr().out
+    # A preset's overrides cite the preset's own source, not the base class's comment.
+    assert main(["methods", "paper-loc"]) == 0
+    text = capsys.readouterr().out
+    assert "    l1 = 0.001  # λ1 = 1e-3: authors' code --loc_params" in text
+    assert "    steps = 300  # authors' code: 300 iterations" in text
+    assert main(["methods", "paper-fast"]) == 0
+    text = capsys.readouterr().out
+    assert "    steps = 75  # a quarter of 300" in text and "authors' code: 300" not in text
     assert main(["models"]) == 0
     text = capsys.readouterr().out
     assert "demo" in text and "python:FILE.py:FACTORY" in text

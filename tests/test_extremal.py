@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import meaningful_perturbation as mp
 from meaningful_perturbation import ConfigError
@@ -92,7 +91,6 @@ def test_lattice_mask_is_close_to_per_pixel_evaluation():
     theta = (torch.rand((1, 1, 1, *sm.grid_size), generator=g, dtype=torch.float64) > 0.7).double()
     full = sm(theta)[1][0, 0, 0]
     p, R = sm.pad, sm.radius
-    ys = torch.arange(sm.grid_size[0], dtype=torch.float64) - p  # lattice coordinates in steps
     sy = sm.spacing[0]
     worst = 0.0
     for y in range(0, H, 5):

@@ -25,14 +25,14 @@ __all__ = ["main", "build_parser"]
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from ..methods.registry import config_as_dict, config_sources, get_method, methods
+    from ..methods.registry import config_as_dict, get_method, methods
 
     for name in methods():
         spec = get_method(name)
         print(f"{name}: {spec.summary}")
         cfg = config_as_dict(spec.default_config())
         if args.verbose or args.name:
-            sources = config_sources(spec.config_cls)
+            sources = spec.sources()
             for key, value in cfg.items():
                 note = f"  # {sources[key]}" if key in sources else ""
                 print(f"    {key} = {value!r}{note}")
@@ -44,12 +44,12 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 def _cmd_methods_entry(args: argparse.Namespace) -> int:
     if args.name:
-        from ..methods.registry import config_as_dict, config_sources, get_method
+        from ..methods.registry import config_as_dict, get_method
 
         spec = get_method(args.name)
         print(f"{spec.name}: {spec.summary}")
         cfg = config_as_dict(spec.default_config())
-        sources = config_sources(spec.config_cls)
+        sources = spec.sources()
         for f in dataclasses.fields(spec.default_config()):
             note = f"  # {sources[f.name]}" if f.name in sources else ""
             print(f"    {f.name} = {cfg[f.name]!r}{note}")

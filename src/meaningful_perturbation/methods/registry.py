@@ -29,14 +29,23 @@ class MethodSpec:
     run: Callable[..., Any]
     summary: str
     defaults: tuple[tuple[str, Any], ...] = ()
+    notes: tuple[tuple[str, str], ...] = ()
 
     def default_config(self):
         return dataclasses.replace(self.config_cls(), **dict(self.defaults))
 
+    def sources(self) -> dict[str, str]:
+        """Source comment of every default: the config class's, replaced by the preset's own
+        note for the fields the preset overrides."""
+        out = config_sources(self.config_cls)
+        for key, _ in self.defaults:
+            out[key] = dict(self.notes).get(key, f"preset {self.name!r}")
+        return out
+
 
 _REGISTRY: dict[str, MethodSpec] = {}
 # Listing order, independent of which module happened to be imported first.
-_ORDER = ("paper", "paper-loc", "seed", "extremal", "gradient", "gradcam", "occlusion", "rise", "random", "center")
+_ORDER = ("paper", "paper-fast", "paper-loc", "seed", "extremal", "extremal-fast", "gradient", "gradcam", "occlusion", "rise", "random", "center")
 
 
 def _ordered() -> list[str]:
@@ -44,11 +53,11 @@ def _ordered() -> list[str]:
     return sorted(_REGISTRY, key=lambda name: (rank.get(name, len(rank)), name))
 
 
-def register(name: str, config_cls: type, summary: str, **defaults: Any) -> Callable:
-    """Decorator registering ``run`` under ``name``."""
+def register(name: str, config_cls: type, summary: str, *, notes: dict[str, str] | None = None, **defaults: Any) -> Callable:
+    """Decorator registering ``run`` under ``name``; ``notes`` cite the source of each override."""
 
     def deco(run: Callable) -> Callable:
-        _REGISTRY[name] = MethodSpec(name, config_cls, run, summary, tuple(defaults.items()))
+        _REGISTRY[name] = MethodSpec(name, config_cls, run, summary, tuple(defaults.items()), tuple((notes or {}).items()))
         return run
 
     return deco
