@@ -264,3 +264,16 @@ def test_paper_deletion_stops_at_the_fully_perturbed_score():
     assert b_l > 0.25, b_l
     with pytest.raises(mp.ConfigError, match="score_floor"):
         mp.explain(model, x, method="paper", score_floor="yes")
+
+
+@pytest.mark.parametrize("fast,base,steps", [("paper-fast", "paper", 75), ("extremal-fast", "extremal", 200)])
+def test_fast_presets_are_the_method_on_a_quarter_schedule(fast, base, steps):
+    assert mp.method_config(fast).steps == steps == mp.method_config(base).steps // 4
+    size = 32
+    model = TextureOracle(size, gain=4.0, bias=0.0, log=True)
+    x = textured_image(size, 0, seed=0, grain=0.5)
+    extra = {"areas": (0.1,)} if base == "extremal" else {}
+    a = mp.explain(model, x, method=fast, seed=3, **extra)
+    b = mp.explain(model, x, method=base, seed=3, steps=steps, **extra)
+    assert torch.equal(a.masks, b.masks)
+    assert a.history["loss"].shape[0] == steps
