@@ -36,7 +36,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         metavar="METHOD",
-        help="methods to run (space- or comma-separated; default: all but paper-loc and the -fast presets)",
+        help="methods to run (space- or comma-separated; default: all but the -fast presets)",
     )
     p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     p.add_argument(
