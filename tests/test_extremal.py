@@ -16,12 +16,10 @@ BOXES = [(0.1, 0.1, 0.4, 0.4), (0.1, 0.6, 0.4, 0.9), (0.6, 0.1, 0.9, 0.4), (0.6,
 
 def _transcribed_mask(theta, sm: SmoothMaxMask):
     """The definition in core/smoothmax.py written out with loops (float64)."""
-    assert sm.pad == 0  # no free parameters outside the image
-    h, w = sm.grid_size
-    hi, wi = sm.inner_size
+    h, w = sm.grid_size  # no free parameters outside the image
     H, W = sm.image_size
     sy, sx = sm.spacing
-    R, T, p = sm.radius, sm.temperature, sm.pad
+    R, T = sm.radius, sm.temperature
     lat = torch.zeros(h, w, dtype=torch.float64)
     for i in range(h):
         for j in range(w):
@@ -36,19 +34,17 @@ def _transcribed_mask(theta, sm: SmoothMaxMask):
             num = sum(v * math.exp(T * v) for v in vals)
             den = sum(math.exp(T * v) for v in vals)
             lat[i, j] = num / den
-    inner = lat[p : p + hi, p : p + wi]
-    lat = inner
     full = torch.zeros(H, W, dtype=torch.float64)
     for y in range(H):
         for x in range(W):
-            fy, fx = y * (hi - 1) / (H - 1), x * (wi - 1) / (W - 1)
-            y0, x0 = min(int(fy), hi - 2), min(int(fx), wi - 2)
+            fy, fx = y * (h - 1) / (H - 1), x * (w - 1) / (W - 1)
+            y0, x0 = min(int(fy), h - 2), min(int(fx), w - 2)
             ay, ax = fy - y0, fx - x0
             full[y, x] = (
-                (1 - ay) * (1 - ax) * inner[y0, x0]
-                + (1 - ay) * ax * inner[y0, x0 + 1]
-                + ay * (1 - ax) * inner[y0 + 1, x0]
-                + ay * ax * inner[y0 + 1, x0 + 1]
+                (1 - ay) * (1 - ax) * lat[y0, x0]
+                + (1 - ay) * ax * lat[y0, x0 + 1]
+                + ay * (1 - ax) * lat[y0 + 1, x0]
+                + ay * ax * lat[y0 + 1, x0 + 1]
             )
     return lat, full
 
@@ -69,7 +65,7 @@ def test_smooth_max_equals_transcription(image_size, step, sigma):
 def test_smooth_max_reference_geometry_and_kernel():
     sm = SmoothMaxMask.for_image((224, 224), 7.0, 21.0)
     assert sm.radius == 4  # 9×9 = 81 neighbours, as in the reference
-    assert sm.inner_size == (33, 33)
+    assert sm.grid_size == (33, 33)
     assert smooth_max_kernel(torch.tensor([0.0, 0.5, 1.0])).tolist() == pytest.approx([1.0, 1.0, math.exp(-0.5)])
     ones = sm(torch.ones(1, 1, 1, *sm.grid_size))[1]
     # The smooth max (T = 20) of 1 and the smaller kernel-weighted neighbours is just below 1.
@@ -90,12 +86,12 @@ def test_lattice_mask_is_close_to_per_pixel_evaluation():
     g = torch.Generator().manual_seed(0)
     theta = (torch.rand((1, 1, 1, *sm.grid_size), generator=g, dtype=torch.float64) > 0.7).double()
     full = sm(theta)[1][0, 0, 0]
-    p, R = sm.pad, sm.radius
+    R = sm.radius
     sy = sm.spacing[0]
     worst = 0.0
     for y in range(0, H, 5):
         for x in range(0, W, 5):
-            cy, cx = y / sy + p, x / sy + p
+            cy, cx = y / sy, x / sy
             i0, j0 = round(cy), round(cx)
             vals = []
             for di in range(-R, R + 1):

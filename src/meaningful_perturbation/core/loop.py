@@ -26,7 +26,7 @@ from ..errors import ModelError
 from .objective import Targets, class_probability, class_score
 from .perturbation import blend
 
-__all__ = ["Game", "Term", "Problem", "Result", "optimise", "forward_scores", "perturbed_scores"]
+__all__ = ["Game", "Term", "Problem", "Result", "optimise", "forward_scores", "perturbed_logits"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,8 @@ class Problem:
     # Per image ``(N,)``: deletion games (sign > 0) minimise ``max(s, floor)`` instead of ``s``,
     # so the score is driven down to the fully perturbed image's level and not below it.
     score_floor: torch.Tensor | None = None
+    # Model outputs on the fully perturbed images, computed once by ``perturbed_logits``.
+    _perturbed: torch.Tensor | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -133,12 +135,17 @@ def forward_scores(problem: Problem, x: torch.Tensor, targets: Targets) -> torch
         return class_probability(out, targets)
 
 
-def perturbed_scores(problem: Problem) -> torch.Tensor:
-    """Score (``problem.score``) of every image's fully perturbed version ``levels[:, 0]``, ``(N,)``."""
-    with torch.no_grad():
-        x = problem.levels[:, 0]
-        out = check_output(_model_forward(problem, x), x.shape[0], where="on the fully perturbed images")
-        return class_score(out, problem.targets, problem.score)
+def perturbed_logits(problem: Problem) -> torch.Tensor:
+    """Model outputs ``(N, classes)`` on every image's fully perturbed version ``levels[:, 0]``.
+
+    One forward pass per problem: the result is kept on the problem and shared by the score
+    floor, the circular initialisation and the reported ``scores["perturbed"]``.
+    """
+    if problem._perturbed is None:
+        with torch.no_grad():
+            x = problem.levels[:, 0]
+            problem._perturbed = check_output(_model_forward(problem, x), x.shape[0], where="on the fully perturbed images")
+    return problem._perturbed
 
 
 def _compose(problem: Problem, levels: torch.Tensor, full: torch.Tensor) -> torch.Tensor:

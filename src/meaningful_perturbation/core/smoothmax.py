@@ -48,7 +48,7 @@ class SmoothMaxMask:
     """The 2019 smooth mask, computed on the lattice and interpolated.
 
     Attributes:
-        grid_size: lattice ``(h, w)`` including ``pad`` points beyond the image on each side.
+        grid_size: lattice ``(h, w)``, spanning the image (first point on pixel 0, last on H−1).
         image_size: ``(H, W)``.
         sigma: kernel width σ in pixels.
         temperature: smooth-max temperature ``T``.
@@ -60,13 +60,12 @@ class SmoothMaxMask:
     sigma: float
     temperature: float = 20.0
     radius: int = 4
-    pad: int = 4
 
     @classmethod
     def for_image(cls, image_size: tuple[int, int], step: float, sigma: float, temperature: float = 20.0) -> "SmoothMaxMask":
         """Lattice with spacing ≈ ``step`` and ``R = ceil(σ/step) + 1`` (9×9 for 7 px / 21 px).
 
-        No free parameters outside the image (``pad = 0``; the lattice is replicate-padded).
+        No free parameters outside the image (the lattice is replicate-padded).
         An earlier version gave the ``R`` rings beyond the image their own parameters (as the
         reference's padded canvas does) while measuring the area on the image only: those
         parameters got gradient from the border pixels alone, so from the all-ones start they
@@ -78,17 +77,11 @@ class SmoothMaxMask:
         H, W = image_size
         radius = int(math.ceil(sigma / step)) + 1
         grid = (lattice_size(H, step), lattice_size(W, step))
-        return cls(grid, (H, W), float(sigma), float(temperature), radius, 0)
-
-    @property
-    def inner_size(self) -> tuple[int, int]:
-        """Lattice points on the image (first on pixel 0, last on pixel H−1)."""
-        h, w = self.grid_size
-        return h - 2 * self.pad, w - 2 * self.pad
+        return cls(grid, (H, W), float(sigma), float(temperature), radius)
 
     @property
     def spacing(self) -> tuple[float, float]:
-        (h, w), (H, W) = self.inner_size, self.image_size
+        (h, w), (H, W) = self.grid_size, self.image_size
         return (H - 1) / (h - 1), (W - 1) / (w - 1)
 
     def weights(self, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -105,31 +98,26 @@ class SmoothMaxMask:
         return torch.full((n, k, 1, h, w), float(value), dtype=dtype, device=device)
 
     def lattice(self, theta: torch.Tensor) -> torch.Tensor:
-        """Smooth max-convolution at the lattice points on the image: ``(N, K, 1, h_in, w_in)``.
+        """Smooth max-convolution at every lattice point: ``(N, K, 1, h, w)``.
 
-        Only the inner points are evaluated (outer ``pad`` rings, if any, are parameters whose
-        own mask values lie outside the image); where a neighbourhood leaves the lattice
-        (``pad < radius``) the lattice is replicate-padded.
+        Beyond the image the lattice repeats its border values (replicate padding by ``R``;
+        see ``for_image``).
         """
         n, k = theta.shape[:2]
         h, w = self.grid_size
-        hi, wi = self.inner_size
-        flat = theta.reshape(n * k, h, w)
-        extra = max(self.radius - self.pad, 0)
-        if extra:
-            # Beyond the image the lattice repeats its border values (see ``for_image``).
-            flat = F.pad(flat, (extra, extra, extra, extra), mode="replicate")
+        R = self.radius
+        flat = F.pad(theta.reshape(n * k, h, w), (R, R, R, R), mode="replicate")
         wts = self.weights(dtype=theta.dtype, device=theta.device)
-        out = _LatticeSmoothMax.apply(flat, wts, self.radius, float(self.temperature))
-        return out.reshape(n, k, 1, hi, wi)
+        out = _LatticeSmoothMax.apply(flat, wts, R, float(self.temperature))
+        return out.reshape(n, k, 1, h, w)
 
     def operators(self, dtype=torch.float32, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Bilinear (``align_corners=True``) interpolation matrices ``(H, h_in)``, ``(W, w_in)``."""
+        """Bilinear (``align_corners=True``) interpolation matrices ``(H, h)``, ``(W, w)``."""
         key = (dtype, str(device))
         cache = self.__dict__.setdefault("_cache", {})
         if key not in cache:
             mats = []
-            for n_in, n_out in zip(self.inner_size, self.image_size):
+            for n_in, n_out in zip(self.grid_size, self.image_size):
                 eye = torch.eye(n_in, dtype=torch.float64).unsqueeze(1)
                 up = F.interpolate(eye, size=n_out, mode="linear", align_corners=True)
                 mats.append(up[:, 0, :].transpose(0, 1).contiguous().to(dtype=dtype, device=device))

@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..core.loop import Problem, forward_scores, optimise
+from ..core.loop import Problem, forward_scores, optimise, perturbed_logits
 from ..core.objective import Targets, class_probability
 from ..core.perturbation import blend, blur_levels, constant_levels, fade_levels, median_blur, noise_levels
 from ..errors import ConfigError
@@ -152,8 +152,7 @@ def run_problem(
             xt = blend(problem.levels, m.unsqueeze(2)).reshape(n * k, *ctx.x.shape[1:])
             p = forward_scores(problem, xt, ctx.targets.repeat(k)).view(n, k)
             scores["masked" if j == 0 else f"masked_{game.name}"] = p
-        full_pert = problem.levels[:, 0]
-        scores["perturbed"] = forward_scores(problem, full_pert, ctx.targets)
+        scores["perturbed"] = class_probability(perturbed_logits(problem), ctx.targets)
     ex = dict(extra or {})
     if problem.early_stop:
         ex["steps_run"] = result.steps_run.cpu().tolist()

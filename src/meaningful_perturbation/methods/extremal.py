@@ -15,8 +15,8 @@ lattice values above ½ is the fraction of pixels up to the half-cells along the
 Measuring on the lattice gives every parameter the same pull from the constraint; measured
 on pixels, a border (corner) lattice point stands for half (a quarter) as many pixels, is
 pulled down two (four) times more slowly and, once the class score has saturated, keeps the
-leftover area: masks drifted to the image corners (docs/benchmarks.md, "border artifacts"). All areas of all images (and both games for ``dual``) are one
-batch. ``m`` marks the salient region in every game; ``masks`` stores the keep-mask of the
+leftover area: masks drifted to the image corners (docs/benchmarks.md, "border artifacts").
+All areas of all images (and both games for ``dual``) are one batch. ``m`` marks the salient region in every game; ``masks`` stores the keep-mask of the
 primary game (``m`` for preserve and dual, ``1 − m`` for delete) and ``saliency`` is the sum
 of the salient regions over the areas.
 """

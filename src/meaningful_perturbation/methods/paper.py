@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.loop import Game, Problem, Term, forward_scores, perturbed_scores
+from ..core.loop import Game, Problem, Term, forward_scores, perturbed_logits
 from ..core.mask import UpsampledMask
-from ..core.objective import SCORES, Targets, class_probability, l1_term, tv_term
+from ..core.objective import SCORES, Targets, class_probability, class_score, l1_term, tv_term
 from ..core.perturbation import blend
 from ..errors import ConfigError
 from .common import Context, check_choice, check_range, make_levels, pixels, run_problem
@@ -141,7 +141,7 @@ def _circle_init(ctx: Context, cfg: PaperConfig, mask: UpsampledMask, problem: P
         xt = blend(levels[i : i + 1], full[i : i + 1]).reshape(R, *ctx.x.shape[1:])
         probs.append(prob(xt, i))
     p = torch.stack(probs)  # (N, R)
-    floor = torch.stack([prob(levels[i : i + 1, 0], i)[0] for i in range(n)]).view(-1, 1)
+    floor = class_probability(perturbed_logits(problem), ctx.targets).view(-1, 1)
     span = (clean.view(-1, 1) - floor).clamp_min(0)
     gain = p - floor
     ok = gain < cfg.circle_threshold * span if delete else gain >= (1 - cfg.circle_threshold) * span
@@ -196,7 +196,7 @@ def build_problem(ctx: Context, cfg: PaperConfig) -> Problem:
         early_stop=cfg.early_stop,
     )
     if delete and cfg.score_floor:
-        problem.score_floor = perturbed_scores(problem)
+        problem.score_floor = class_score(perturbed_logits(problem), ctx.targets, cfg.score)
     if cfg.init == "circle":
         problem.theta = _circle_init(ctx, cfg, mask, problem)
     else:
