@@ -277,3 +277,30 @@ def test_fast_presets_are_the_method_on_a_quarter_schedule(fast, base, steps):
     b = mp.explain(model, x, method=base, seed=3, steps=steps, **extra)
     assert torch.equal(a.masks, b.masks)
     assert a.history["loss"].shape[0] == steps
+
+
+def test_paper_mask_grid_scales_with_the_image():
+    from meaningful_perturbation.methods.paper import mask_grid_size
+
+    # One cell per 8 px at 224 (authors' mask_scale=8): 28 cells across the short side at any size.
+    assert mask_grid_size((224, 224), 8, 1.0) == (28, 28)
+    assert mask_grid_size((64, 64), 8, 64 / 224) == (28, 28)
+    assert mask_grid_size((300, 400), 8, 300 / 224) == (28, 38)
+    assert mask_grid_size((16, 16), 8, 16 / 224) == (16, 16)  # never finer than a pixel
+
+
+@pytest.mark.parametrize("perturbation", ["fade", "blur"])
+@pytest.mark.parametrize("size", [64, 128])
+def test_paper_points_at_small_objects_near_the_border(size, perturbation):
+    # Bright squares of 8% of the side, some 3-8% of the side from the border. With a fixed
+    # 8 px grid cell (an 8×8 grid at 64 px), the deletion's maximum went to the border cell.
+    from oracles import BrightnessOracle, bright_image
+
+    boxes = [(0.12, 0.12, 0.2, 0.2), (0.45, 0.45, 0.53, 0.53), (0.1, 0.7, 0.18, 0.78), (0.3, 0.05, 0.38, 0.13)]
+    model = BrightnessOracle(size, boxes)
+    x = torch.cat([bright_image(size, k, boxes) for k in range(len(boxes))])
+    ex = mp.explain(model, x, target=torch.arange(len(boxes)), method="paper", perturbation=perturbation)
+    assert torch.all(ex.scores["masked"][:, 0] < 0.96 * ex.scores["clean"])
+    peak = ex.saliency.flatten(1).argmax(dim=1)
+    regions = region_masks(size, boxes).flatten(1)
+    assert regions[torch.arange(len(boxes)), peak].all(), [divmod(int(p), size) for p in peak]

@@ -20,7 +20,8 @@ a 224×224 image. Here each term is computed as a mean over the grid and convert
   sampled ``r`` times more finely has ``r²`` more cells with gradients ``r`` times smaller,
   so the factor makes the sum a function of the continuous mask (equal to the authors' sum
   at 224×224);
-* pixel lengths (σ0, σm, jitter) scale with the short side / 224.
+* pixel lengths (σ0, σm, jitter and the mask cell) scale with the short side / 224, so the
+  grid has 28 cells across the short side at every size (see :func:`mask_grid_size`).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class PaperConfig:
     l1: float = 1e-4  # λ1 on ‖1 - m‖₁ summed over the 28×28 mask (authors' code default)
     tv: float = 1e-2  # λ2 (authors' code default)
     tv_beta: float = 3.0  # β of the isotropic TV (authors' code tv())
-    mask_scale: int = 8  # mask side = image side / 8 → 28×28 at 224 (authors' code mask_scale=8)
+    mask_scale: int = 8  # one mask cell per 8 px at 224 → 28×28 (authors' code mask_scale=8); scales with the image
     mask_blur: float = 5.0  # σm = 5 px blur of the upsampled mask (authors' code blur_mask=5)
     jitter: int = 4  # random shift τ ∈ [0, 4) px per step (paper eq. 4; authors' code jitter=4)
     noise_std: float = 0.0  # additive input noise per step: none in the paper
@@ -149,6 +150,19 @@ def _circle_init(ctx: Context, cfg: PaperConfig, mask: UpsampledMask, problem: P
     return grids[first].unsqueeze(1).unsqueeze(1)  # (N, 1, 1, h, w)
 
 
+def mask_grid_size(size: tuple[int, int], mask_scale: int, scale: float) -> tuple[int, int]:
+    """Cells of the mask grid for an image of ``size``: one cell per ``mask_scale`` pixels at
+    the reference size, a length that scales with the image like every other one.
+
+    28×28 cells at 224×224 (authors' code ``mask_scale=8``) and 28 cells across the short
+    side at any size, so a downscaled image gets the downscaled mask. (A fixed 8 px cell
+    would give a 64 px image an 8×8 grid, too coarse for objects of a cell or two.) At
+    least 2 cells a side, at most one per pixel.
+    """
+    cell = pixels(mask_scale, scale)
+    return tuple(min(n, max(math.ceil(n / cell - 1e-6), 2)) for n in size)  # type: ignore[return-value]
+
+
 def build_problem(ctx: Context, cfg: PaperConfig) -> Problem:
     """Assemble the 2017 objective for ``ctx`` (exposed for benchmarks and tests)."""
     H, W = ctx.size
@@ -163,7 +177,7 @@ def build_problem(ctx: Context, cfg: PaperConfig) -> Problem:
         noise=cfg.perturbation_noise,
         generator=ctx.generator,
     )
-    grid = (max(math.ceil(H / cfg.mask_scale), 2), max(math.ceil(W / cfg.mask_scale), 2))
+    grid = mask_grid_size((H, W), cfg.mask_scale, scale)
     mask = UpsampledMask(grid, (H, W), blur_sigma=pixels(cfg.mask_blur, scale))
     delete = cfg.game == "delete"
     ref_side = cfg.reference_size / cfg.mask_scale  # 28 cells at 224
