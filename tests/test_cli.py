@@ -114,9 +114,9 @@ def test_methods_and_models_listing(capsys):
     text = capsys.readouterr().out
     assert "    l1 = 0.001  # λ1 = 1e-3: authors' code --loc_params" in text
     assert "    steps = 300  # authors' code: 300 iterations" in text
-    assert main(["methods", "paper-fast"]) == 0
+    assert main(["methods", "extremal-fast"]) == 0
     text = capsys.readouterr().out
-    assert "    steps = 75  # a quarter of 300" in text and "authors' code: 300" not in text
+    assert "    steps = 200  # a quarter of 800" in text and "2019 paper §4: 800" not in text
     assert main(["models"]) == 0
     text = capsys.readouterr().out
     assert "demo" in text and "python:FILE.py:FACTORY" in text

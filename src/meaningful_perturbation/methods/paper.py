@@ -243,10 +243,3 @@ register(
         "top_k": "top-5 classes summed (paper Table 1 protocol)",
     },
 )(_run)
-register(
-    "paper-fast",
-    PaperConfig,
-    "`paper` with a quarter of the schedule (75 Adam steps); as good on the ground-truth benchmark",
-    steps=75,
-    notes={"steps": "a quarter of 300: within the CI of the full schedule on ShapeEvidence n = 200 (docs/benchmarks.md, quality vs steps)"},
-)(_run)
