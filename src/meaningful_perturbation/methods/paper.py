@@ -6,8 +6,8 @@ Deletion game (default), per image and mask::
 
 In the deletion game ``f_c`` is floored at ``f_c(Φ(x0; 0))``, the score of the fully
 perturbed image (``score_floor``, on by default; see the field's comment). Preservation
-game: ``λ1·‖m‖₁ + λ2·TV − f_c(Φ(x0; m))``. ``m`` lives on a grid of 1/8 of the
-image side, is upsampled bilinearly and blurred (σm), ``Φ`` is the blur whose width
+game: ``λ1·‖m‖₁ + λ2·TV − f_c(Φ(x0; m))``. ``m`` lives on a grid of one cell per
+8 px at 224 px (28×28; the cell scales with the image), is upsampled bilinearly and blurred (σm), ``Φ`` is the blur whose width
 ``σ0·(1 - m(u))`` follows the mask (quantised to ``levels`` levels and interpolated), and
 ``f_c`` is the softmax probability.
 
