@@ -184,3 +184,53 @@ def test_cli_bad_args(tmp_path, capsys, argv) -> None:
     err = capsys.readouterr().err
     assert "error" in err and ("n:" in err or "bogus" in err)
     assert not (tmp_path / "o").exists()
+
+
+def test_method_variants_are_rows_of_their_own() -> None:
+    res = run_benchmark(
+        n=3, methods=["paper:steps=2", "paper:steps=3:jitter=0"], progress=False, model=_model(), curve_steps=2
+    )
+    assert [r["method"] for r in res.rows] == ["paper:steps=2", "paper:steps=3:jitter=0"]
+    assert res.settings["overrides"] == {"paper:steps=2": {"steps": 2}, "paper:steps=3:jitter=0": {"steps": 3, "jitter": 0}}
+    # One more optimisation step is one more model pass per image.
+    a, b = (r["passes_per_image"] for r in res.rows)
+    assert b - a == pytest.approx(1.0)
+    assert set(res.per_image) == {"paper:steps=2", "paper:steps=3:jitter=0"}
+
+
+def test_variant_settings_beat_steps_scale() -> None:
+    res = run_benchmark(n=2, methods=["random", "paper:steps=2"], steps_scale=0.5, progress=False, model=_model(), curve_steps=2)
+    assert res.settings["overrides"]["paper:steps=2"] == {"steps": 2}
+
+
+@pytest.mark.parametrize(
+    "spec,pattern",
+    [
+        ("paper:stepz=3", r"methods: 'paper:stepz=3': 'stepz': not a setting of method 'paper'"),
+        ("paper:steps", r"expected NAME:KEY=VALUE in 'paper:steps', got 'steps'"),
+        ("paper:steps=0", r"methods: 'paper:steps=0': steps: expected"),
+        (":steps=3", r"expected NAME or NAME:KEY=VALUE"),
+        ("bogus:steps=3", r"unknown method 'bogus'"),
+    ],
+)
+def test_bad_variants_fail_before_any_work(spec, pattern) -> None:
+    calls = []
+
+    def model(x):  # never called: validation comes first
+        calls.append(x.shape)
+        return x.flatten(1)[:, :6]
+
+    with pytest.raises(ConfigError, match=pattern):
+        run_benchmark(n=2, methods=["random", spec], progress=False, model=model)
+    assert calls == []
+
+
+def test_cli_splits_methods_outside_brackets() -> None:
+    from meaningful_perturbation.cli.benchmark import _split_methods
+
+    assert _split_methods(["extremal:areas=[0.1,0.2],paper", "gradient,"]) == [
+        "extremal:areas=[0.1,0.2]",
+        "paper",
+        "gradient",
+    ]
+    assert _split_methods(None) is None

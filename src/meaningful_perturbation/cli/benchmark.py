@@ -36,7 +36,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         metavar="METHOD",
-        help="methods to run (space- or comma-separated; default: all but the -fast presets)",
+        help=(
+            "methods to run (space- or comma-separated; default: all but the -fast presets); "
+            "NAME:KEY=VALUE[:KEY=VALUE] runs a variant, e.g. paper:early_stop=40 (one row each)"
+        ),
     )
     p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     p.add_argument(
@@ -62,9 +65,27 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def _split_methods(values: list[str] | None) -> list[str] | None:
+    """Split ``--methods`` values on commas, except inside ``[...]`` / ``{...}`` / quotes
+    (``extremal:areas=[0.1,0.2],paper`` is two entries)."""
     if values is None:
         return None
-    return [m for v in values for m in v.split(",") if m]
+    out: list[str] = []
+    for v in values:
+        depth, quote, start = 0, "", 0
+        for i, ch in enumerate(v):
+            if quote:
+                quote = "" if ch == quote else quote
+            elif ch in "\"'":
+                quote = ch
+            elif ch in "[{":
+                depth += 1
+            elif ch in "]}":
+                depth = max(depth - 1, 0)
+            elif ch == "," and depth == 0:
+                out.append(v[start:i])
+                start = i + 1
+        out.append(v[start:])
+    return [m.strip() for m in out if m.strip()]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .benchmark import COLUMNS, DEFAULT_METHODS, METRICS, BenchmarkResult, run_benchmark
+from .benchmark import COLUMNS, DEFAULT_METHODS, METRICS, BenchmarkResult, parse_variant, run_benchmark
 
-__all__ = ["BenchmarkResult", "COLUMNS", "DEFAULT_METHODS", "METRICS", "run_benchmark"]
+__all__ = ["BenchmarkResult", "COLUMNS", "DEFAULT_METHODS", "METRICS", "parse_variant", "run_benchmark"]

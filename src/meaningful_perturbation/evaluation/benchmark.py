@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["BenchmarkResult", "COLUMNS", "DEFAULT_METHODS", "METRICS", "run_benchmark"]
+__all__ = ["BenchmarkResult", "COLUMNS", "DEFAULT_METHODS", "METRICS", "parse_variant", "run_benchmark"]
 
 #: Methods benchmarked by default. ``paper-loc`` is the 2017 localisation setting
 #: (λ1 = 1e-3, β = 2); its top-5 default target does not apply, since the benchmark explains
@@ -164,6 +165,42 @@ def _check_int(v: Any, name: str, minimum: int) -> int:
     return v
 
 
+def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
+    """A benchmark method entry: ``"NAME"`` or ``"NAME:KEY=VALUE[:KEY=VALUE...]"``.
+
+    Values are read as JSON when they parse (numbers, booleans, ``null``, lists → tuples),
+    as plain strings otherwise. The same method may appear several times with different
+    settings; each entry is one row, labelled by its spec.
+
+    Example:
+        >>> parse_variant("paper")
+        ('paper', {})
+        >>> parse_variant("extremal:areas=[0.1, 0.2]:steps=200")
+        ('extremal', {'areas': (0.1, 0.2), 'steps': 200})
+
+    Raises:
+        ConfigError: an empty name, or a setting without ``=``.
+    """
+    if not isinstance(spec, str):
+        raise ConfigError(f"methods: expected method names (str), got {spec!r}")
+    name, *items = spec.split(":")
+    name = name.strip()
+    if not name:
+        raise ConfigError(f"methods: expected NAME or NAME:KEY=VALUE, got {spec!r}")
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"methods: expected NAME:KEY=VALUE in {spec!r}, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw.strip()
+        overrides[key] = tuple(value) if isinstance(value, list) else value
+    return name, overrides
+
+
 def _scaled_overrides(name: str, steps_scale: float) -> dict[str, Any]:
     from ..methods.registry import get_method
 
@@ -195,7 +232,9 @@ def run_benchmark(
 
     Args:
         n: number of ``"test"``-split images (drawn with ``seed``).
-        methods: method names (default :data:`DEFAULT_METHODS`).
+        methods: method names (default :data:`DEFAULT_METHODS`), each optionally with
+            settings, ``"paper:early_stop=40"`` (see :func:`parse_variant`); rows are
+            labelled by these strings.
         size: image side in pixels (>= 32 for the demo model).
         steps_scale: multiplies the ``steps`` of optimisation methods (and RISE's
             ``n_masks``): ``max(1, round(default · steps_scale))``.
@@ -216,7 +255,7 @@ def run_benchmark(
     from .. import metrics as M
     from ..api import explain
     from ..data import make_shape_evidence
-    from ..methods.registry import get_method
+    from ..methods.registry import get_method, resolve_config
     from ..methods.registry import methods as registered
 
     n = _check_int(n, "n", 1)
@@ -237,10 +276,20 @@ def run_benchmark(
     methods = list(methods)
     if not methods:
         raise ConfigError("methods: expected at least one method name")
+    variants: dict[str, tuple[str, dict[str, Any]]] = {}
     for m in methods:
-        get_method(m)  # ConfigError listing the valid names
-    if len(set(methods)) != len(methods):
-        raise ConfigError(f"methods: duplicate names in {methods}")
+        name, explicit = parse_variant(m)
+        spec = get_method(name)  # ConfigError listing the valid names
+        overrides = {**_scaled_overrides(name, steps_scale), **explicit}  # explicit settings win
+        try:
+            resolve_config(spec, overrides)  # fail before hours of work, naming the entry
+        except TypeError as e:
+            raise ConfigError(f"methods: invalid setting in {m!r} ({e})") from None
+        except ConfigError as e:
+            raise ConfigError(f"methods: {m!r}: {e}") from None
+        if m in variants:
+            raise ConfigError(f"methods: {m!r} given twice in {methods}")
+        variants[m] = (name, overrides)
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as e:
@@ -274,9 +323,8 @@ def run_benchmark(
     per_image: dict[str, dict[str, list[float]]] = {}
     overrides_used: dict[str, dict[str, Any]] = {}
     try:
-        for name in methods:
-            overrides = _scaled_overrides(name, steps_scale)
-            overrides_used[name] = overrides
+        for label, (name, overrides) in variants.items():
+            overrides_used[label] = overrides
             counter = _CountingModel(model) if isinstance(model, torch.nn.Module) else None
             calls = [0]
 
@@ -289,7 +337,7 @@ def run_benchmark(
             seconds = 0.0
             for b, (lo, hi) in enumerate(batches):
                 if bar is not None:
-                    bar.set_description(f"{name}")
+                    bar.set_description(label)
                 start = time.perf_counter()
                 ex = explain(
                     explained_model, images[lo:hi], labels[lo:hi].to(device), method=name, seed=seed + b, **overrides
@@ -323,14 +371,14 @@ def run_benchmark(
                 "insertion_auc": ins.cpu(),
                 "min_sufficient_area": area.cpu(),
             }
-            row: dict[str, Any] = {"method": name}
+            row: dict[str, Any] = {"method": label}
             for k, _ in METRICS:
                 row[k] = M.bootstrap_ci(values[k], seed=seed)
             row["seconds_per_image"] = seconds / n
             row["passes_per_image"] = float(passes)
             row["n_distractor_images"] = int(has_distractors.sum())
             rows.append(row)
-            per_image[name] = {k: [float(u) for u in v.double().tolist()] for k, v in values.items()}
+            per_image[label] = {k: [float(u) for u in v.double().tolist()] for k, v in values.items()}
     finally:
         if bar is not None:
             bar.close()
