@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import meaningful_perturbation as mp
 from meaningful_perturbation.core.mask import UpsampledMask
 from meaningful_perturbation.core.objective import l1_term, tv_term
 from meaningful_perturbation.core.perturbation import (
@@ -118,3 +119,14 @@ def test_gradcheck_tv_float64():
     g = torch.rand(1, 1, 1, 5, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: tv_term(t, 3.0), (g,))
     assert torch.autograd.gradcheck(lambda t: tv_term(t, 3.0, isotropic=False), (g,))
+
+
+@pytest.mark.parametrize("method", ["paper", "seed", "extremal"])
+def test_masks_stay_in_the_unit_interval_exactly(method):
+    # Upsampling + blur of θ ∈ [0, 1] used to overshoot 1 by float rounding (1.0000002).
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 5))
+    x = torch.randn(2, 3, 50, 33, generator=torch.Generator().manual_seed(0))
+    ex = mp.explain(net, x, method=method, steps=3)
+    assert ex.masks.min() >= 0 and ex.masks.max() <= 1
+    if method != "extremal":
+        assert ex.saliency.min() >= 0 and ex.saliency.max() <= 1

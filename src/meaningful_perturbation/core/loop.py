@@ -267,7 +267,10 @@ def optimise(problem: Problem) -> Result:
     with torch.no_grad():
         _, full = problem.mask(theta)
     run = stopper.stopped_at.clamp_max(steps_run) if stopper is not None else torch.full((n, k), steps_run, device=device)
-    return Result(theta=theta.detach(), masks=full[:, :, 0].detach(), history=history, steps_run=run)
+    # Upsampling and blurring θ ∈ [0, 1] are convex combinations, so the mask is in [0, 1] up
+    # to float rounding (1 + 2e-7 was seen); clamp so the documented range holds exactly.
+    masks = full[:, :, 0].detach().clamp(0.0, 1.0)
+    return Result(theta=theta.detach(), masks=masks, history=history, steps_run=run)
 
 
 class _EarlyStop:
