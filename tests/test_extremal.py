@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import meaningful_perturbation as mp
 from meaningful_perturbation import ConfigError
@@ -230,3 +231,34 @@ def test_achieved_area_close_to_target(size, tol):
     assert torch.all((achieved - target).abs() <= tol * target), achieved
     # measured on the image itself: the same number recomputed from the returned masks
     assert torch.allclose(achieved, (ex.masks[0] > 0.5).float().mean(dim=(1, 2)))
+
+
+class _Bump(torch.nn.Module):
+    """Class 0's logit = brightness weighted by a Gaussian bump: a unique best region per area."""
+
+    def __init__(self, size: int, cy: float = 0.35, cx: float = 0.6, s: float = 0.12) -> None:
+        super().__init__()
+        c = torch.arange(size, dtype=torch.float32) + 0.5
+        ys, xs = torch.meshgrid(c / size, c / size, indexing="ij")
+        w = torch.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * s * s))
+        self.register_buffer("w", w / w.sum())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = 8 * (x[:, 0] * self.w).sum(dim=(1, 2))
+        return torch.stack([z, torch.zeros_like(z)], dim=1)
+
+
+def test_extremal_masks_are_resolution_independent():
+    # The same scene at 64 and 128 px (lattice step, σ and blur scale with the image): the
+    # 128 px masks, average-pooled to 64 px, match the 64 px ones. Measured: mean |diff|
+    # 0.006 / 0.011 for a = 0.05 / 0.2; the largest differences are single boundary pixels.
+    masks = {}
+    for size in (64, 128):
+        x = torch.full((1, 3, size, size), 2.0)
+        ex = mp.explain(_Bump(size), x, target=0, method="extremal", areas=(0.05, 0.2), perturbation="fade", jitter="none")
+        masks[size] = ex.masks[0]
+    pooled = F.avg_pool2d(masks[128].unsqueeze(0), 2)[0]
+    diff = (masks[64] - pooled).abs().mean(dim=(1, 2))
+    assert torch.all(diff < 0.03), diff
+    area64, area128 = masks[64].mean(dim=(1, 2)), masks[128].mean(dim=(1, 2))
+    assert torch.allclose(area64, area128, rtol=0.1), (area64, area128)
