@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, InputError
-from ..methods.registry import config_as_dict, get_method, resolve_config
+from ..methods.registry import config_as_dict, get_method, parse_setting, resolve_config
 
 __all__ = [
     "RunSettings",
@@ -128,15 +128,10 @@ def parse_set_value(item: str) -> tuple[str, Any]:
         >>> parse_set_value("game=preserve")
         ('game', 'preserve')
     """
-    key, sep, raw = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
+    parsed = parse_setting(item)
+    if parsed is None:
         raise ConfigError(f"--set: expected KEY=VALUE, got {item!r}")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key.replace("-", "_"), value
+    return parsed
 
 
 def _read_config_file(path: str) -> dict[str, Any]:

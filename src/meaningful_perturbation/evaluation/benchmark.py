@@ -26,7 +26,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -187,16 +186,14 @@ def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
     name = name.strip()
     if not name:
         raise ConfigError(f"methods: expected NAME or NAME:KEY=VALUE, got {spec!r}")
+    from ..methods.registry import parse_setting
+
     overrides: dict[str, Any] = {}
     for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
+        parsed = parse_setting(item)
+        if parsed is None:
             raise ConfigError(f"methods: expected NAME:KEY=VALUE in {spec!r}, got {item!r}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw.strip()
+        key, value = parsed
         overrides[key] = tuple(value) if isinstance(value, list) else value
     return name, overrides
 

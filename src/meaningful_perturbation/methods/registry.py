@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -87,6 +88,24 @@ def get_method(name: str) -> MethodSpec:
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ConfigError(f"method: unknown method {name!r}; valid methods: {', '.join(_ordered())}")
     return _REGISTRY[name]
+
+
+def parse_setting(item: str) -> tuple[str, Any] | None:
+    """``"key=value"`` → ``(key, value)`` for a config override, or ``None`` if malformed.
+
+    The value is read as JSON when it parses (numbers, booleans, ``null``, lists), as the
+    plain string otherwise; ``-`` in the key becomes ``_``. Callers raise their own error
+    (``--set`` in the CLI, a method entry of the benchmark).
+    """
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.replace("-", "_"), value
 
 
 def resolve_config(spec: MethodSpec, overrides: dict[str, Any]):
