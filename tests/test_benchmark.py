@@ -234,3 +234,110 @@ def test_cli_splits_methods_outside_brackets() -> None:
         "gradient",
     ]
     assert _split_methods(None) is None
+
+
+def _tiny(methods: dict[str, list[float]], *, seed: int = 0, areas=None) -> BenchmarkResult:
+    """A hand-made result over 6 images: labels 0,0,1,1,2,2 and the given rank accuracies."""
+    nan3 = (math.nan, math.nan, math.nan)
+    rows = [
+        {"method": m, **{k: nan3 for k, _ in METRICS}, "seconds_per_image": 1.0, "passes_per_image": 1.0,
+         "n_distractor_images": 0}
+        for m in methods
+    ]
+    per_image = {m: {k: (v if k == "rank_accuracy" else [math.nan] * 6) for k, _ in METRICS} for m, v in methods.items()}
+    images = {
+        "label": [0, 0, 1, 1, 2, 2],
+        "class": ["disc", "disc", "square", "square", "triangle", "triangle"],
+        "object_area": areas or [0.01, 0.06, 0.02, 0.05, 0.03, 0.04],
+        "background": ["noise"] * 6,
+    }
+    settings = {"n": 6, "size": 64, "seed": seed, "split": "test", "methods": list(methods), "overrides": {}}
+    return BenchmarkResult(rows=rows, settings=settings, per_image=per_image, images=images)
+
+
+def test_breakdown_by_class_and_size_hand_computed() -> None:
+    res = _tiny({"a": [1.0, 0.0, 0.5, 0.5, math.nan, 0.2], "b": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]})
+    by_class = res.breakdown("rank_accuracy", by="class")
+    assert list(by_class["a"]) == ["disc", "square", "triangle"]
+    assert by_class["a"]["disc"] == (0.5, 2)
+    assert by_class["a"]["triangle"] == (pytest.approx(0.2), 1)  # the NaN image is left out
+    assert by_class["b"]["square"] == (pytest.approx(0.35), 2)
+    # areas sorted: 0.01 (img0), 0.02 (img2) | 0.03 (img4), 0.04 (img5) | 0.05 (img3), 0.06 (img1)
+    by_size = res.breakdown("rank_accuracy", by="size", bins=3)
+    groups = list(by_size["b"])
+    assert len(groups) == 3 and groups[0].startswith("area 1.0-")
+    assert [by_size["b"][g][0] for g in groups] == [pytest.approx(0.2), pytest.approx(0.55), pytest.approx(0.3)]
+    assert [by_size["a"][g][1] for g in groups] == [2, 1, 2]
+    md = res.breakdown_markdown("rank_accuracy", by="class")
+    assert md.splitlines()[0] == "| rank_accuracy | disc (n=2) | square (n=2) | triangle (n=2) |"
+    assert "| a | 0.50 | 0.50 | 0.20 |" in md
+
+
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [({"metric": "rank"}, r"metric: expected one of"), ({"by": "colour"}, r"by: expected 'class' or 'size', got 'colour'"),
+     ({"bins": 0}, r"bins")],
+)
+def test_breakdown_bad_args(kwargs, pattern) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        _tiny({"a": [0.0] * 6}).breakdown(**kwargs)
+
+
+def test_json_round_trip_keeps_rows_values_and_images(quick: BenchmarkResult) -> None:
+    js = json.loads(json.dumps(quick.to_json(), allow_nan=False))
+    back = BenchmarkResult.from_json(js)
+    assert back.to_markdown() == quick.to_markdown()
+    assert back.images == quick.images
+    assert len(back.images["label"]) == 16
+    for m in QUICK_METHODS:
+        a, b = quick.per_image[m]["distractor_mass"], back.per_image[m]["distractor_mass"]
+        assert all((math.isnan(x) and math.isnan(y)) or x == y for x, y in zip(a, b))
+    # Files saved before image descriptions were recorded: regenerated from the settings.
+    del js["images"]
+    assert BenchmarkResult.from_json(js).images == quick.images
+    with pytest.raises(ConfigError, match="expected a benchmark JSON"):
+        BenchmarkResult.from_json({"rows": []})
+    with pytest.raises(ConfigError, match="malformed benchmark JSON"):
+        BenchmarkResult.from_json({**js, "rows": [{"method": "x"}]})
+
+
+def test_combine_needs_the_same_draw_and_distinct_methods() -> None:
+    a, b = _tiny({"a": [0.0] * 6}), _tiny({"b": [1.0] * 6})
+    both = BenchmarkResult.combine([a, b])
+    assert [r["method"] for r in both.rows] == ["a", "b"] and both.settings["methods"] == ["a", "b"]
+    assert both.breakdown("rank_accuracy", by="class")["b"]["disc"] == (1.0, 2)
+    with pytest.raises(ConfigError, match=r"results\[1\]: method 'a' is already"):
+        BenchmarkResult.combine([a, a])
+    with pytest.raises(ConfigError, match=r"results\[1\]: drawn with .*'seed': 1"):
+        BenchmarkResult.combine([a, _tiny({"c": [0.0] * 6}, seed=1)])
+    assert [r["method"] for r in both.select(["b", "zzz"]).rows] == ["b"]
+
+
+def test_cli_from_saved_files_rereports_without_running(tmp_path, capsys) -> None:
+    from meaningful_perturbation.cli.benchmark import run
+
+    a, b = _tiny({"a": [0.0, 1.0, 0.5, 0.5, 0.0, 1.0]}), _tiny({"b": [1.0] * 6, "a": [0.0] * 6})
+    (tmp_path / "a.json").write_text(json.dumps(a.to_json()))
+    (tmp_path / "b.json").write_text(json.dumps(b.to_json()))
+    out = tmp_path / "o"
+    # b.json also holds an "a" row: it comes from the first file that has it, with a note.
+    args = _parser().parse_args(["benchmark", "--from", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                                 "--methods", "b", "a", "--out", str(out), "-q"])
+    assert run(args) == 0
+    captured = capsys.readouterr()
+    assert f"'a' taken from {tmp_path / 'a.json'}, not {tmp_path / 'b.json'}" in captured.err
+    assert "| a | 0.50 | 0.50 | 0.50 |" in (out / "benchmark.md").read_text()  # a.json's values, not b.json's zeros
+    assert [line.split("|")[1].strip() for line in captured.out.splitlines()[2:]] == ["b", "a"]  # --methods order
+    args = _parser().parse_args(["benchmark", "--from", str(tmp_path / "a.json"), "--out", str(out), "-q"])
+    assert run(args) == 0
+    md = (out / "benchmark.md").read_text()
+    assert "## rank_accuracy by class" in md and "| a | 0.50 | 0.50 | 0.50 |" in md
+    assert "## pointing_tol by object size (area terciles)" in md
+    args = _parser().parse_args(["benchmark", "--from", str(tmp_path / "a.json"), "--methods", "zzz", "--out", str(out), "-q"])
+    assert run(args) == 2
+    assert "--methods: ['zzz'] not in the --from files" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{not json")
+    args = _parser().parse_args(["benchmark", "--from", str(tmp_path / "bad.json"), "--out", str(tmp_path / "o2"), "-q"])
+    assert run(args) == 2
+    assert "bad.json is not JSON" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()

@@ -1,8 +1,10 @@
 """``mperturb benchmark``: score every method on held-out ShapeEvidence images.
 
-Prints the Markdown table and writes ``benchmark.json`` and ``benchmark.md`` into
-``--out`` (default ``./mperturb-benchmark``), each atomically (temporary file +
-``os.replace``).
+Prints the Markdown table and writes ``benchmark.json`` and ``benchmark.md`` (the table,
+then rank accuracy and pointing broken down by class and by object size) into ``--out``
+(default ``./mperturb-benchmark``), each atomically (temporary file + ``os.replace``).
+``--from FILE ...`` re-reports saved ``benchmark.json`` files of the same draw instead of
+running anything.
 """
 
 from __future__ import annotations
@@ -53,6 +55,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--curve-steps", type=int, default=100, help="grid steps of the deletion/insertion/area curves (default 100)"
     )
+    p.add_argument(
+        "--from",
+        dest="from_files",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help=(
+            "re-report saved benchmark.json files of the same images instead of running anything: "
+            "one table with breakdowns (--methods picks rows; a method in several files comes from the first)"
+        ),
+    )
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -88,31 +101,88 @@ def _split_methods(values: list[str] | None) -> list[str] | None:
     return [m.strip() for m in out if m.strip()]
 
 
+#: Per-image metrics broken down in ``benchmark.md`` (by class, then by object size).
+BREAKDOWNS: tuple[str, ...] = ("rank_accuracy", "pointing_tol")
+
+
+def _load(paths: list[str], methods: list[str] | None = None) -> Any:
+    """Saved ``benchmark.json`` files as one result (only the rows of ``methods`` if given).
+
+    A method found in several files is taken from the first of them, with a note on stderr.
+    """
+    from ..errors import ConfigError
+    from ..evaluation import BenchmarkResult
+
+    results = []
+    for p in paths:
+        try:
+            data = json.loads(Path(p).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--from: {p} is not JSON ({e})") from None
+        try:
+            results.append(BenchmarkResult.from_json(data))
+        except ConfigError as e:
+            raise ConfigError(f"--from: {p}: {e}") from None
+    found = [r["method"] for res in results for r in res.rows]
+    if methods:
+        missing = [m for m in methods if m not in found]
+        if missing:
+            raise ConfigError(f"--methods: {missing} not in the --from files (they hold {sorted(set(found))})")
+    seen: dict[str, str] = {}
+    picked = []
+    for p, res in zip(paths, results):
+        keep = [r["method"] for r in res.rows if (not methods or r["method"] in methods) and r["method"] not in seen]
+        for r in res.rows:
+            if r["method"] in seen and (not methods or r["method"] in methods):
+                print(f"mperturb benchmark: note: {r['method']!r} taken from {seen[r['method']]}, not {p}", file=sys.stderr)
+        seen.update({m: p for m in keep})
+        if keep:
+            picked.append(res.select(keep))
+    result = BenchmarkResult.combine(picked)
+    if methods:  # rows in the order asked for
+        result.rows.sort(key=lambda r: methods.index(r["method"]))
+        result.settings["methods"] = [r["method"] for r in result.rows]
+    return result
+
+
+def report_markdown(result: Any) -> str:
+    """``benchmark.md``: settings, the table, then :data:`BREAKDOWNS` by class and by size."""
+    settings = ", ".join(f"{k}={v}" for k, v in result.settings.items() if k not in ("overrides", "methods"))
+    parts = [f"# mperturb benchmark\n\n{settings}\n\n{result.to_markdown()}"]
+    if result.images:
+        for by, title in (("class", "by class"), ("size", "by object size (area terciles)")):
+            for metric in BREAKDOWNS:
+                parts.append(f"\n## {metric} {title}\n\n{result.breakdown_markdown(metric, by=by)}")
+    return "".join(parts)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark described by ``args``; returns the exit status (2 on bad settings)."""
     from ..errors import MeaningfulPerturbationError
     from ..evaluation import run_benchmark
 
     try:
-        result = run_benchmark(
-            n=args.n,
-            methods=_split_methods(args.methods),
-            size=args.size,
-            steps_scale=args.steps_scale,
-            seed=args.seed,
-            batch_size=getattr(args, "batch_size", 16),
-            curve_steps=getattr(args, "curve_steps", 100),
-            device=args.device,
-            progress=not args.quiet,
-        )
+        if getattr(args, "from_files", None):
+            result = _load(args.from_files, _split_methods(args.methods))
+        else:
+            result = run_benchmark(
+                n=args.n,
+                methods=_split_methods(args.methods),
+                size=args.size,
+                steps_scale=args.steps_scale,
+                seed=args.seed,
+                batch_size=getattr(args, "batch_size", 16),
+                curve_steps=getattr(args, "curve_steps", 100),
+                device=args.device,
+                progress=not args.quiet,
+            )
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
     except (MeaningfulPerturbationError, OSError) as e:
         print(f"mperturb benchmark: error: {e}", file=sys.stderr)
         return 2
     table = result.to_markdown()
-    settings = ", ".join(f"{k}={v}" for k, v in result.settings.items() if k not in ("overrides", "methods"))
-    md = f"# mperturb benchmark\n\n{settings}\n\n{table}"
+    md = report_markdown(result)
     _atomic_write(out / "benchmark.json", json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
     _atomic_write(out / "benchmark.md", md)
     print(table, end="")

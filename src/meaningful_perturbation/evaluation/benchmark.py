@@ -120,11 +120,148 @@ class BenchmarkResult:
             ``"passes_per_image"`` → float, ``"n_distractor_images"`` → int.
         settings: the arguments of the run (and the tolerance used).
         per_image: ``{method: {metric: [value per image]}}`` (NaN where not applicable).
+        images: what each image is, for :meth:`breakdown`: ``"label"`` (int), ``"class"``
+            (name), ``"object_area"`` (share of the image covered by the class shape) and
+            ``"background"``, each a list in image order.
     """
 
     rows: list[dict[str, Any]]
     settings: dict[str, Any]
     per_image: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    images: dict[str, list[Any]] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "BenchmarkResult":
+        """Rebuild a result from :meth:`to_json` output (e.g. a saved ``benchmark.json``).
+
+        ``None`` becomes NaN again. Files written before ``images`` was recorded get it
+        regenerated from their settings: the ShapeEvidence draw is deterministic in
+        ``(n, size, split, seed)``.
+
+        Raises:
+            ConfigError: ``data`` is not a benchmark JSON.
+        """
+        if not isinstance(data, dict) or not {"settings", "rows", "per_image"} <= set(data):
+            got = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise ConfigError(f"data: expected a benchmark JSON with settings, rows and per_image, got {got}")
+
+        def num(v: Any) -> float:
+            return math.nan if v is None else float(v)
+
+        try:
+            rows = []
+            for r in data["rows"]:
+                row: dict[str, Any] = {"method": r["method"]}
+                for k, _ in METRICS:
+                    row[k] = (num(r[k]["mean"]), num(r[k]["lo"]), num(r[k]["hi"]))
+                for k, _ in COSTS:
+                    row[k] = num(r[k])
+                row["n_distractor_images"] = r.get("n_distractor_images", 0)
+                rows.append(row)
+            per_image = {m: {k: [num(u) for u in v] for k, v in d.items()} for m, d in data["per_image"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ConfigError(f"data: malformed benchmark JSON ({type(e).__name__}: {e})") from None
+        settings = dict(data["settings"])
+        images = data.get("images") or _describe_images(settings)
+        return cls(rows=rows, settings=settings, per_image=per_image, images=images)
+
+    @classmethod
+    def combine(cls, results: Sequence["BenchmarkResult"]) -> "BenchmarkResult":
+        """One result holding the rows of several runs on the same images.
+
+        The runs must share ``n``, ``size``, ``seed`` and ``split`` (the same draw), and no
+        method may appear twice. Settings are the first run's, with ``methods`` and
+        ``overrides`` merged.
+
+        Raises:
+            ConfigError: no results, different draws, or a repeated method.
+        """
+        results = list(results)
+        if not results:
+            raise ConfigError("results: expected at least one BenchmarkResult")
+        draw_keys = ("n", "size", "seed", "split")
+        first = results[0]
+        draw = {k: first.settings.get(k) for k in draw_keys}
+        rows: list[dict[str, Any]] = []
+        per_image: dict[str, dict[str, list[float]]] = {}
+        methods: list[str] = []
+        overrides: dict[str, Any] = {}
+        for i, r in enumerate(results):
+            other = {k: r.settings.get(k) for k in draw_keys}
+            if other != draw:
+                raise ConfigError(f"results[{i}]: drawn with {other}, expected the same images as results[0] ({draw})")
+            for row in r.rows:
+                if row["method"] in per_image:
+                    raise ConfigError(f"results[{i}]: method {row['method']!r} is already in an earlier result")
+                rows.append(row)
+                per_image[row["method"]] = r.per_image.get(row["method"], {})
+                methods.append(row["method"])
+            overrides.update(r.settings.get("overrides", {}))
+        settings = {**first.settings, "methods": methods, "overrides": overrides}
+        images = next((r.images for r in results if r.images), {})
+        return cls(rows=rows, settings=settings, per_image=per_image, images=images)
+
+    def select(self, methods: Sequence[str]) -> "BenchmarkResult":
+        """The rows of ``methods`` only (those present; order of the result kept)."""
+        wanted = set(methods)
+        rows = [r for r in self.rows if r["method"] in wanted]
+        names = [r["method"] for r in rows]
+        settings = {
+            **self.settings,
+            "methods": names,
+            "overrides": {k: v for k, v in self.settings.get("overrides", {}).items() if k in wanted},
+        }
+        per_image = {k: v for k, v in self.per_image.items() if k in wanted}
+        return BenchmarkResult(rows=rows, settings=settings, per_image=per_image, images=self.images)
+
+    def breakdown(self, metric: str = "rank_accuracy", by: str = "class", bins: int = 3) -> dict[str, dict[str, tuple[float, int]]]:
+        """Mean of a per-image metric within groups of images, per method.
+
+        Args:
+            metric: a key of :data:`METRICS`.
+            by: ``"class"`` (the class shape's type) or ``"size"`` (``bins`` quantile groups
+                of the class shape's area, smallest first).
+            bins: number of size groups.
+
+        Returns:
+            ``{method: {group: (mean, n_images)}}``, groups in order; NaN values
+            (images where the metric does not apply) are left out of both.
+
+        Raises:
+            ConfigError: an unknown ``metric`` or ``by``, or no image descriptions.
+        """
+        keys = [k for k, _ in METRICS]
+        if metric not in keys:
+            raise ConfigError(f"metric: expected one of {keys}, got {metric!r}")
+        if by not in ("class", "size"):
+            raise ConfigError(f"by: expected 'class' or 'size', got {by!r}")
+        _check_int(bins, "bins", 1)
+        if not self.images:
+            raise ConfigError("breakdown: this result has no image descriptions (images is empty)")
+        groups = _groups(self.images, by, bins)
+        out: dict[str, dict[str, tuple[float, int]]] = {}
+        for method, values in self.per_image.items():
+            v = torch.tensor(values[metric], dtype=torch.float64)
+            cells: dict[str, tuple[float, int]] = {}
+            for name, idx in groups.items():
+                sel = v[idx]
+                sel = sel[~torch.isnan(sel)]
+                cells[name] = (float(sel.mean()) if len(sel) else math.nan, int(len(sel)))
+            out[method] = cells
+        return out
+
+    def breakdown_markdown(self, metric: str = "rank_accuracy", by: str = "class", bins: int = 3) -> str:
+        """:meth:`breakdown` as a Markdown table: one row per method, one column per group
+        (headed with its number of images)."""
+        table = self.breakdown(metric, by, bins)
+        names = list(next(iter(table.values()))) if table else []
+        counts = {g: max((cells[g][1] for cells in table.values()), default=0) for g in names}
+        head = [metric] + [f"{g} (n={counts[g]})" for g in names]
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        for method, cells in table.items():
+            vals = ["n/a" if math.isnan(cells[g][0]) else f"{cells[g][0]:.2f}" for g in names]
+            lines.append("| " + " | ".join([method] + vals) + " |")
+        return "\n".join(lines) + "\n"
 
     def to_markdown(self) -> str:
         """A Markdown table, one row per method, each metric as ``mean [lo, hi]``."""
@@ -154,8 +291,44 @@ class BenchmarkResult:
                 "columns": list(COLUMNS),
                 "rows": rows,
                 "per_image": self.per_image,
+                "images": self.images,
             }
         )
+
+
+def _describe_images(settings: dict[str, Any]) -> dict[str, list[Any]]:
+    """Image descriptions of a benchmark run, regenerated from its settings."""
+    from ..data import make_shape_evidence
+
+    try:
+        n, size, seed = int(settings["n"]), int(settings["size"]), int(settings["seed"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"settings: need n, size and seed to regenerate the images ({e})") from None
+    return _image_info(make_shape_evidence(n, size=size, split=settings.get("split", "test"), seed=seed))
+
+
+def _image_info(data: Any) -> dict[str, list[Any]]:
+    area = data.masks.reshape(len(data), -1).mean(axis=1)
+    return {
+        "label": [int(v) for v in data.labels],
+        "class": [data.classes[int(v)] for v in data.labels],
+        "object_area": [float(v) for v in area],
+        "background": list(data.backgrounds),
+    }
+
+
+def _groups(images: dict[str, list[Any]], by: str, bins: int) -> dict[str, torch.Tensor]:
+    """Image indices per group: class names in label order, or area quantile bins."""
+    if by == "class":
+        order = sorted(set(zip(images["label"], images["class"])))
+        labels = torch.tensor(images["label"])
+        return {name: torch.nonzero(labels == lab).flatten() for lab, name in order}
+    area = torch.tensor(images["object_area"], dtype=torch.float64)
+    edges = torch.quantile(area, torch.linspace(0, 1, bins + 1, dtype=torch.float64))
+    which = torch.bucketize(area, edges[1:-1], right=True)  # bin b holds edges[b] <= a < edges[b+1]
+    return {
+        f"area {100 * edges[b]:.1f}-{100 * edges[b + 1]:.1f}%": torch.nonzero(which == b).flatten() for b in range(bins)
+    }
 
 
 def _check_int(v: Any, name: str, minimum: int) -> int:
@@ -395,4 +568,4 @@ def run_benchmark(
         "model": "demo" if demo else type(model).__name__,
         "torch": torch.__version__,
     }
-    return BenchmarkResult(rows=rows, settings=settings, per_image=per_image)
+    return BenchmarkResult(rows=rows, settings=settings, per_image=per_image, images=_image_info(data))
