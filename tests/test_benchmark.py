@@ -341,3 +341,24 @@ def test_cli_from_saved_files_rereports_without_running(tmp_path, capsys) -> Non
     assert run(args) == 2
     assert "bad.json is not JSON" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
+
+
+def test_demo_model_sees_its_training_size_at_any_benchmark_size() -> None:
+    # The demo CNN is accurate at 64 px only (17% at 224 px when fed directly); the
+    # benchmark resizes its input, differentiably, so other sizes measure the methods.
+    res = run_benchmark(n=8, size=96, methods=["gradient"], progress=False, curve_steps=2)
+    assert res.settings["model"] == "demo (inputs resized to 64 px)"
+    assert res.settings["model_accuracy"] >= 0.9
+    assert res.rows[0]["pointing_tol"][0] >= 0.75  # gradients flow through the resize
+    assert run_benchmark(n=4, methods=["random"], progress=False, curve_steps=2).settings["model"] == "demo"
+
+
+def test_warns_when_the_model_is_mostly_wrong() -> None:
+    def wrong(x: torch.Tensor) -> torch.Tensor:  # always "x", never the true class of label 0
+        out = torch.zeros(x.shape[0], 6)
+        out[:, 5] = 1.0
+        return out + 0 * x.mean()
+
+    with pytest.warns(UserWarning, match=r"classifies only \d+% of the 6 benchmark images correctly"):
+        res = run_benchmark(n=6, methods=["random"], progress=False, model=wrong, curve_steps=2)
+    assert 0.0 <= res.settings["model_accuracy"] < 0.9
