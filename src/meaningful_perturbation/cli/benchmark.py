@@ -73,10 +73,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
-
-
 def _split_methods(values: list[str] | None) -> list[str] | None:
     """Split ``--methods`` values on commas, except inside ``[...]`` / ``{...}`` / quotes
     (``extremal:areas=[0.1,0.2],paper`` is two entries)."""
@@ -123,21 +119,24 @@ def _load(paths: list[str], methods: list[str] | None = None) -> Any:
             results.append(BenchmarkResult.from_json(data))
         except ConfigError as e:
             raise ConfigError(f"--from: {p}: {e}") from None
-    found = [r["method"] for res in results for r in res.rows]
-    if methods:
-        missing = [m for m in methods if m not in found]
-        if missing:
-            raise ConfigError(f"--methods: {missing} not in the --from files (they hold {sorted(set(found))})")
-    seen: dict[str, str] = {}
+    seen: dict[str, str] = {}  # method -> the file it is taken from
     picked = []
     for p, res in zip(paths, results):
-        keep = [r["method"] for r in res.rows if (not methods or r["method"] in methods) and r["method"] not in seen]
-        for r in res.rows:
-            if r["method"] in seen and (not methods or r["method"] in methods):
-                print(f"mperturb benchmark: note: {r['method']!r} taken from {seen[r['method']]}, not {p}", file=sys.stderr)
-        seen.update({m: p for m in keep})
+        keep = []
+        for m in (r["method"] for r in res.rows):
+            if methods and m not in methods:
+                continue
+            if m in seen:
+                print(f"mperturb benchmark: note: {m!r} taken from {seen[m]}, not {p}", file=sys.stderr)
+                continue
+            seen[m] = p
+            keep.append(m)
         if keep:
             picked.append(res.select(keep))
+    missing = [m for m in methods or () if m not in seen]
+    if missing:
+        held = sorted({r["method"] for res in results for r in res.rows})
+        raise ConfigError(f"--methods: {missing} not in the --from files (they hold {held})")
     result = BenchmarkResult.combine(picked)
     if methods:  # rows in the order asked for
         result.rows.sort(key=lambda r: methods.index(r["method"]))
@@ -183,8 +182,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     table = result.to_markdown()
     md = report_markdown(result)
-    _atomic_write(out / "benchmark.json", json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
-    _atomic_write(out / "benchmark.md", md)
+    atomic_write_text(out / "benchmark.json", json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out / "benchmark.md", md)
     print(table, end="")
     if not args.quiet:
         print(f"wrote {out / 'benchmark.json'} and {out / 'benchmark.md'}", file=sys.stderr)

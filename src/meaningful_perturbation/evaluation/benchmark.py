@@ -488,18 +488,19 @@ def run_benchmark(
     except (RuntimeError, TypeError) as e:
         raise ConfigError(f"device: {e}") from e
 
-    demo = model is None
     if model is None:
         from ..demo import DEMO_PREPROCESSING, load_demo_model
 
         model = load_demo_model(device=device)
+        model_name = "demo"
         trained = int(DEMO_PREPROCESSING["input_size"])
         if size != trained:  # the demo CNN is accurate at its training size only (MODEL_CARD.md)
             model = _ResizedInput(model, trained)
-    elif isinstance(model, torch.nn.Module):
-        model = model.to(device)
+            model_name = f"demo (inputs resized to {trained} px)"
+    else:
+        model_name = type(model).__name__
     if isinstance(model, torch.nn.Module):
-        model.eval()
+        model = model.to(device).eval()
 
     data = make_shape_evidence(n, size=size, split="test", seed=seed)
     t = data.to_tensors(normalize=True)
@@ -603,9 +604,7 @@ def run_benchmark(
         "tolerance_px": tolerance,
         "split": "test",
         "overrides": overrides_used,
-        "model": ("demo" if not isinstance(model, _ResizedInput) else f"demo (inputs resized to {model.size} px)")
-        if demo
-        else type(model).__name__,
+        "model": model_name,
         "model_accuracy": accuracy,
         "torch": torch.__version__,
     }
