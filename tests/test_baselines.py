@@ -409,13 +409,18 @@ def test_rise_fade_linear_model_matches_formula():
     """For ``fade`` and a logit score, S = Σ_i <w, x ⊙ M_i>·M_i / (N·p): check literally."""
     model, W = _linear_model(c=1, h=7, w=7, classes=2, seed=5)
     x = torch.randn(1, 1, 7, 7)
-    ex = mp.explain(model, x, target=1, method="rise", n_masks=30, s=3, p=0.3, score="logit", seed=9)
+    ex = mp.explain(model, x, target=1, method="rise", n_masks=30, s=3, p=0.3, score="logit", seed=9, centre=False)
+    centred = mp.explain(model, x, target=1, method="rise", n_masks=30, s=3, p=0.3, score="logit", seed=9)
     g = torch.Generator().manual_seed(9)
     masks = RiseMasks(30, 3, 0.3, (7, 7), g).chunk(0, 30, dtype=torch.float32, device="cpu")[:, 0]
     b = model[1].bias[1].detach()
     f = (W[1, 0] * x[0, 0] * masks).sum(dim=(1, 2)) + b
     expected = (f.view(-1, 1, 1) * masks).sum(dim=0) / (30 * 0.3)
     assert torch.allclose(ex.saliency[0], expected, atol=1e-5)
+    # Default: centred by the mean masked score (a constant shift: same ranks, same masks).
+    assert centred.extra["mean_score"][0] == pytest.approx(float(f.mean()), abs=1e-5)
+    assert torch.allclose(centred.saliency[0], expected - f.mean(), atol=1e-5)
+    assert torch.allclose(centred.masks, ex.masks, atol=1e-5)
 
 
 def test_rise_reports_progress_per_batch():

@@ -6,14 +6,15 @@ from typing import Any, Callable
 
 import torch
 
-from ._validate import check_images, resolve_target
+from ._validate import check_images
 from .core.frozen import frozen
-from .core.loop import check_output
+from .core.head import check_head_option
 from .core.objective import Targets
-from .errors import InputError, ModelError
+from .errors import InputError
 from .explanation import Explanation
 from .methods.common import Context
 from .methods.registry import get_method, resolve_config
+from .targets import clean_scores, resolve_target
 
 __all__ = ["explain"]
 
@@ -25,6 +26,7 @@ def explain(
     method: str = "paper",
     *,
     seed: int = 0,
+    head: str = "auto",
     progress: bool = False,
     callback: Callable[[int, int], None] | None = None,
     **overrides: Any,
@@ -33,14 +35,26 @@ def explain(
 
     Args:
         model: ``nn.Module`` or callable mapping ``(N, C, H, W)`` to ``(N, classes)`` scores
-            (logits). It is run in eval mode with frozen parameters and restored afterwards.
+            (logits, probabilities, or one column for a binary sigmoid classifier; see
+            ``head``). A Hugging Face ``ModelOutput`` or a dict with a ``"logits"`` entry is
+            unwrapped; tuples, lists and other dicts are refused (wrap the model so it
+            returns the class scores). It is run in eval mode with frozen parameters and
+            restored afterwards.
         x: ``(N, C, H, W)`` float tensor, already normalised for the model, on any device.
         target: ``None`` (top-1 class of the clean image; top-5 for ``paper-loc``), an int,
-            an ``(N,)`` integer tensor, or a list of ``N`` class lists (the scores of the
+            an ``(N,)`` integer tensor, a list of ``N`` class lists (the scores of the
             classes in a list are summed; images with different numbers of classes share
-            the batch).
+            the batch), or an ``(N, classes)`` multi-hot 0/1 label matrix (bool, int or
+            float), read as the classes marked 1. A class may appear once per image.
         method: a name from :func:`meaningful_perturbation.methods`.
         seed: seed of every random draw (jitter, noise); same seed → identical masks.
+        head: how the model's output is read as class scores: ``"auto"`` (default: one
+            column → ``"sigmoid"``, rows of non-negative values summing to 1 →
+            ``"probabilities"``, otherwise ``"logits"``), ``"logits"`` (softmax),
+            ``"probabilities"`` (the model ends in a softmax), ``"sigmoid"`` (multi-label or
+            binary logits: a sigmoid per class) or ``"sigmoid-probabilities"`` (the sigmoid is
+            already applied). The result's ``head`` says which was used. See
+            :mod:`meaningful_perturbation.core.head`.
         progress: show a tqdm progress bar over the optimisation steps.
         callback: ``callback(step, total)`` after every step.
         **overrides: any field of the method's config (``steps``, ``lr``, ``game``, ...).
@@ -48,6 +62,16 @@ def explain(
     Returns:
         :class:`Explanation` with ``saliency`` ``(N, H, W)`` and ``masks`` ``(N, K, H, W)``
         on the CPU.
+
+    Raises:
+        InputError: ``x``, ``target`` or ``seed`` is not of an accepted form.
+        ConfigError: unknown ``method``, setting or ``head``, or a ``head`` the output's
+            values contradict.
+        ModelError: the model fails, returns something other than one row of class scores
+            per image, NaN/inf, or has no gradient path to its input.
+
+    Warns:
+        HeadWarning: ``head="auto"`` read values that would also fit another head.
 
     Example:
         >>> import torch, meaningful_perturbation as mp
@@ -62,6 +86,7 @@ def explain(
     x = check_images(x).detach()
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"seed: expected an int, got {seed!r}")
+    check_head_option(head)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -77,18 +102,7 @@ def explain(
 
     try:
         with frozen(model):
-            with torch.no_grad():
-                try:
-                    logits = model(x)
-                except (ModelError, InputError):
-                    raise
-                except Exception as e:
-                    raise ModelError(
-                        f"model: calling it on x of shape {tuple(x.shape)} failed with {type(e).__name__}: {e}"
-                    ) from e
-            if hasattr(logits, "logits") and not isinstance(logits, torch.Tensor):
-                logits = logits.logits
-            logits = check_output(logits, x.shape[0], where="on the clean images").float()
+            logits, model_head = clean_scores(model, x, head)
             rows = resolve_target(target, logits, getattr(cfg, "top_k", 1))
             generator = torch.Generator(device="cpu")
             generator.manual_seed(seed)
@@ -101,6 +115,7 @@ def explain(
                 generator=generator,
                 method=method,
                 callback=cb if (bar is not None or user_cb is not None) else None,
+                head=model_head,
             )
             return spec.run(ctx, cfg)
     finally:

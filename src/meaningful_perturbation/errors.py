@@ -7,7 +7,14 @@ how to fix it.
 
 from __future__ import annotations
 
-__all__ = ["MeaningfulPerturbationError", "InputError", "ConfigError", "ModelError"]
+__all__ = [
+    "MeaningfulPerturbationError",
+    "InputError",
+    "ConfigError",
+    "ModelError",
+    "MeaningfulPerturbationWarning",
+    "HeadWarning",
+]
 
 
 class MeaningfulPerturbationError(Exception):
@@ -24,3 +31,13 @@ class ConfigError(MeaningfulPerturbationError, ValueError):
 
 class ModelError(MeaningfulPerturbationError, RuntimeError):
     """The model misbehaves: wrong output shape, NaN output, no gradient path to its input."""
+
+
+class MeaningfulPerturbationWarning(UserWarning):
+    """Base class of the warnings this package emits: the result is computed, but a choice made
+    for the user may be wrong, or the result misses what was asked."""
+
+
+class HeadWarning(MeaningfulPerturbationWarning):
+    """``head="auto"`` chose how to read the model's output on values that also fit another
+    reading (see :mod:`meaningful_perturbation.core.head`)."""

@@ -32,12 +32,16 @@ class Explanation:
         history: name → ``(steps, N, K)`` tensor: ``loss``, ``score_<game>`` (the optimised
             class score per game) and each named regulariser (unweighted) at every step.
         scores: ``clean`` ``(N,)``, ``masked`` ``(N, K)`` and ``perturbed`` ``(N,)``: the
-            softmax probability of the target on the clean image, the image perturbed by
-            the learned mask (the primary game's input; other games as ``masked_<game>``),
-            and the fully perturbed image.
+            probability of the target (read through ``head``) on the clean image, the image
+            perturbed by the learned mask (the primary game's input; other games as
+            ``masked_<game>``), and the fully perturbed image.
         method: preset name.
         config: the resolved configuration (plain JSON-able values).
         extra: method-specific plain data (e.g. ``areas``, ``steps_run``).
+        head: how the model's output was read as class scores: ``"logits"`` (softmax),
+            ``"probabilities"``, ``"sigmoid"`` or ``"sigmoid-probabilities"``
+            (see :mod:`meaningful_perturbation.core.head`). Files written before the option
+            existed load as ``"logits"``.
     """
 
     saliency: torch.Tensor
@@ -48,6 +52,7 @@ class Explanation:
     method: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    head: str = "logits"
 
     def __len__(self) -> int:
         return int(self.saliency.shape[0])
@@ -68,6 +73,7 @@ class Explanation:
             method=self.method,
             config=dict(self.config),
             extra=_slice_extra(self.extra, idx, len(self)),
+            head=self.head,
         )
 
     # ------------------------------------------------------------------ files
@@ -90,6 +96,7 @@ class Explanation:
             "target": self.target,
             "config": self.config,
             "extra": self.extra,
+            "head": self.head,
             "history": sorted(self.history),
             "scores": sorted(self.scores),
         }
@@ -131,6 +138,7 @@ class Explanation:
             method=meta["method"],
             config=meta["config"],
             extra=meta.get("extra", {}),
+            head=str(meta.get("head", "logits")),
         )
 
 

@@ -17,9 +17,10 @@ import dataclasses
 import importlib
 import os
 import sys
+import warnings
 from typing import Sequence
 
-from ..errors import MeaningfulPerturbationError
+from ..errors import MeaningfulPerturbationError, MeaningfulPerturbationWarning
 
 __all__ = ["main", "build_parser"]
 
@@ -95,6 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_project_warnings_as_lines() -> None:
+    """The package's own warnings print as one ``mperturb: warning: ...`` line each, once per
+    distinct message (not Python's ``file:line: Category: ...`` form)."""
+    default = warnings.showwarning
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if not issubclass(category, MeaningfulPerturbationWarning):
+            return default(message, category, filename, lineno, file, line)
+        text = " ".join(str(message).split())
+        if text not in seen:
+            seen.add(text)
+            print(f"mperturb: warning: {text}", file=sys.stderr)
+
+    warnings.showwarning = show
+    warnings.simplefilter("always", MeaningfulPerturbationWarning)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mperturb`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
@@ -107,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return int(func(args) or 0)
+        with warnings.catch_warnings():
+            _show_project_warnings_as_lines()
+            return int(func(args) or 0)
     except MeaningfulPerturbationError as e:
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"mperturb: error: {msg}", file=sys.stderr)

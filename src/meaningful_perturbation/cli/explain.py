@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, InputError
+from ..errors import InputError
+from ..targets import clean_scores, target_from_option
 from .options import RunSettings, add_method_options, add_model_options, build_run_settings, method_overrides
 from .._atomic import atomic_write_text
 
-__all__ = ["add_parser", "run", "safe_stem", "resolve_cli_target"]
+__all__ = ["add_parser", "run", "safe_stem"]
 
 OUTPUT_SUFFIXES = ("_overlay.png", "_panel.png", ".npz", "_summary.json")
 
@@ -67,28 +68,6 @@ def _unique_stems(paths: list[Path]) -> list[str]:
         used.add(stem.lower())
         stems.append(stem)
     return stems
-
-
-def resolve_cli_target(target: Any, logits: torch.Tensor, class_names: tuple[str, ...] | None) -> list[list[int]] | None:
-    """``--target`` → a class list for one image (``None`` = the method's default)."""
-    n_classes = int(logits.shape[-1])
-    if target is None:
-        return None
-    if target in ("top1", "top5"):
-        k = min(1 if target == "top1" else 5, n_classes)
-        return [logits[0].topk(k).indices.tolist()]
-    if isinstance(target, int):
-        if not 0 <= target < n_classes:
-            raise ConfigError(f"--target: class index {target} out of range for a model with {n_classes} classes")
-        return [[target]]
-    names = list(class_names or ())
-    lowered = [n.lower() for n in names]
-    if target.lower() in lowered:
-        return [[lowered.index(target.lower())]]
-    if not names:
-        raise ConfigError(f"--target: {target!r} is not an index, top1 or top5, and the model has no class names")
-    hint = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
-    raise ConfigError(f"--target: unknown class name {target!r}; classes: {hint}")
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -164,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(settings.device)
     if isinstance(settings.target, str) and settings.target not in ("top1", "top5"):
         # Check a class name before anything is written (indices need the model's output size).
-        resolve_cli_target(settings.target, torch.zeros(1, len(class_names or ()) or 1), class_names)
+        target_from_option(settings.target, torch.zeros(1, len(class_names or ()) or 1), class_names)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(
         out / "config.json",
@@ -189,15 +168,12 @@ def run(args: argparse.Namespace) -> int:
             continue
         x, geometry = preprocess(image, prep)
         xb = x.unsqueeze(0).to(device)
-        with torch.no_grad():
-            logits = loaded.model(xb)
-            if hasattr(logits, "logits") and not isinstance(logits, torch.Tensor):
-                logits = logits.logits
-        target = resolve_cli_target(settings.target, logits.float().cpu(), class_names)
+        logits, head = clean_scores(loaded.model, xb, settings.head)
+        target = target_from_option(settings.target, logits.cpu(), class_names)
         t0 = time.perf_counter()
         ex = explain_fn(
             loaded.model, xb, target=target, method=settings.method, seed=settings.seed,
-            progress=interactive, **overrides,
+            head=head.kind, progress=interactive, **overrides,
         )
         seconds = time.perf_counter() - t0
         sal = ex.saliency[0].float()
@@ -226,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
             "target": targets,
             "target_names": names if class_names else None,
             "scores": scores,
+            "head": ex.head,
             "method": settings.method,
             "settings": settings.to_dict(),
             "config": ex.config,

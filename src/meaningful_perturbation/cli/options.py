@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.head import HEADS
 from ..errors import ConfigError, InputError
 from ..methods.registry import config_as_dict, get_method, parse_setting, resolve_config
 
@@ -43,6 +44,8 @@ class RunSettings:
         overrides: method config overrides (``--config`` < ``--set`` < ``--steps``/``--areas``).
         config: the resolved method config as a plain dict.
         seed: random seed.
+        head: how the model's output is read (``auto``, ``logits``, ``probabilities``,
+            ``sigmoid``, ``sigmoid-probabilities``; see ``meaningful_perturbation.core.head``).
     """
 
     model: str = "demo"
@@ -55,6 +58,7 @@ class RunSettings:
     overrides: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    head: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +71,7 @@ class RunSettings:
             "target": self.target,
             "overrides": self.overrides,
             "seed": self.seed,
+            "head": self.head,
         }
 
 
@@ -117,6 +122,10 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--config", default=None, metavar="FILE",
                    help="JSON object of config overrides (applied before --set)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--head", default="auto", choices=HEADS,
+                   help="how the model's output is read: logits (softmax), probabilities (the model ends in a "
+                        "softmax), sigmoid (multi-label or one-column binary logits), sigmoid-probabilities; "
+                        "default auto: one column -> sigmoid, rows summing to 1 -> probabilities, else logits")
 
 
 def parse_set_value(item: str) -> tuple[str, Any]:
@@ -204,6 +213,7 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
         overrides={k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
         config=config_as_dict(cfg),
         seed=int(getattr(args, "seed", 0) or 0),
+        head=getattr(args, "head", None) or "auto",
     )
 
 

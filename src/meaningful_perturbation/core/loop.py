@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelError
+from .head import LOGITS, Head, model_output
 from .objective import Targets, class_probability, class_score
 from .perturbation import blend
 
@@ -87,6 +88,8 @@ class Problem:
     # Per image ``(N,)``: deletion games (sign > 0) minimise ``max(s, floor)`` instead of ``s``,
     # so the score is driven down to the fully perturbed image's level and not below it.
     score_floor: torch.Tensor | None = None
+    # How the model's output is read as class scores (softmax of logits, probabilities, sigmoid).
+    head: Head = LOGITS
     # Model outputs on the fully perturbed images, computed once by ``perturbed_logits``.
     _perturbed: torch.Tensor | None = field(default=None, repr=False)
 
@@ -109,30 +112,24 @@ def _model_forward(problem: Problem, x: torch.Tensor) -> torch.Tensor:
     )
     with ctx:
         out = problem.model(x)
-    if hasattr(out, "logits") and not isinstance(out, torch.Tensor):  # HF ModelOutput
-        out = out.logits
+    if not isinstance(out, torch.Tensor):  # HF ModelOutput / {"logits": ...}; others refused by check_output
+        inner = getattr(out, "logits", None)
+        if inner is None and isinstance(out, dict):
+            inner = out.get("logits")
+        out = inner if isinstance(inner, torch.Tensor) else out
     return out
 
 
 def check_output(out, batch: int, *, where: str) -> torch.Tensor:
-    """Validate a model output: a finite ``(batch, classes)`` tensor."""
-    if not isinstance(out, torch.Tensor):
-        raise ModelError(f"model output {where}: expected a tensor of shape (N, classes), got {type(out).__name__}")
-    if out.dim() != 2 or out.shape[0] != batch:
-        raise ModelError(
-            f"model output {where}: expected shape ({batch}, classes) for an input batch of {batch}, "
-            f"got {tuple(out.shape)}; wrap the model so it returns one row of class scores per image"
-        )
-    if not torch.isfinite(out).all():
-        raise ModelError(f"model output {where}: contains NaN or inf values")
-    return out
+    """Validate a model output: a finite ``(batch, outputs)`` tensor (see :func:`.head.model_output`)."""
+    return model_output(out, batch, where=where)
 
 
 def forward_scores(problem: Problem, x: torch.Tensor, targets: Targets) -> torch.Tensor:
     """Class probabilities of ``x`` without gradients, ``(B,)``."""
     with torch.no_grad():
         out = check_output(_model_forward(problem, x), x.shape[0], where="during evaluation")
-        return class_probability(out, targets)
+        return class_probability(out, targets, problem.head)
 
 
 def perturbed_logits(problem: Problem) -> torch.Tensor:
@@ -227,7 +224,7 @@ def optimise(problem: Problem) -> Result:
                     "(does it detach, call .numpy(), or run under torch.no_grad()?); "
                     "mask optimisation needs d(output)/d(input)"
                 )
-        s = class_score(out, targets, problem.score).view(n, k, g)
+        s = class_score(out, targets, problem.score, problem.head).view(n, k, g)
         loss = torch.zeros((n, k), dtype=s.dtype, device=device)
         for j, game in enumerate(games):
             s_j = s[..., j]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .head import LOGITS, Head
+
 __all__ = ["Targets", "class_score", "class_probability", "l1_term", "tv_term", "SCORES"]
 
 SCORES = ("prob", "logit", "contrastive")
@@ -46,30 +48,40 @@ class Targets:
         return all(len(row) == 1 for row in self.lists)
 
 
-def class_probability(logits: torch.Tensor, targets: Targets) -> torch.Tensor:
-    """Softmax probability of each row's target set (sum over its classes), ``(B,)``."""
-    p = torch.softmax(logits.float(), dim=1).gather(1, targets.index)
+def class_probability(logits: torch.Tensor, targets: Targets, head: Head = LOGITS) -> torch.Tensor:
+    """Probability of each row's target set (sum over its classes), ``(B,)`` float32.
+
+    ``head`` says how the model's output ``(B, outputs)`` is read (softmax of logits by
+    default; see :mod:`meaningful_perturbation.core.head`).
+    """
+    p = head.probabilities(logits).gather(1, targets.index)
     return (p * targets.valid).sum(dim=1)
 
 
-def class_score(logits: torch.Tensor, targets: Targets, kind: str) -> torch.Tensor:
+def class_score(logits: torch.Tensor, targets: Targets, kind: str, head: Head = LOGITS) -> torch.Tensor:
     """The score ``f_c`` the games maximise or minimise, one per row, ``(B,)``.
 
     Args:
-        logits: ``(B, classes)`` model output.
+        logits: ``(B, outputs)`` model output.
         targets: ``B`` target sets.
-        kind: ``"prob"``: softmax probability summed over the set (2017 authors' code uses
-            the ``prob`` layer); ``"logit"``: summed raw logits (2019 "simple" score);
+        kind: ``"prob"``: class probability summed over the set (2017 authors' code uses
+            the softmax ``prob`` layer); ``"logit"``: summed logits (2019 "simple" score);
             ``"contrastive"``: mean target logit minus the largest non-target logit (2019
             "contrastive" score).
+        head: how the output is read; for heads that output probabilities the logit is the
+            log-probability (``log p``, or the log-odds for a sigmoid head).
     """
     if kind == "prob":
-        return class_probability(logits, targets)
-    z = logits.float()
+        return class_probability(logits, targets, head)
+    z = head.logits(logits)
     zt = z.gather(1, targets.index) * targets.valid
     if kind == "logit":
         return zt.sum(dim=1)
     # contrastive
+    if z.shape[1] == 1:
+        # One column (a binary sigmoid head): no other class; the log-odds already contrasts
+        # the class with its absence.
+        return zt.sum(dim=1)
     other = z.scatter(1, targets.index, float("-inf")).amax(dim=1)
     return zt.sum(dim=1) / targets.valid.sum(dim=1) - other
 

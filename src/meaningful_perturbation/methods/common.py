@@ -9,11 +9,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..core.head import LOGITS, Head
 from ..core.loop import Problem, forward_scores, optimise, perturbed_logits
 from ..core.objective import Targets, class_probability
 from ..core.perturbation import blend, blur_levels, constant_levels, fade_levels, median_blur, noise_levels
 from ..errors import ConfigError
 from ..explanation import Explanation
+from .registry import config_as_dict
 
 __all__ = [
     "Context",
@@ -43,6 +45,7 @@ class Context:
         seed: the integer seed; ``generator`` is a CPU generator seeded with it.
         callback: optional ``callback(step, total_steps)`` for progress.
         method: preset name.
+        head: how the model's output is read as class scores (see :mod:`..core.head`).
     """
 
     model: Callable
@@ -53,6 +56,7 @@ class Context:
     generator: torch.Generator
     method: str
     callback: Callable[[int, int], None] | None = None
+    head: Head = LOGITS
 
     @property
     def size(self) -> tuple[int, int]:
@@ -137,22 +141,20 @@ def run_problem(
     Args:
         saliency: maps the final masks ``(N, K, H, W)`` to ``(N, H, W)``.
     """
-    from .registry import config_as_dict
-
     if ctx.callback is not None:
         total = problem.steps
         problem.callback = lambda t, _h: ctx.callback(t + 1, total)
     result = optimise(problem)
     masks = result.masks
     n, k = masks.shape[:2]
-    scores: dict[str, torch.Tensor] = {"clean": class_probability(ctx.clean_logits, ctx.targets)}
+    scores: dict[str, torch.Tensor] = {"clean": class_probability(ctx.clean_logits, ctx.targets, ctx.head)}
     with torch.no_grad():
         for j, game in enumerate(problem.games):
             m = 1 - masks if game.invert else masks
             xt = blend(problem.levels, m.unsqueeze(2)).reshape(n * k, *ctx.x.shape[1:])
             p = forward_scores(problem, xt, ctx.targets.repeat(k)).view(n, k)
             scores["masked" if j == 0 else f"masked_{game.name}"] = p
-        scores["perturbed"] = class_probability(perturbed_logits(problem), ctx.targets)
+        scores["perturbed"] = class_probability(perturbed_logits(problem), ctx.targets, ctx.head)
     ex = dict(extra or {})
     if problem.early_stop:
         ex["steps_run"] = result.steps_run.cpu().tolist()
@@ -165,5 +167,6 @@ def run_problem(
         method=ctx.method,
         config=config_as_dict(config),
         extra=ex,
+        head=ctx.head.kind,
     )
 

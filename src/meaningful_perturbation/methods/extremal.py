@@ -181,6 +181,7 @@ def build_problem(ctx: Context, cfg: ExtremalConfig) -> Problem:
 
     return Problem(
         model=ctx.model,
+        head=ctx.head,
         levels=levels,
         mask=mask,
         theta=mask.init(n, len(areas), _initial_value(cfg), dtype=x.dtype, device=x.device),

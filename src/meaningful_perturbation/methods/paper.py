@@ -136,13 +136,13 @@ def _circle_init(ctx: Context, cfg: PaperConfig, mask: UpsampledMask, problem: P
         """Probability of image ``i``'s target set on a batch of its perturbations."""
         return forward_scores(problem, xt, Targets([ctx.targets.lists[i]] * xt.shape[0], device=xt.device))
 
-    clean = class_probability(ctx.clean_logits, ctx.targets)
+    clean = class_probability(ctx.clean_logits, ctx.targets, ctx.head)
     probs = []
     for i in range(n):  # one image's R discs per forward: bounded memory, batch-invariant
         xt = blend(levels[i : i + 1], full[i : i + 1]).reshape(R, *ctx.x.shape[1:])
         probs.append(prob(xt, i))
     p = torch.stack(probs)  # (N, R)
-    floor = class_probability(perturbed_logits(problem), ctx.targets).view(-1, 1)
+    floor = class_probability(perturbed_logits(problem), ctx.targets, ctx.head).view(-1, 1)
     span = (clean.view(-1, 1) - floor).clamp_min(0)
     gain = p - floor
     ok = gain < cfg.circle_threshold * span if delete else gain >= (1 - cfg.circle_threshold) * span
@@ -193,6 +193,7 @@ def build_problem(ctx: Context, cfg: PaperConfig) -> Problem:
     jit = math.ceil(pixels(cfg.jitter, scale) - 1e-6) if cfg.jitter > 0 else 0
     problem = Problem(
         model=ctx.model,
+        head=ctx.head,
         levels=levels,
         mask=mask,
         theta=mask.init(n, 1, 1.0, dtype=x.dtype, device=x.device),
@@ -210,7 +211,7 @@ def build_problem(ctx: Context, cfg: PaperConfig) -> Problem:
         early_stop=cfg.early_stop,
     )
     if delete and cfg.score_floor:
-        problem.score_floor = class_score(perturbed_logits(problem), ctx.targets, cfg.score)
+        problem.score_floor = class_score(perturbed_logits(problem), ctx.targets, cfg.score, ctx.head)
     if cfg.init == "circle":
         problem.theta = _circle_init(ctx, cfg, mask, problem)
     else:

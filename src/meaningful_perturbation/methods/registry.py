@@ -1,4 +1,10 @@
-"""Method registry: one place feeding ``explain``, ``methods()``, the CLI and the docs."""
+"""Method registry: one place feeding ``explain``, ``methods()``, the CLI and the docs.
+
+A leaf module: presets import :func:`register` from here and register themselves when their
+module is imported; the package ``meaningful_perturbation.methods`` imports every preset
+module, so the registry never needs to know them (and importing this module, which imports
+its package first, always finds every preset registered).
+"""
 
 from __future__ import annotations
 
@@ -64,27 +70,13 @@ def register(name: str, config_cls: type, summary: str, *, notes: dict[str, str]
     return deco
 
 
-def _ensure_loaded() -> None:
-    # Importing the preset modules registers them.
-    from . import paper, seed  # noqa: F401
-
-    for optional in ("extremal", "baselines"):
-        try:
-            __import__(f"{__package__}.{optional}")
-        except ModuleNotFoundError as e:  # pragma: no cover - only while a module is absent
-            if e.name != f"{__package__}.{optional}":
-                raise
-
-
 def methods() -> list[str]:
     """Names of the registered presets: the paper methods first, then the baselines."""
-    _ensure_loaded()
     return _ordered()
 
 
 def get_method(name: str) -> MethodSpec:
     """The :class:`MethodSpec` called ``name``; unknown names list the valid ones."""
-    _ensure_loaded()
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ConfigError(f"method: unknown method {name!r}; valid methods: {', '.join(_ordered())}")
     return _REGISTRY[name]

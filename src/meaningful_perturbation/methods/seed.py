@@ -84,6 +84,7 @@ def build_problem(ctx: Context, cfg: SeedConfig) -> Problem:
     beta = cfg.tv_beta
     return Problem(
         model=ctx.model,
+        head=ctx.head,
         levels=levels,
         mask=mask,
         theta=mask.init(n, 1, 1.0, dtype=x.dtype, device=x.device),  # np.ones((28, 28))

@@ -148,37 +148,40 @@ def class_probabilities(
     count: int,
     batch_size: int,
     device: torch.device,
+    head: Any = "auto",
 ) -> torch.Tensor:
-    """Softmax probability of a class for ``count`` images built lazily, ``batch_size`` at a time.
+    """Probability of a class for ``count`` images built lazily, ``batch_size`` at a time.
 
     Args:
-        model: ``(B, C, H, W) -> (B, classes)`` logits.
+        model: ``(B, C, H, W) -> (B, outputs)`` scores, read through ``head``.
         make_batch: given flat indices ``q`` (``(B,)`` long), returns the images ``(B, C, H, W)``
             and the class to read ``(B,)``.
         count: number of images.
         batch_size: images per model call.
         device: where the indices live.
+        head: ``"auto"``, a head kind or a :class:`~meaningful_perturbation.core.head.Head`
+            (softmax of logits, probabilities, sigmoid...); ``"auto"`` is resolved on the
+            first batch's outputs and kept for the rest.
 
     Returns:
-        ``(count,)`` probabilities (float32 or the model's dtype), computed under ``torch.no_grad()``.
+        ``(count,)`` float32 probabilities, computed under ``torch.no_grad()``.
     """
+    from ..core.head import Head, model_output, resolve_head
+
     out = []
     with torch.no_grad():
         for start in range(0, count, batch_size):
             q = torch.arange(start, min(start + batch_size, count), device=device)
             images, cls = make_batch(q)
-            logits = model(images)
-            if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != images.shape[0]:
-                got = describe(logits)
-                raise ModelError(f"model: expected (B, classes) logits for a ({images.shape[0]}, ...) batch, got {got}")
+            logits = model_output(model(images), images.shape[0], where="during the metric")
             if int(cls.max()) >= logits.shape[1]:
                 raise InputError(
                     f"target: class {int(cls.max())} out of range for a model with {logits.shape[1]} outputs"
                 )
-            # Softmax in at least float32 (half/bfloat16 logits would round the probabilities).
-            if logits.dtype in (torch.float16, torch.bfloat16):
-                logits = logits.float()
-            p = torch.softmax(logits, dim=1).gather(1, cls.view(-1, 1)).squeeze(1)
+            if not isinstance(head, Head):
+                head = resolve_head(head, logits)
+            # Probabilities in float32 (half/bfloat16 logits would round them).
+            p = head.probabilities(logits).gather(1, cls.view(-1, 1)).squeeze(1)
             out.append(p)
     return torch.cat(out)
 

@@ -66,6 +66,7 @@ def deletion_game_box(
     thresholds: Sequence[float] | torch.Tensor | None = None,
     blur_sigma: float = DEFAULT_BLUR_SIGMA,
     batch_size: int = 64,
+    head: str = "auto",
 ) -> dict[float, torch.Tensor]:
     """Area of the smallest saliency-derived box whose blurring suppresses the class (2017 §5.3).
 
@@ -83,6 +84,8 @@ def deletion_game_box(
         thresholds: thresholds on the normalised saliency; default 0, 0.01, ..., 1.
         blur_sigma: blur inside the box, pixels.
         batch_size: images per model call.
+        head: how the model's output is read (``"auto"``, ``"logits"``, ``"probabilities"``,
+            ``"sigmoid"``, ``"sigmoid-probabilities"``; see ``meaningful_perturbation.core.head``).
 
     Returns:
         ``{level: (N,) float64 area in px²}``. ``inf`` where no box reaches the level
@@ -116,11 +119,11 @@ def deletion_game_box(
         inside = _box_mask(k[:, 1:], h, w).unsqueeze(1)  # (B, 1, H, W)
         return torch.where(inside, blurred[i], x[i]), target[i]
 
-    p_box = class_probabilities(model, make_batch, uniq.shape[0], batch_size, x.device)
+    p_box = class_probabilities(model, make_batch, uniq.shape[0], batch_size, x.device, head)
     p_box = p_box.double()[inverse].view(n, t)
     both = torch.cat([x, blurred])
     p_ends = class_probabilities(
-        model, lambda q: (both[q], target[q % n]), 2 * n, batch_size, x.device
+        model, lambda q: (both[q], target[q % n]), 2 * n, batch_size, x.device, head
     ).double()
     p_clean, p_blur = p_ends[:n], p_ends[n:]
     denom = (p_clean - p_blur).unsqueeze(1)

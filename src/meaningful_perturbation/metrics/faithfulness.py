@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -97,6 +97,7 @@ def _curves(
     counts: torch.Tensor,
     insertion: bool,
     batch_size: int,
+    head: Any = "auto",
 ) -> torch.Tensor:
     """Probabilities ``(N, S+1)``: after step ``s`` the top ``counts[s]`` pixels come from
     ``sub`` (deletion) or are the only ones from ``x`` (insertion)."""
@@ -111,7 +112,7 @@ def _curves(
         top = rank[i] < counts[s].view(-1, 1, 1, 1)  # (B, 1, H, W)
         return torch.where(top, src_top[i], src_rest[i]), target[i]
 
-    probs = class_probabilities(model, make_batch, n * steps1, batch_size, x.device)
+    probs = class_probabilities(model, make_batch, n * steps1, batch_size, x.device, head)
     return probs.view(n, steps1)
 
 
@@ -136,6 +137,7 @@ def deletion_insertion(
     step_size: float | None = None,
     blur_sigma: float = DEFAULT_BLUR_SIGMA,
     batch_size: int = 64,
+    head: str = "auto",
 ) -> CurveResult:
     """Deletion or insertion curve and its AUC (Petsiuk et al. 2018, RISE).
 
@@ -147,7 +149,8 @@ def deletion_insertion(
     * **insertion**: the image starts as the substrate and the top ``n_s`` pixels are put
       back; the probability should rise fast. **Higher AUC is better.**
 
-    ``curve[i, s] = softmax(model(x̃_s))[target_i]`` and ``auc = trapz(curve, fractions)``
+    ``curve[i, s] = p(model(x̃_s))[target_i]`` (the class probability read through ``head``:
+    softmax of logits by default) and ``auc = trapz(curve, fractions)``
     with ``fractions = n_s / (H·W)`` on [0, 1].
 
     Step grid: ``steps=S`` gives ``n_s = floor(s·H·W/S)``, ``s = 0..S`` (default S = 100);
@@ -167,6 +170,8 @@ def deletion_insertion(
         step_size: fraction of the pixels changed per step (exclusive with ``steps``).
         blur_sigma: blur of the substrate in pixels (10 px: 2017 paper at 224 px).
         batch_size: images per model call.
+        head: how the model's output is read (``"auto"``, ``"logits"``, ``"probabilities"``,
+            ``"sigmoid"``, ``"sigmoid-probabilities"``; see ``meaningful_perturbation.core.head``).
 
     Returns:
         :class:`CurveResult` with ``curve`` ``(N, S+1)``, ``fractions`` ``(S+1,)``, ``auc`` ``(N,)``.
@@ -185,7 +190,7 @@ def deletion_insertion(
     sub = make_substrate(x, substrate, blur_sigma)
     num = x.shape[-2] * x.shape[-1]
     counts = step_counts(num, steps, step_size, x.device)
-    curve = _curves(model, x, saliency, target, sub, counts, mode == "insertion", batch_size)
+    curve = _curves(model, x, saliency, target, sub, counts, mode == "insertion", batch_size, head)
     fractions = counts.to(torch.float64) / num
     auc = torch.trapezoid(curve.double(), fractions, dim=1)
     return CurveResult(curve=curve, fractions=fractions, auc=auc, mode=mode)
@@ -204,6 +209,7 @@ def minimal_area(
     step_size: float | None = None,
     blur_sigma: float = DEFAULT_BLUR_SIGMA,
     batch_size: int = 64,
+    head: str = "auto",
 ) -> torch.Tensor:
     """Smallest top-ranked fraction of pixels that is sufficient for, or destroys, the prediction.
 
@@ -232,6 +238,7 @@ def minimal_area(
         step_size: grid spacing as a fraction of the pixels.
         blur_sigma: blur of the substrate in pixels.
         batch_size: images per model call.
+        head: how the model's output is read (as in :func:`deletion_insertion`).
 
     Returns:
         ``(N,)`` float64 fractions in [0, 1]; ``inf`` where no grid fraction qualifies
@@ -245,7 +252,7 @@ def minimal_area(
     num = x.shape[-2] * x.shape[-1]
     counts = step_counts(num, steps, step_size, x.device)
     insertion = kind == "sufficient"
-    curve = _curves(model, x, saliency, target, sub, counts, insertion, batch_size).double()
+    curve = _curves(model, x, saliency, target, sub, counts, insertion, batch_size, head).double()
     # Clean probability: the last insertion point / the first deletion point is x itself.
     p0 = curve[:, -1:] if insertion else curve[:, :1]
     ok = curve >= threshold * p0 if insertion else curve <= (1.0 - threshold) * p0

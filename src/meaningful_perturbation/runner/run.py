@@ -220,7 +220,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
     """
     from .. import explain as explain_fn
     from .. import figures
-    from ..cli.explain import resolve_cli_target
+    from ..targets import clean_scores, target_from_option
     from ..io import load_image, map_to_original, preprocess, resolve_preprocessing
     from ..models import load_model
 
@@ -239,7 +239,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
         prep = resolve_preprocessing(loaded.preprocessing, **settings.preprocessing)
         class_names = prep.class_names
         if isinstance(settings.target, str) and settings.target not in ("top1", "top5"):
-            resolve_cli_target(settings.target, torch.zeros(1, len(class_names or ()) or 1), class_names)
+            target_from_option(settings.target, torch.zeros(1, len(class_names or ()) or 1), class_names)
         items, source_info = load_source(opts.source, opts.source_type, class_names)
         record = _settings_record(settings, opts, source_info, prep)
         error = None
@@ -266,6 +266,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
         device = torch.device(device_name)
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.overrides.items()}
         top_k = int(settings.config.get("top_k", 1) or 1)
+        head_kind = getattr(settings, "head", "auto")
 
         from tqdm.auto import tqdm
 
@@ -304,11 +305,10 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
             if not ready:
                 continue
             xb = torch.stack([r["x"] for r in ready]).to(device)
-            with torch.no_grad():
-                logits = loaded.model(xb)
-                if hasattr(logits, "logits") and not isinstance(logits, torch.Tensor):
-                    logits = logits.logits
-            logits = logits.float().cpu()
+            # The head is read once, on the first batch ("auto" then stays what it found).
+            logits, head = clean_scores(loaded.model, xb, head_kind)
+            head_kind = head.kind
+            logits = logits.cpu()
             n_classes = int(logits.shape[-1])
             keep: list[dict[str, Any]] = []
             targets: list[list[int]] = []
@@ -317,7 +317,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
                 try:
                     label = _resolve_label(it.label, n_classes, class_names)
                     if settings.target is not None:
-                        tgt = resolve_cli_target(settings.target, logits[k : k + 1], class_names)[0]
+                        tgt = target_from_option(settings.target, logits[k : k + 1], class_names)[0]
                     elif label is not None:
                         tgt = [label]
                     else:
@@ -335,7 +335,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
                 xb = torch.stack([r["x"] for r in keep]).to(device)
             t0 = time.perf_counter()
             ex = explain_fn(loaded.model, xb, target=targets, method=settings.method, seed=settings.seed,
-                            progress=False, **overrides)
+                            head=head_kind, progress=False, **overrides)
             batch_seconds = time.perf_counter() - t0
             per_item = batch_seconds / len(keep)
             for k, r in enumerate(keep):
@@ -365,6 +365,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
                     "predicted": r["pred"],
                     "predicted_name": _name(r["pred"], class_names),
                     "scores": scores,
+                    "head": one.head,
                     "metrics": metrics,
                     "box": list(it.box) if it.box is not None else None,
                     "mask": str(it.mask) if it.mask is not None else None,

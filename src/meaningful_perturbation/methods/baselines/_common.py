@@ -7,31 +7,32 @@ from typing import Any, Callable
 
 import torch
 
+from ...core.head import LOGITS, Head
 from ...core.loop import check_output
 from ...core.objective import class_probability
 from ...explanation import Explanation
 from ..common import Context
+from ..registry import config_as_dict
 
 __all__ = ["SCORE_KINDS", "score_forward", "model_outputs", "sum_over_targets", "normalise", "package"]
 
-# What a baseline differentiates or perturbs: the softmax probability or the raw logit.
+# What a baseline differentiates or perturbs: the class probability or the logit (read through
+# the model's head, core/head.py).
 SCORE_KINDS = ("prob", "logit")
 
 
 def model_outputs(model: Callable, x: torch.Tensor, *, where: str) -> torch.Tensor:
-    """``model(x)`` as a checked ``(B, classes)`` tensor (HF ``ModelOutput`` unwrapped)."""
-    out = model(x)
-    if hasattr(out, "logits") and not isinstance(out, torch.Tensor):
-        out = out.logits
-    return check_output(out, x.shape[0], where=where)
+    """``model(x)`` as a checked ``(B, outputs)`` tensor (see :func:`...core.head.model_output`)."""
+    return check_output(model(x), x.shape[0], where=where)
 
 
-def score_forward(model: Callable, kind: str, *, where: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Forward function for Captum: ``x ↦ (B, classes)`` softmax probabilities or logits."""
+def score_forward(model: Callable, kind: str, *, where: str, head: Head = LOGITS) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Forward function for Captum: ``x ↦ (B, classes)`` class probabilities (``kind="prob"``)
+    or logits, both read through ``head`` (softmax of logits by default)."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         out = model_outputs(model, x, where=where)
-        return torch.softmax(out, dim=1) if kind == "prob" else out
+        return head.probabilities(out) if kind == "prob" else head.logits(out)
 
     return forward
 
@@ -72,19 +73,18 @@ def package(ctx: Context, saliency: torch.Tensor, cfg: Any, extra: dict[str, Any
 
     Baselines learn no keep-mask: ``masks[:, 0]`` is the saliency min-max normalised per
     image (1 = most important pixel), so code that reads ``masks`` gets a [0, 1] importance
-    map. ``history`` is empty; ``scores`` holds only ``clean``, the softmax probability of
-    the target on the clean image.
+    map. ``history`` is empty; ``scores`` holds only ``clean``, the probability of the target
+    on the clean image (read through the model's head).
     """
-    from ..registry import config_as_dict
-
     sal = saliency.detach().float().cpu()
     return Explanation(
         saliency=sal,
         masks=normalise(sal).unsqueeze(1),
         target=ctx.targets.lists,
         history={},
-        scores={"clean": class_probability(ctx.clean_logits, ctx.targets).detach().float().cpu()},
+        scores={"clean": class_probability(ctx.clean_logits, ctx.targets, ctx.head).detach().float().cpu()},
         method=ctx.method,
         config=config_as_dict(cfg),
         extra=dict(extra or {}),
+        head=ctx.head.kind,
     )

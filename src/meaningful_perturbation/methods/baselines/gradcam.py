@@ -135,7 +135,7 @@ def _run(ctx: Context, cfg: GradCamConfig) -> Explanation:
             "wrap the function in an nn.Module or use method='gradient', 'occlusion' or 'rise'"
         )
     name, layer = _resolve_layer(model, ctx.x, cfg.layer)
-    algo = LayerGradCam(score_forward(model, cfg.score, where="while computing Grad-CAM"), layer)
+    algo = LayerGradCam(score_forward(model, cfg.score, where="while computing Grad-CAM", head=ctx.head), layer)
 
     def attribute(target: torch.Tensor) -> torch.Tensor:
         # The parameters are frozen: the layer output carries a gradient only through x.

@@ -8,6 +8,14 @@ probability)::
 
     S(u) = 1 / (N·p) · Σ_i f_c(x̃_i)·M_i(u),     x̃_i = blend(levels, M_i)      (paper eq. 6)
 
+The returned saliency is centred, ``S(u) − f̄`` with ``f̄ = (1/N)·Σ_i f_c(x̃_i)`` the mean score
+over the masked images (``centre=True``, the default; ``extra["mean_score"]`` holds ``f̄``):
+"the expected score when ``u`` is kept, relative to the average masked score". A constant shift
+leaves every pixel ranking, and so every rank-based metric, exactly as eq. 6 gives it, but a
+saturated score (a probability near 1 under most masks, typical of a confident sigmoid or
+softmax head) no longer buries the map under a uniform offset of ``f̄``. ``centre=False``
+returns eq. 6's values.
+
 ``x̃_i`` is the project's perturbation operator: ``fade`` (zero in normalised space — the
 paper's ``x ⊙ M_i``, a black image after normalisation by the mean), ``blur`` or
 ``constant``. The masks come from the seeded generator and are the same for every image
@@ -51,6 +59,7 @@ class RiseConfig:
     score: str = "prob"  # f is the class probability (Petsiuk et al. 2018 §3)
     batch_size: int = 100  # masked images per forward pass (speed/memory only)
     reference_size: int = 224  # blur_sigma is given for 224×224 inputs
+    centre: bool = True  # subtract the mean masked score f̄ (ranks = eq. 6's; see the module docstring)
 
     def validate(self) -> None:
         check_range("n_masks", self.n_masks, 1, integer=True)
@@ -63,6 +72,8 @@ class RiseConfig:
         check_choice("score", self.score, SCORE_KINDS)
         check_range("batch_size", self.batch_size, 1, integer=True)
         check_range("reference_size", self.reference_size, 1, integer=True)
+        if not isinstance(self.centre, bool):
+            raise ConfigError(f"centre: expected true or false, got {self.centre!r}")
 
 
 class RiseMasks:
@@ -115,6 +126,7 @@ def _run(ctx: Context, cfg: RiseConfig) -> Explanation:
     chunks = [(a, min(a + cfg.batch_size, cfg.n_masks)) for a in range(0, cfg.n_masks, cfg.batch_size)]
     total = n * len(chunks)
     sal = torch.zeros((n, H * W), dtype=torch.float32, device=x.device)
+    score_sum = torch.zeros(n, dtype=torch.float64, device=x.device)
     step = 0
     with torch.no_grad():
         for a, b in chunks:
@@ -124,13 +136,18 @@ def _run(ctx: Context, cfg: RiseConfig) -> Explanation:
                 xt = blend(levels[i : i + 1], m.unsqueeze(0))[0]  # (B, C, H, W)
                 out = model_outputs(ctx.model, xt, where="on a RISE-masked image")
                 rows = Targets([ctx.targets.lists[i]] * (b - a), device=x.device)
-                f = class_score(out, rows, "prob" if cfg.score == "prob" else "logit")  # (B,)
+                f = class_score(out, rows, "prob" if cfg.score == "prob" else "logit", ctx.head)  # (B,)
                 sal[i] += f.float() @ flat
+                score_sum[i] += f.double().sum()
                 step += 1
                 if ctx.callback is not None:
                     ctx.callback(step, total)
     sal = sal / (cfg.n_masks * cfg.p)
-    return package(ctx, sal.view(n, H, W), cfg, extra={"cell": list(masks.cell)})
+    mean_score = (score_sum / cfg.n_masks).float()
+    if cfg.centre:
+        sal = sal - mean_score.view(n, 1)
+    extra = {"cell": list(masks.cell), "mean_score": mean_score.cpu().tolist()}
+    return package(ctx, sal.view(n, H, W), cfg, extra=extra)
 
 
 register("rise", RiseConfig, "RISE (Petsiuk et al. 2018): 4000 random 7×7 masks, p=0.5, probability-weighted mask average")(_run)
