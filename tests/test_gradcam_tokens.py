@@ -224,3 +224,80 @@ def test_hf_vit_named_layers():
     assert ex.saliency.max() > 0
     with pytest.raises(mp.ConfigError, match=f"depends on '{last}' only through its 1 class/register token"):
         mp.explain(vit, x, method="gradcam", layer=last)
+
+
+# ------------------------------------------------ channels-last maps, hierarchical stages
+class _Stage(nn.Module):
+    """(N, h, w, C) channels-last map -> LayerNorm + Linear per position (a Swin-like stage)."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.norm, self.fc = nn.LayerNorm(d), nn.Linear(d, d)
+
+    def forward(self, x):
+        return x + self.fc(self.norm(x))
+
+
+class _Merge(nn.Module):
+    """(N, h*w, D) tokens -> (N, h/2 * w/2, 4D): 2x2 patch merging, then a Linear."""
+
+    def __init__(self, d: int, grid: tuple[int, int]):
+        super().__init__()
+        self.grid, self.fc = grid, nn.Linear(4 * d, d)
+
+    def forward(self, t):
+        n, _, d = t.shape
+        h, w = self.grid
+        g = t.reshape(n, h // 2, 2, w // 2, 2, d).permute(0, 1, 3, 2, 4, 5).reshape(n, (h // 2) * (w // 2), 4 * d)
+        return self.fc(g)
+
+
+class _ChannelsLast(nn.Module):
+    def __init__(self, d=8):
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, P, stride=P)
+        self.stages = nn.Sequential(_Stage(d), _Stage(d))
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        return self.head(self.stages(self.patch(x).permute(0, 2, 3, 1)).mean(dim=(1, 2)))
+
+
+class _Hierarchical(nn.Module):
+    def __init__(self, d=8):
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, 2, stride=2)
+        self.stages = nn.Sequential(_Merge(d, (8, 12)), _Merge(d, (4, 6)))
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        return self.head(self.stages(self.patch(x).flatten(2).transpose(1, 2)).mean(dim=1))
+
+
+def _cam_of(A: torch.Tensor, G: torch.Tensor, size) -> torch.Tensor:
+    """Grad-CAM eqs. 1-2 of a (N, K, h, w) map and its gradient, upsampled to ``size``."""
+    cam = torch.relu((G.mean(dim=(2, 3), keepdim=True) * A).sum(dim=1, keepdim=True))
+    return F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def test_channels_last_map_is_permuted():
+    torch.manual_seed(6)
+    model = _ChannelsLast().eval()
+    x = torch.randn(2, 3, 16, 24)
+    ex = mp.explain(model, x, method="gradcam", target=torch.tensor([0, 2]), layer="stages.1")
+    assert ex.extra == {"layer": "stages.1", "layer_size": [4, 6], "tokens": False, "prefix_tokens": 0}
+    out = model.stages(model.patch(x).permute(0, 2, 3, 1))  # (N, 4, 6, 8)
+    (g,) = torch.autograd.grad(model.head(out.mean(dim=(1, 2))).gather(1, torch.tensor([[0], [2]])).sum(), out)
+    assert torch.allclose(ex.saliency, _cam_of(out.detach().permute(0, 3, 1, 2), g.permute(0, 3, 1, 2), (16, 24)), atol=1e-6)
+
+
+def test_hierarchical_tokens_on_a_halved_grid_and_chosen_automatically():
+    torch.manual_seed(7)
+    model = _Hierarchical().eval()
+    x = torch.randn(2, 3, 16, 24)
+    ex = mp.explain(model, x, method="gradcam", target=torch.tensor([1, 0]))
+    assert ex.extra == {"layer": "stages.1", "layer_size": [2, 3], "tokens": True, "prefix_tokens": 0}
+    t = model.stages(model.patch(x).flatten(2).transpose(1, 2))  # (N, 6, 8)
+    (g,) = torch.autograd.grad(model.head(t.mean(dim=1)).gather(1, torch.tensor([[1], [0]])).sum(), t)
+    as_map = lambda a: a.transpose(1, 2).reshape(2, 8, 2, 3)  # noqa: E731
+    assert torch.allclose(ex.saliency, _cam_of(as_map(t.detach()), as_map(g), (16, 24)), atol=1e-6)

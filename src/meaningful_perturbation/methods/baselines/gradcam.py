@@ -174,9 +174,9 @@ def _pair(p: Any) -> tuple[int, int] | None:
     return None
 
 
-def _patch_grids(model: nn.Module, events: list[_Event], size: tuple[int, int]) -> list[tuple[int, int]]:
+def _patch_grids(model: nn.Module, events: list[_Event], size: tuple[int, int], maps: bool = True) -> list[tuple[int, int]]:
     """Candidate patch grids ``(h, w)`` for an input of ``size`` (rules 1–3 of the module
-    docstring), most trusted first, without repeats."""
+    docstring; rule 3 only with ``maps``), most trusted first, without repeats."""
     grids: list[tuple[int, int]] = []
     for e in events:  # 1. a patch-embedding convolution: non-overlapping patches
         m = e.module
@@ -188,7 +188,8 @@ def _patch_grids(model: nn.Module, events: list[_Event], size: tuple[int, int]) 
     for p in map(_pair, declared):  # 2. a declared patch size (HF config, timm patch_embed)
         if p is not None and size[0] >= p[0] and size[1] >= p[1]:
             grids.append((size[0] // p[0], size[1] // p[1]))
-    grids += [e.spatial for e in reversed(events) if e.spatial is not None]  # 3. feature maps
+    if maps:
+        grids += [e.spatial for e in reversed(events) if e.spatial is not None]  # 3. feature maps
     return list(dict.fromkeys(grids))
 
 
@@ -211,14 +212,22 @@ def _token_layout(tokens: int, grids: list[tuple[int, int]], size: tuple[int, in
     for h, w in grids:
         if h * w <= tokens < 2 * h * w:
             return (h, w), tokens - h * w
-    for h, w in grids:  # hierarchical stages (patch merging): the grid halved, no prefix tokens
-        s = 2
-        while h > s // 2 or w > s // 2:
-            if -(-h // s) * -(-w // s) == tokens:
-                return (-(-h // s), -(-w // s)), 0
-            s *= 2
+    for h, w in _halvings(grids):  # hierarchical stages (patch merging): no prefix tokens
+        if h * w == tokens:
+            return (h, w), 0
     grid = _infer_grid(tokens, size)
     return (grid, tokens - grid[0] * grid[1]) if grid is not None else None
+
+
+def _halvings(grids: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The grids, then each halved (ceil) again and again down to 1x1, without repeats."""
+    out = []
+    for h, w in grids:
+        s = 1
+        while h > s // 2 or w > s // 2:
+            out.append((-(-h // s), -(-w // s)))
+            s *= 2
+    return list(dict.fromkeys(out))
 
 
 def _is_tokens(shape: tuple[int, ...] | None) -> bool:
@@ -407,6 +416,15 @@ def _run(ctx: Context, cfg: GradCamConfig) -> Explanation:
     def to_map(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if a.dim() == 4:
             layout.setdefault("tokens", (None, 0))
+            if "channels_last" not in layout:
+                # (N, h, w, C) maps (timm Swin stages): dims 1-2 on the patch grid (or a stage
+                # of it), dims 2-3 not. Only probed for maps whose last two sizes differ.
+                family = set()
+                if a.shape[-1] != a.shape[-2]:
+                    family = _halvings(_patch_grids(model, _probe(model, ctx.x[:1]), ctx.size, maps=False))
+                layout["channels_last"] = tuple(a.shape[1:3]) in family and tuple(a.shape[2:4]) not in family
+            if layout["channels_last"]:
+                return a.permute(0, 3, 1, 2), g.permute(0, 3, 1, 2)
             return a, g
         if a.dim() != 3:
             raise ConfigError(
