@@ -29,7 +29,9 @@ pytorch-grad-cam, written here from that description). The grid ``(h, w)``, in o
 
 A grid from 1–3 matches when ``h·w <= T < 2·h·w`` (fewer prefix tokens than patches), or,
 with no prefix tokens, at that grid halved 1, 2, 3... times (hierarchical stages, Swin).
-A token layer that matches no grid is a :class:`ConfigError` naming it.
+A token layer that matches no grid is a :class:`ConfigError` naming it. A named layer's
+channels-last ``(N, h, w, C)`` map (timm Swin stages) is permuted to ``(N, C, h, w)`` when its
+dims 1–2 lie on the patch grid (rules 1–2, or a halved stage) and dims 2–3 do not.
 
 Layer choice: ``layer="features.29"`` names a submodule (``model.get_submodule``). With
 ``layer=None`` one forward pass of the first image with hooks on every submodule finds:
