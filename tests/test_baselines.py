@@ -199,7 +199,7 @@ def test_gradcam_equals_hand_computed_at_layer_resolution(inplace):
     model = _TinyCNN(stride=1, inplace=inplace)
     x = torch.randn(2, 3, 8, 8)
     ex = mp.explain(model, x, target=torch.tensor([1, 2]), method="gradcam")
-    assert ex.extra == {"layer": "features", "layer_size": [8, 8]}
+    assert ex.extra == {"layer": "features", "layer_size": [8, 8], "tokens": False, "prefix_tokens": 0}
     # Same resolution as the input: the bilinear "upsampling" is the identity.
     assert torch.allclose(ex.saliency, _hand_gradcam(model, x, [1, 2]), atol=1e-6)
 
@@ -272,14 +272,14 @@ def test_layer_autodetection_picks_last_conv_block():
     assert find_layer(_ResNetish().eval(), x) == "layer1"
     assert find_layer(_TinyCNN(), x) == "features"
     ex = mp.explain(_ResNetish(), torch.randn(2, 3, 16, 16), method="gradcam")
-    assert ex.extra == {"layer": "layer1", "layer_size": [8, 8]}
+    assert ex.extra == {"layer": "layer1", "layer_size": [8, 8], "tokens": False, "prefix_tokens": 0}
 
 
 def test_gradcam_named_layer_and_errors():
     model = _VGGish()
     x = torch.randn(1, 3, 16, 16)
     ex = mp.explain(model, x, method="gradcam", layer="features.1")
-    assert ex.extra == {"layer": "features.1", "layer_size": [16, 16]}
+    assert ex.extra == {"layer": "features.1", "layer_size": [16, 16], "tokens": False, "prefix_tokens": 0}
     with pytest.raises(mp.ConfigError, match=r"no submodule 'features\.99'.*'features\.4'"):
         mp.explain(model, x, method="gradcam", layer="features.99")
     with pytest.raises(mp.ConfigError, match="4-D"):

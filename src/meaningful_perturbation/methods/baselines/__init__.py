@@ -2,7 +2,7 @@
 :func:`~meaningful_perturbation.explain`:
 
 * ``gradient`` — input gradient (Simonyan et al. 2014), Captum ``Saliency``;
-* ``gradcam`` — Grad-CAM (Selvaraju et al. 2017), Captum ``LayerGradCam``;
+* ``gradcam`` — Grad-CAM (Selvaraju et al. 2017) at a conv feature map or a transformer block's tokens on the patch grid;
 * ``occlusion`` — sliding-window occlusion (Zeiler & Fergus 2014), Captum ``Occlusion``;
 * ``rise`` — RISE (Petsiuk et al. 2018), written here on the project's perturbation operators;
 * ``random`` and ``center`` — model-free sanity baselines.
