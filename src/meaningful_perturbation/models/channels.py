@@ -150,7 +150,7 @@ def probe_channels(
 
 
 def _plural(n: int) -> str:
-    return f"{n} channel" if n == 1 else f"{n} channels"
+    return f"{n} input channel" if n == 1 else f"{n} input channels"
 
 
 def check_input_channels(
