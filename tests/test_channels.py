@@ -50,7 +50,8 @@ def mlp():
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16 * 16, 2)), {"input_size": 16, "resize": 16}
 def rgba():
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(4, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()), {"input_size": 16}
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    return net, {"input_size": 16}
 """
 
 
@@ -219,7 +220,8 @@ def test_factory_metadata_and_layers(grey_file):
     loaded = load_model(f"python:{grey_file.parent / 'chw.py'}:build")
     prep = loaded.preprocessing
     assert (prep.channels, prep.size, prep.mean) == (1, (8, 12), (0.5,)) and loaded.channels_declared
-    with pytest.raises(ConfigError, match=r"input_size \(1, 8, 8\) \(C, H, W\) says 1 channel\(s\) but channels says 3"):
+    clash = r"input_size \(1, 8, 8\) \(C, H, W\) says 1 channel\(s\) but channels says 3"
+    with pytest.raises(ConfigError, match=clash):
         load_model(f"python:{grey_file.parent / 'chw.py'}:clash")
 
 

@@ -88,8 +88,8 @@ class Preprocessing:
     """How an image becomes a model input, plus the class names of the model's outputs.
 
     Steps (:func:`preprocess`): convert the image to ``channels`` channels (3: RGB; 1: grey,
-    the ITU-R 601-2 luma ``0.299 R + 0.587 G + 0.114 B`` as Pillow computes it); with ``crop="center"``, scale the image (aspect ratio kept) so
-    its short side is ``resize`` pixels — or, with ``resize=None``, the smallest scale that
+    the ITU-R 601-2 luma ``0.299 R + 0.587 G + 0.114 B`` as Pillow computes it); with
+    ``crop="center"``, scale the image (aspect ratio kept) so its short side is ``resize`` pixels — or, with ``resize=None``, the smallest scale that
     covers ``input_size`` — then cut the centred ``input_size`` window; with ``crop="none"``,
     stretch the whole image to ``input_size`` (aspect ratio not kept, nothing cut off). Then
     scale to [0, 1] and normalise ``(x - mean) / std`` per channel.
