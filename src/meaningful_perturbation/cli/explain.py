@@ -112,14 +112,17 @@ def _perturbed_input(x: torch.Tensor, mask: torch.Tensor, config: dict[str, Any]
 
 
 def _to_hwc_uint8(img: torch.Tensor) -> np.ndarray:
+    if img.shape[0] == 1:  # a grey input is shown as grey RGB
+        img = img.expand(3, -1, -1)
     return (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import explain as explain_fn
     from .. import figures
-    from ..io import denormalize, expand_images, load_image, map_to_original, preprocess, resolve_preprocessing
-    from ..models import load_model
+    from ..io import denormalize, expand_images, load_image, map_to_original, preprocess
+    from ..methods.common import input_stats_overrides
+    from ..models import CLI_OPTION_NAMES, load_model, resolve_model_preprocessing
 
     settings: RunSettings = build_run_settings(args)
     paths = expand_images(args.images)
@@ -138,7 +141,10 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(
         settings.model, weights=settings.weights, unsafe_pickle=settings.unsafe_pickle, device=settings.device
     )
-    prep = resolve_preprocessing(loaded.preprocessing, **settings.preprocessing)
+    # The model's own preprocessing with the overrides; its channel count checked by one pass.
+    prep = resolve_model_preprocessing(
+        loaded, settings.preprocessing, device=settings.device, names=CLI_OPTION_NAMES
+    )
     class_names = prep.class_names
     device = torch.device(settings.device)
     if isinstance(settings.target, str) and settings.target not in ("top1", "top5"):
@@ -153,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     interactive = not args.quiet and sys.stderr.isatty()
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     failures = 0
-    overrides = method_overrides(settings)
+    overrides = input_stats_overrides(settings.config, method_overrides(settings), prep.mean, prep.std)
     from tqdm.auto import tqdm
 
     bar = tqdm(list(zip(paths, stems)), desc="images", unit="img", disable=not interactive)

@@ -89,7 +89,8 @@ def _size(text: str) -> int | tuple[int, int]:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """``--model --weights --unsafe-pickle --device`` and the preprocessing overrides."""
+    """``--model --weights --unsafe-pickle --device`` and the preprocessing overrides
+    (``--input-size --resize --channels --mean --std``)."""
     g = parser.add_argument_group("model")
     g.add_argument("--model", default=None, metavar="SPEC",
                    help="model spec (see `mperturb models`); default: the bundled demo model")
@@ -102,8 +103,19 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", type=_size, default=None, metavar="N|HxW", help="model input size")
     p.add_argument("--resize", type=int, default=None, metavar="N",
                    help="short side before the centre crop (0 = just cover the input size)")
-    p.add_argument("--mean", type=float, nargs=3, default=None, metavar=("R", "G", "B"))
-    p.add_argument("--std", type=float, nargs=3, default=None, metavar=("R", "G", "B"))
+    p.add_argument("--channels", type=_channels, default=None, metavar="{1,3}",
+                   help="input channels: 1 = grey (luma), 3 = RGB; default: the model's metadata, "
+                        "else its first Conv2d, else 3 (checked with one forward pass)")
+    p.add_argument("--mean", type=float, nargs="+", default=None, metavar="V",
+                   help="normalisation mean: one value for every channel, or one per channel")
+    p.add_argument("--std", type=float, nargs="+", default=None, metavar="V",
+                   help="normalisation std: one value for every channel, or one per channel")
+
+
+def _channels(text: str) -> int:
+    if text.strip() in ("1", "3"):
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected 1 (grey) or 3 (RGB), got {text!r}")
 
 
 def add_method_options(parser: argparse.ArgumentParser) -> None:
@@ -198,7 +210,7 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
     except TypeError as e:  # a value of the wrong type deep inside a dataclass check
         raise ConfigError(f"--set: invalid value for method {method!r} ({e})") from None
     prep: dict[str, Any] = {}
-    for name in ("input_size", "resize", "mean", "std"):
+    for name in ("input_size", "resize", "channels", "mean", "std"):
         value = getattr(args, name, None)
         if value is not None:
             prep[name] = tuple(value) if isinstance(value, list) else value

@@ -11,11 +11,16 @@ Example:
 from meaningful_perturbation.io.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
+    convert_channels,
     expand_images,
     load_image,
+    to_grey,
     to_rgb,
 )
 from meaningful_perturbation.io.preprocessing import (
+    CHANNEL_COUNTS,
+    GREY_MEAN,
+    GREY_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
     Geometry,
@@ -24,20 +29,27 @@ from meaningful_perturbation.io.preprocessing import (
     map_to_original,
     preprocess,
     resolve_preprocessing,
+    stats_for_channels,
 )
 
 __all__ = [
+    "CHANNEL_COUNTS",
     "DEFAULT_MAX_PIXELS",
+    "GREY_MEAN",
+    "GREY_STD",
     "IMAGE_EXTENSIONS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Geometry",
     "Preprocessing",
+    "convert_channels",
     "denormalize",
     "expand_images",
     "load_image",
     "map_to_original",
     "preprocess",
     "resolve_preprocessing",
+    "stats_for_channels",
+    "to_grey",
     "to_rgb",
 ]

@@ -1,7 +1,8 @@
-"""Reading image files: command-line arguments to paths, and one file to an RGB image.
+"""Reading image files: command-line arguments to paths, and one file to an RGB (or grey) image.
 
 :func:`expand_images` turns files, folders and globs into a list of paths;
-:func:`load_image` reads one file into an 8-bit RGB :class:`PIL.Image.Image`, refusing
+:func:`load_image` reads one file into an 8-bit RGB (or, with ``channels=1``, grey)
+:class:`PIL.Image.Image`, refusing
 broken or hostile files (missing, empty, not an image, decompression bombs, truncated data)
 with a one-line :class:`~meaningful_perturbation.errors.InputError` naming the file.
 
@@ -28,9 +29,17 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from meaningful_perturbation.errors import InputError
+from meaningful_perturbation.errors import ConfigError, InputError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "expand_images", "load_image", "to_rgb"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "convert_channels",
+    "expand_images",
+    "load_image",
+    "to_grey",
+    "to_rgb",
+]
 
 #: Extensions (lower case) that :func:`expand_images` picks up inside folders and globs.
 IMAGE_EXTENSIONS: tuple[str, ...] = (
@@ -133,10 +142,12 @@ def load_image(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     background: tuple[int, int, int] = (255, 255, 255),
+    channels: int = 3,
 ) -> Image.Image:
-    """Read an image file into an 8-bit RGB image, refusing broken or hostile files.
+    """Read an image file into an 8-bit RGB (or grey) image, refusing broken or hostile files.
 
-    Conversions (all to ``mode == "RGB"``):
+    Conversions (all to ``mode == "RGB"``; with ``channels=1`` the RGB result is then
+    reduced to one channel, mode ``"L"``, by :func:`to_grey`):
 
     - **EXIF orientation** is applied first (``ImageOps.exif_transpose``), so a portrait photo
       stored sideways with orientation 6 comes back upright (width and height swapped).
@@ -166,18 +177,22 @@ def load_image(
             only Pillow's own process-wide limit (``2 * PIL.Image.MAX_IMAGE_PIXELS``), which
             always applies as well.
         background: RGB colour (0-255) that transparent pixels are composited over.
+        channels: 3 for RGB (default), 1 for grey (ITU-R 601-2 luma).
 
     Returns:
-        A fully loaded ``PIL.Image.Image`` in mode ``"RGB"``, detached from the file.
+        A fully loaded ``PIL.Image.Image`` in mode ``"RGB"`` (``"L"`` with ``channels=1``),
+        detached from the file.
 
     Raises:
         InputError: the file is missing, not a readable image, too large or corrupt.
+        ConfigError: ``channels`` is not 1 or 3.
 
     Example:
         >>> image = load_image("cat.jpg")  # doctest: +SKIP
         >>> image.mode, image.size  # doctest: +SKIP
         ('RGB', (640, 480))
     """
+    _check_channels(channels)
     name = os.fspath(path)
     p = Path(name)
     if not p.exists():
@@ -228,10 +243,11 @@ def load_image(
                 ) from exc
         upright = _apply_exif_orientation(image, name)
         try:
-            return to_rgb(upright, background)
+            return convert_channels(upright, channels, background)
         except (ValueError, OSError) as exc:
             raise InputError(
-                f"{name}: cannot convert image mode {image.mode!r} to RGB ({_one_line(exc)})"
+                f"{name}: cannot convert image mode {image.mode!r} to "
+                f"{'grey' if channels == 1 else 'RGB'} ({_one_line(exc)})"
             ) from exc
 
 
@@ -273,6 +289,50 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
     if mode in _UINT16_MODES or mode in ("I", "F"):
         return Image.fromarray(_to_uint8(np.asarray(image), mode)).convert("RGB")
     return image.convert("RGB")
+
+
+def to_grey(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Convert any Pillow mode to 8-bit grey (mode ``"L"``).
+
+    The image is first made RGB by :func:`to_rgb` (transparency composited over
+    ``background``, 16-bit and float grey scaled to 8 bits, palette and CMYK converted), then
+    reduced to its ITU-R 601-2 luma, ``L = 0.299 R + 0.587 G + 0.114 B`` rounded as Pillow's
+    ``convert("L")`` does. A grey image comes back with its values unchanged.
+
+    Raises:
+        ValueError: Pillow cannot convert the mode (e.g. LAB).
+
+    Example:
+        >>> to_grey(Image.new("RGB", (1, 1), (255, 0, 0))).getpixel((0, 0))
+        76
+    """
+    if image.mode == "L" and "transparency" not in image.info:
+        return image.copy()
+    return to_rgb(image, background).convert("L")
+
+
+def convert_channels(
+    image: Image.Image, channels: int, background: tuple[int, int, int] = (255, 255, 255)
+) -> Image.Image:
+    """:func:`to_rgb` for ``channels=3``, :func:`to_grey` for ``channels=1``.
+
+    An image already in the wanted mode (``"RGB"`` / ``"L"``, no transparency key) is returned
+    as it is, not copied.
+
+    Raises:
+        ConfigError: ``channels`` is not 1 or 3.
+        ValueError: Pillow cannot convert the mode.
+    """
+    _check_channels(channels)
+    want = "L" if channels == 1 else "RGB"
+    if image.mode == want and "transparency" not in image.info:
+        return image
+    return to_grey(image, background) if channels == 1 else to_rgb(image, background)
+
+
+def _check_channels(channels: int) -> None:
+    if isinstance(channels, bool) or channels not in (1, 3):
+        raise ConfigError(f"channels: expected 1 (grey) or 3 (RGB), got {channels!r}")
 
 
 def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:

@@ -30,22 +30,47 @@ import torch.nn.functional as F
 from PIL import Image
 
 from meaningful_perturbation.errors import ConfigError, InputError
-from meaningful_perturbation.io.images import to_rgb
+from meaningful_perturbation.io.images import convert_channels
 
 __all__ = [
+    "CHANNEL_COUNTS",
+    "GREY_MEAN",
+    "GREY_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Geometry",
     "Preprocessing",
+    "check_stats",
     "denormalize",
     "map_to_original",
     "preprocess",
     "resolve_preprocessing",
+    "stats_for_channels",
 ]
 
 #: ImageNet channel statistics used by torchvision/timm ImageNet models.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+#: Channel counts an image file can be decoded to: 1 (grey, Pillow mode ``"L"``) or 3 (RGB).
+CHANNEL_COUNTS: tuple[int, ...] = (1, 3)
+
+# ITU-R BT.601-2 luma weights, the ones Pillow's ``convert("L")`` uses (L = 0.299 R + 0.587 G
+# + 0.114 B): a grey input is the luma of the colour image.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _luma(values: tuple[float, ...]) -> float:
+    return float(sum(w * v for w, v in zip(_LUMA, values)))
+
+
+#: Default statistics of a one-channel (grey) input: the ImageNet statistics carried over to
+#: the luma image. The mean is exact by linearity (mean of L = the weighted channel means,
+#: 0.4590); the std is the same weighted sum of the channel stds (0.2256), the std of L when
+#: the channels are perfectly correlated and an upper bound otherwise (natural-image RGB
+#: channels correlate strongly, so it is close). Used when a 1-channel model states none.
+GREY_MEAN: tuple[float] = (_luma(IMAGENET_MEAN),)
+GREY_STD: tuple[float] = (_luma(IMAGENET_STD),)
 
 # ImageNet evaluation recipe (torchvision reference scripts): resize the short side to 256,
 # centre-crop 224, i.e. crop_pct = 224 / 256 = 0.875.
@@ -60,10 +85,11 @@ _IMAGENET_RESIZE = 256
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How an RGB image becomes a model input, plus the class names of the model's outputs.
+    """How an image becomes a model input, plus the class names of the model's outputs.
 
-    Steps (:func:`preprocess`): with ``crop="center"``, scale the image (aspect ratio kept) so
-    its short side is ``resize`` pixels — or, with ``resize=None``, the smallest scale that
+    Steps (:func:`preprocess`): convert the image to ``channels`` channels (3: RGB; 1: grey,
+    the ITU-R 601-2 luma ``0.299 R + 0.587 G + 0.114 B`` as Pillow computes it); with
+    ``crop="center"``, scale the image (aspect ratio kept) so its short side is ``resize`` pixels — or, with ``resize=None``, the smallest scale that
     covers ``input_size`` — then cut the centred ``input_size`` window; with ``crop="none"``,
     stretch the whole image to ``input_size`` (aspect ratio not kept, nothing cut off). Then
     scale to [0, 1] and normalise ``(x - mean) / std`` per channel.
@@ -74,23 +100,34 @@ class Preprocessing:
             ``input_size``. Default 256 (ImageNet evaluation, crop_pct 0.875). Ignored when
             ``crop="none"``. A value smaller than ``input_size`` is raised to cover it.
         crop: ``"center"`` or ``"none"``.
-        mean: per-channel mean subtracted after scaling to [0, 1]. Default ImageNet.
-        std: per-channel standard deviation divided by. Default ImageNet.
+        mean: mean subtracted after scaling to [0, 1]: one value per channel, or one value
+            used for every channel. Default (``None``): ImageNet for 3 channels,
+            :data:`GREY_MEAN` for 1. Always stored as one value per channel.
+        std: standard deviation divided by, given like ``mean``. Default ImageNet /
+            :data:`GREY_STD`.
         interpolation: ``"bilinear"`` or ``"bicubic"`` (Pillow resampling, antialiased).
         class_names: name of each output index, or ``None`` if unknown.
+        channels: channels of the model input, 1 (grey) or 3 (RGB). Default 3.
 
     Example:
         >>> Preprocessing(input_size=(32, 48), resize=None, crop="center").size
         (32, 48)
+        >>> Preprocessing(channels=1, mean=0.5, std=(0.25,)).mean
+        (0.5,)
+
+    Raises:
+        ConfigError: an invalid value; ``channels`` not 1 or 3; ``mean``/``std`` with a count
+            other than 1 or ``channels``.
     """
 
     input_size: int | tuple[int, int] = _IMAGENET_INPUT
     resize: int | None = _IMAGENET_RESIZE
     crop: Literal["center", "none"] = "center"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     class_names: tuple[str, ...] | None = None
+    channels: int = 3
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise in place once, at construction
@@ -108,8 +145,18 @@ class Preprocessing:
                 "Preprocessing.interpolation: expected 'bilinear' or 'bicubic', "
                 f"got {self.interpolation!r}"
             )
-        set_(self, "mean", _check_triple("mean", self.mean, positive=False))
-        set_(self, "std", _check_triple("std", self.std, positive=True))
+        channels = self.channels
+        if isinstance(channels, bool) or not _is_int(channels) or int(channels) not in CHANNEL_COUNTS:
+            raise ConfigError(
+                f"Preprocessing.channels: expected 1 (grey) or 3 (RGB), got {channels!r}"
+            )
+        channels = int(channels)
+        set_(self, "channels", channels)
+        grey = channels == 1
+        mean = (GREY_MEAN if grey else IMAGENET_MEAN) if self.mean is None else self.mean
+        std = (GREY_STD if grey else IMAGENET_STD) if self.std is None else self.std
+        set_(self, "mean", check_stats("Preprocessing.mean", mean, channels, positive=False))
+        set_(self, "std", check_stats("Preprocessing.std", std, channels, positive=True))
         if self.class_names is not None:
             names = self.class_names
             if isinstance(names, str) or not all(isinstance(n, str) for n in names):
@@ -167,22 +214,80 @@ def _check_input_size(value: Any) -> int | tuple[int, int]:
     )
 
 
-def _check_triple(name: str, value: Any, *, positive: bool) -> tuple[float, float, float]:
+def check_stats(name: str, value: Any, channels: int, *, positive: bool) -> tuple[float, ...]:
+    """Validate a mean or std for ``channels`` channels: one value per channel, or one value
+    used for every channel. Returns one float per channel.
+
+    Args:
+        name: how to call the value in messages (``"Preprocessing.mean"``, ``"--mean"``).
+        value: a number or a sequence of numbers.
+        channels: channels of the model input.
+        positive: require values > 0 (a std) instead of just finite ones.
+
+    Raises:
+        ConfigError: not numbers, a non-finite (or, with ``positive``, non-positive) value,
+            or a count other than 1 or ``channels``; the message names ``name``, the
+            expected and the received count.
+
+    Example:
+        >>> check_stats("--std", [0.5], 3, positive=True)
+        (0.5, 0.5, 0.5)
+    """
+    items = value if isinstance(value, (tuple, list)) else (value,)
     try:
-        triple = tuple(float(v) for v in value)
+        numbers = tuple(float(v) for v in items)
     except (TypeError, ValueError):
-        triple = ()
-    ok = len(triple) == 3 and all(math.isfinite(v) and (v > 0 or not positive) for v in triple)
-    if not ok:
-        need = "three positive numbers" if positive else "three finite numbers"
-        raise ConfigError(f"Preprocessing.{name}: expected {need} (one per RGB channel), got {value!r}")
-    return triple  # type: ignore[return-value]
+        numbers = None
+    if isinstance(value, (str, bytes)) or any(isinstance(v, bool) for v in items):
+        numbers = None
+    what = "positive numbers" if positive else "finite numbers"
+    if channels == 1:
+        expected = "1 value (the model input has 1 channel)"
+    else:
+        expected = f"1 value (used for every channel) or {channels} (one per channel)"
+    if numbers is None:
+        raise ConfigError(f"{name}: expected {expected}, {what}; got {value!r}")
+    if len(numbers) not in (1, channels):
+        shown = " ".join(f"{v:g}" for v in numbers)
+        raise ConfigError(f"{name}: expected {expected}, got {len(numbers)} ({shown})")
+    if not all(math.isfinite(v) and (v > 0 or not positive) for v in numbers):
+        raise ConfigError(f"{name}: expected {what}, got {value!r}")
+    return numbers * channels if len(numbers) == 1 else numbers
+
+
+def stats_for_channels(values: Any, channels: int) -> tuple[float, ...]:
+    """Carry a model's mean or std over to another channel count.
+
+    Same count: unchanged. One value: repeated. Three values to one channel: the luma-weighted
+    sum ``0.299 v_R + 0.587 v_G + 0.114 v_B`` (exact for a mean, by linearity; for a std, the
+    std of the luma of perfectly correlated channels — see :data:`GREY_STD`), or the common
+    value when all three are equal.
+
+    Example:
+        >>> stats_for_channels((0.5, 0.5, 0.5), 1)
+        (0.5,)
+        >>> [round(v, 4) for v in stats_for_channels((0.485, 0.456, 0.406), 1)]
+        [0.459]
+    """
+    vals = tuple(float(v) for v in values)
+    if len(vals) == channels:
+        return vals
+    if len(vals) == 1:
+        return vals * channels
+    if channels == 1 and len(vals) == 3:
+        return (vals[0],) if vals[0] == vals[1] == vals[2] else (_luma(vals),)
+    raise ConfigError(f"cannot carry {len(vals)} channel statistics {vals!r} over to {channels} channel(s)")
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(Preprocessing))
 
 
-def resolve_preprocessing(model_default: Preprocessing | None = None, **overrides: Any) -> Preprocessing:
+def resolve_preprocessing(
+    model_default: Preprocessing | None = None,
+    *,
+    names: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Preprocessing:
     """Resolve the preprocessing: explicit override > model's own config > ImageNet defaults.
 
     ``model_default`` is what the model loader found (torchvision weights transforms, timm
@@ -193,12 +298,16 @@ def resolve_preprocessing(model_default: Preprocessing | None = None, **override
 
     When ``input_size`` is overridden but ``resize`` is not, ``resize`` keeps the base
     crop ratio (e.g. 256/224) so a smaller input does not cut a tiny window out of a large
-    resize.
+    resize. When ``channels`` is overridden but ``mean``/``std`` are not, the model's
+    statistics are carried over with :func:`stats_for_channels`. ``mean``/``std`` may be one
+    value (used for every channel) or one per channel.
 
     Args:
         model_default: the model's own preprocessing, or ``None``.
+        names: how to call each override in error messages, e.g. ``{"mean": "--mean"}``
+            (default ``resolve_preprocessing: mean``).
         **overrides: ``input_size``, ``resize``, ``crop``, ``mean``, ``std``,
-            ``interpolation``, ``class_names``.
+            ``interpolation``, ``class_names``, ``channels``.
 
     Returns:
         The resolved, validated :class:`Preprocessing`.
@@ -211,13 +320,17 @@ def resolve_preprocessing(model_default: Preprocessing | None = None, **override
         128
         >>> resolve_preprocessing(Preprocessing(input_size=64, resize=64), crop=None).resize
         64
+        >>> resolve_preprocessing(Preprocessing(channels=1), mean=[0.5]).mean
+        (0.5,)
     """
     given = {k: v for k, v in overrides.items() if v is not None}
     base = model_default if model_default is not None else Preprocessing()
-    return _merge(base, given, where="resolve_preprocessing")
+    return _merge(base, given, where="resolve_preprocessing", names=names)
 
 
-def _merge(base: Preprocessing, given: dict[str, Any], *, where: str) -> Preprocessing:
+def _merge(
+    base: Preprocessing, given: dict[str, Any], *, where: str, names: dict[str, str] | None = None
+) -> Preprocessing:
     unknown = sorted(set(given) - set(_FIELDS))
     if unknown:
         raise ConfigError(
@@ -230,6 +343,17 @@ def _merge(base: Preprocessing, given: dict[str, Any], *, where: str) -> Preproc
         ratio = base.resize / min(base.size)
         short = min(new_size) if isinstance(new_size, tuple) else new_size
         given["resize"] = max(short, int(math.floor(short * ratio + 1e-9)))
+    channels = given.get("channels", base.channels)
+    if isinstance(channels, bool) or not _is_int(channels) or int(channels) not in CHANNEL_COUNTS:
+        label = (names or {}).get("channels", f"{where}: channels")
+        raise ConfigError(f"{label}: expected 1 (grey) or 3 (RGB), got {channels!r}")
+    channels = int(channels)
+    for key, positive in (("mean", False), ("std", True)):
+        if given.get(key) is not None:
+            label = (names or {}).get(key, f"{where}: {key}")
+            given[key] = check_stats(label, given[key], channels, positive=positive)
+        elif channels != base.channels:
+            given[key] = stats_for_channels(getattr(base, key), channels)
     return dataclasses.replace(base, **given)
 
 
@@ -275,12 +399,13 @@ def preprocess(image: Image.Image, prep: Preprocessing) -> tuple[torch.Tensor, G
     """Resize, crop and normalise one image for the model.
 
     Args:
-        image: a PIL image (any mode; converted to RGB like :func:`load_image` does).
+        image: a PIL image (any mode; converted to RGB like :func:`load_image` does, or to
+            grey — the ITU-R 601-2 luma of that RGB image — when ``prep.channels == 1``).
         prep: the recipe, usually ``loaded_model.preprocessing`` or the result of
             :func:`resolve_preprocessing`.
 
     Returns:
-        ``(x, geometry)``: ``x`` is a ``(3, H, W)`` float32 tensor,
+        ``(x, geometry)``: ``x`` is a ``(C, H, W)`` float32 tensor with ``C = prep.channels``,
         ``x[c] = (pixel / 255 - mean[c]) / std[c]``, with ``(H, W) = prep.size``;
         ``geometry`` records the original size, the resize and the crop box for
         :func:`map_to_original`.
@@ -298,7 +423,7 @@ def preprocess(image: Image.Image, prep: Preprocessing) -> tuple[torch.Tensor, G
         raise InputError(f"preprocess: expected a PIL.Image.Image, got {type(image).__name__}")
     if image.width < 1 or image.height < 1:
         raise InputError(f"preprocess: image is empty ({image.width}x{image.height})")
-    rgb = image if image.mode == "RGB" else to_rgb(image)
+    rgb = convert_channels(image, prep.channels)  # "RGB" or "L"
     geometry = _plan((rgb.height, rgb.width), prep)
     rh, rw = geometry.resized_size
     if (rh, rw) != (rgb.height, rgb.width):
@@ -306,10 +431,13 @@ def preprocess(image: Image.Image, prep: Preprocessing) -> tuple[torch.Tensor, G
     top, left, h, w = geometry.crop_box
     if (top, left, h, w) != (0, 0, rh, rw):
         rgb = rgb.crop((left, top, left + w, top + h))
-    array = np.asarray(rgb, dtype=np.float32) / 255.0  # (H, W, 3)
+    array = np.asarray(rgb, dtype=np.float32) / 255.0  # (H, W, 3) or (H, W)
+    if array.ndim == 2:
+        array = array[:, :, None]
     x = torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
-    mean = torch.tensor(prep.mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(prep.std, dtype=torch.float32).view(3, 1, 1)
+    c = prep.channels
+    mean = torch.tensor(prep.mean, dtype=torch.float32).view(c, 1, 1)
+    std = torch.tensor(prep.std, dtype=torch.float32).view(c, 1, 1)
     return (x - mean) / std, geometry
 
 
@@ -379,14 +507,15 @@ def denormalize(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     """Undo the normalisation for display: ``clamp(x * std + mean, 0, 1)``.
 
     Args:
-        x: ``(3, H, W)`` or ``(N, 3, H, W)`` normalised image(s).
+        x: ``(C, H, W)`` or ``(N, C, H, W)`` normalised image(s), ``C = prep.channels``.
         prep: the recipe that produced ``x``.
 
     Returns:
-        Tensor of the same shape with values in [0, 1].
+        Tensor of the same shape with values in [0, 1] (one channel stays one channel; repeat
+        it three times to show it as an RGB image).
 
     Raises:
-        InputError: ``x`` has no channel axis of size 3 where expected.
+        InputError: ``x`` has no channel axis of size ``prep.channels`` where expected.
 
     Example:
         >>> prep = Preprocessing()
@@ -394,9 +523,10 @@ def denormalize(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
         >>> [round(v, 4) for v in denormalize(x, prep)[:, 0, 0].tolist()]
         [1.0, 0.0, 0.0]
     """
-    if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4) or x.shape[-3] != 3:
+    c = len(prep.mean)
+    if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4) or x.shape[-3] != c:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise InputError(f"denormalize: expected a (3, H, W) or (N, 3, H, W) tensor, got {shape}")
-    mean = torch.tensor(prep.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    std = torch.tensor(prep.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        raise InputError(f"denormalize: expected a ({c}, H, W) or (N, {c}, H, W) tensor, got {shape}")
+    mean = torch.tensor(prep.mean, dtype=x.dtype, device=x.device).view(c, 1, 1)
+    std = torch.tensor(prep.std, dtype=x.dtype, device=x.device).view(c, 1, 1)
     return (x * std + mean).clamp(0.0, 1.0)

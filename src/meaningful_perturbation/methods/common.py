@@ -23,6 +23,7 @@ __all__ = [
     "IMAGENET_STD",
     "check_choice",
     "check_range",
+    "input_stats_overrides",
     "pixels",
     "make_levels",
     "run_problem",
@@ -81,6 +82,28 @@ def check_range(name: str, value: Any, low: float | None = None, high: float | N
         raise ConfigError(f"{name}: expected a value {'>' if low_open else '>='} {low}, got {value!r}")
     if high is not None and value > high:
         raise ConfigError(f"{name}: expected a value <= {high}, got {value!r}")
+
+
+def input_stats_overrides(
+    config: dict[str, Any], overrides: dict[str, Any], mean: Sequence[float], std: Sequence[float]
+) -> dict[str, Any]:
+    """``overrides`` plus the input's normalisation for a method whose config needs it.
+
+    Methods that rebuild the 8-bit image (``seed``'s median perturbation) carry ``mean`` and
+    ``std`` fields defaulting to ImageNet's RGB statistics. When ``config`` (the resolved
+    config as a dict) has them and the user did not set them, they are taken from the
+    preprocessing that produced the input (``mean``, ``std``: one value per channel), so a
+    grey model or one with other statistics is undone correctly.
+
+    Example:
+        >>> input_stats_overrides({"mean": (0.485, 0.456, 0.406), "std": (1, 1, 1)}, {}, (0.5,), (0.25,))
+        {'mean': (0.5,), 'std': (0.25,)}
+    """
+    out = dict(overrides)
+    for key, value in (("mean", mean), ("std", std)):
+        if key in config and key not in out:
+            out[key] = tuple(float(v) for v in value)
+    return out
 
 
 def pixels(value: float, scale: float) -> float:

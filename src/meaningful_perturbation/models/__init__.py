@@ -19,15 +19,25 @@ Example:
 """
 
 from meaningful_perturbation.models.base import PREPROCESSING_EXTRA_FILE, LoadedModel
+from meaningful_perturbation.models.channels import (
+    CLI_OPTION_NAMES,
+    check_input_channels,
+    infer_channels,
+    resolve_model_preprocessing,
+)
 from meaningful_perturbation.models.registry import ModelSpecInfo, list_model_specs, load_model
 from meaningful_perturbation.models.weights import apply_state_dict, load_state_dict_file
 
 __all__ = [
+    "CLI_OPTION_NAMES",
     "PREPROCESSING_EXTRA_FILE",
     "LoadedModel",
     "ModelSpecInfo",
     "apply_state_dict",
+    "check_input_channels",
+    "infer_channels",
     "list_model_specs",
     "load_model",
     "load_state_dict_file",
+    "resolve_model_preprocessing",
 ]

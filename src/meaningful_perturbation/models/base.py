@@ -18,12 +18,14 @@ __all__ = [
     "PREPROCESSING_EXTRA_FILE",
     "LoadRequest",
     "LoadedModel",
+    "declared_channels",
     "downloads_allowed",
     "existing_file",
     "finish",
     "one_line",
     "preprocessing_from_mapping",
     "read_preprocessing_json",
+    "read_preprocessing_json_declared",
 ]
 
 #: Name of the optional JSON file inside TorchScript / ``torch.export`` archives that holds
@@ -43,11 +45,18 @@ class LoadedModel:
             combine it with user overrides through
             :func:`~meaningful_perturbation.io.resolve_preprocessing`.
         spec: the spec string the model was loaded from.
+        channels_from: where ``preprocessing.channels`` came from, for messages (e.g.
+            ``"config.json num_channels=1"``, ``"first Conv2d layer (in_channels=1)"``), or
+            ``None`` when nothing said it (the default, 3).
+        channels_declared: ``True`` when the model's own metadata states the channel count
+            (not inferred from its layers); see :mod:`meaningful_perturbation.models.channels`.
     """
 
     model: Callable[[torch.Tensor], torch.Tensor]
     preprocessing: Preprocessing
     spec: str
+    channels_from: str | None = None
+    channels_declared: bool = False
 
     @property
     def class_names(self) -> tuple[str, ...] | None:
@@ -108,7 +117,10 @@ def preprocessing_from_mapping(
 
     Args:
         values: ``None`` (ImageNet defaults), a :class:`Preprocessing`, or a mapping of its
-            fields (JSON text decoded by the caller). Unset fields take ImageNet defaults.
+            fields (JSON text decoded by the caller). Unset fields take ImageNet defaults
+            (for ``channels=1``: :data:`~meaningful_perturbation.io.preprocessing.GREY_MEAN`
+            / ``GREY_STD``). An ``input_size`` of three numbers is read as ``(C, H, W)``, as
+            timm writes it: ``C`` becomes ``channels``.
         source: where the values came from, for messages.
         lenient: ignore unknown keys instead of raising (for bundled metadata that may carry
             extra information).
@@ -126,22 +138,62 @@ def preprocessing_from_mapping(
         )
     fields = set(Preprocessing.__dataclass_fields__)
     data = {k: v for k, v in values.items() if k in fields or not lenient}
+    size = data.get("input_size")
+    if isinstance(size, (list, tuple)) and len(size) == 3:
+        c = size[0]
+        if "channels" in data and data["channels"] != c:
+            raise ConfigError(
+                f"{source}: input_size {tuple(size)!r} (C, H, W) says {c} channel(s) but "
+                f"channels says {data['channels']!r}"
+            )
+        data["channels"], data["input_size"] = c, tuple(size[1:])
+    if data.get("channels") not in (None, 1, 3):
+        raise ConfigError(
+            f"{source}: the model takes {data['channels']!r} input channels; mperturb feeds "
+            "images as 1 (grey) or 3 (RGB) channels (use the Python API with your own tensors "
+            "for other inputs)"
+        )
     try:
         return Preprocessing.from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from exc
 
 
+def declared_channels(values: Any, *, source: str) -> str | None:
+    """Where a model's metadata states its channel count, or ``None`` when it does not.
+
+    A mapping states it with a ``channels`` key or an ``input_size`` of three numbers
+    ``(C, H, W)``; a :class:`Preprocessing` with ``channels`` other than the default 3.
+    """
+    if isinstance(values, Preprocessing):
+        return f"{source} (channels={values.channels})" if values.channels != 3 else None
+    if isinstance(values, Mapping):
+        if "channels" in values:
+            return f"{source} (channels={values['channels']!r})"
+        size = values.get("input_size")
+        if isinstance(size, (list, tuple)) and len(size) == 3:
+            return f"{source} (input_size={list(size)!r})"
+    return None
+
+
 def read_preprocessing_json(raw: str | bytes | None, *, source: str) -> Preprocessing:
     """Decode the :data:`PREPROCESSING_EXTRA_FILE` payload of an archive (empty = defaults)."""
+    return read_preprocessing_json_declared(raw, source=source)[0]
+
+
+def read_preprocessing_json_declared(
+    raw: str | bytes | None, *, source: str
+) -> tuple[Preprocessing, str | None]:
+    """:func:`read_preprocessing_json`, plus :func:`declared_channels` of the payload."""
     if not raw:
-        return Preprocessing()
+        return Preprocessing(), None
     text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     try:
         values = json.loads(text)
     except ValueError as exc:
         raise InputError(f"{source}: {PREPROCESSING_EXTRA_FILE} is not valid JSON ({exc})") from exc
-    return preprocessing_from_mapping(values, source=f"{source}: {PREPROCESSING_EXTRA_FILE}")
+    where = f"{source}: {PREPROCESSING_EXTRA_FILE}"
+    return preprocessing_from_mapping(values, source=where), declared_channels(values, source=where)
 
 
 def finish(model: Any, request: LoadRequest, *, what: str) -> nn.Module | Callable:

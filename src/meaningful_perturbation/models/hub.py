@@ -11,6 +11,12 @@ torchvision weights' ``transforms()`` and ``meta["categories"]``; timm's pretrai
 (``input_size``, ``crop_pct``, ``crop_mode``, ``interpolation``, ``mean``, ``std``) and ImageNet
 class descriptions; Hugging Face image-processor config (``size``, ``crop_size``, ``crop_pct``,
 ``image_mean``/``image_std``, ``resample``) and ``config.id2label``.
+
+Input channels: torchvision classifiers take RGB (3); timm's data config states them as the
+first number of ``input_size`` ``(C, H, W)``; a transformers config as ``num_channels``.
+Statistics given for another channel count are carried over with
+:func:`~meaningful_perturbation.io.stats_for_channels` (e.g. ``image_mean`` ``[0.5, 0.5, 0.5]``
+for a ``num_channels=1`` model becomes ``(0.5,)``).
 """
 
 from __future__ import annotations
@@ -27,7 +33,13 @@ import torch
 from torch import nn
 
 from meaningful_perturbation.errors import ConfigError, InputError, ModelError
-from meaningful_perturbation.io.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from meaningful_perturbation.io.preprocessing import (
+    CHANNEL_COUNTS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocessing,
+    stats_for_channels,
+)
 from meaningful_perturbation.models._imports import require, set_offline_defaults
 from meaningful_perturbation.models.base import (
     LoadedModel,
@@ -125,7 +137,10 @@ def load_torchvision(arg: str, request: LoadRequest) -> LoadedModel:
         raise ModelError(f"model spec {request.spec!r}: building the model failed ({one_line(exc)})") from exc
     _apply_weights(model, request)
     prep = _torchvision_preprocessing(meta_weights)
-    return LoadedModel(finish(model, request, what="torchvision"), prep, request.spec)
+    return LoadedModel(
+        finish(model, request, what="torchvision"), prep, request.spec,
+        channels_from="torchvision classification models take RGB", channels_declared=True,
+    )
 
 
 def _first(value: Any) -> Any:
@@ -182,8 +197,12 @@ def load_timm(arg: str, request: LoadRequest) -> LoadedModel:
     except Exception as exc:  # noqa: BLE001 - hub/network errors have many types
         raise ModelError(f"model spec {request.spec!r}: timm could not create it ({one_line(exc)})") from exc
     _apply_weights(model, request)
-    prep = _timm_preprocessing(timm, model)
-    return LoadedModel(finish(model, request, what="timm"), prep, request.spec)
+    prep = _timm_preprocessing(timm, model, request.spec)
+    return LoadedModel(
+        finish(model, request, what="timm"), prep, request.spec,
+        channels_from=f"timm data config input_size (C, H, W) with C={prep.channels}",
+        channels_declared=True,
+    )
 
 
 def _check_timm_cache(timm: Any, name: str, spec: str) -> None:
@@ -225,23 +244,34 @@ def _check_timm_cache(timm: Any, name: str, spec: str) -> None:
         raise _missing_weights_error(spec, cached.name, str(cached.parent), how)
 
 
-def _timm_preprocessing(timm: Any, model: nn.Module) -> Preprocessing:
+def _unsupported_channels(spec: str, count: Any, where: str) -> ConfigError:
+    return ConfigError(
+        f"model spec {spec!r}: the model takes {count!r} input channels ({where}); mperturb "
+        "feeds images as 1 (grey) or 3 (RGB) channels (use the Python API with your own "
+        "tensors for other inputs)"
+    )
+
+
+def _timm_preprocessing(timm: Any, model: nn.Module, spec: str = "timm") -> Preprocessing:
     data = timm.data
     if hasattr(data, "resolve_model_data_config"):
         cfg = data.resolve_model_data_config(model)
     else:
         cfg = data.resolve_data_config({}, model=model)
-    _, height, width = cfg.get("input_size", (3, 224, 224))
+    channels, height, width = cfg.get("input_size", (3, 224, 224))
+    if channels not in CHANNEL_COUNTS:
+        raise _unsupported_channels(spec, channels, "timm data config input_size")
     crop_pct = float(cfg.get("crop_pct") or 0.875)
     squash = cfg.get("crop_mode") == "squash"
     return Preprocessing(
         input_size=(int(height), int(width)),
         resize=None if squash else int(math.floor(min(height, width) / crop_pct)),
         crop="none" if squash else "center",
-        mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
-        std=tuple(cfg.get("std", IMAGENET_STD)),
+        mean=stats_for_channels(cfg.get("mean", IMAGENET_MEAN), int(channels)),
+        std=stats_for_channels(cfg.get("std", IMAGENET_STD), int(channels)),
         interpolation=_interpolation(cfg.get("interpolation", "bilinear")),  # type: ignore[arg-type]
         class_names=_timm_class_names(data, model),
+        channels=int(channels),
     )
 
 
@@ -272,7 +302,8 @@ class HuggingFaceClassifier(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 3, H, W)`` normalised pixels -> ``(N, num_labels)`` logits."""
+        """``(N, C, H, W)`` normalised pixels -> ``(N, num_labels)`` logits
+        (``C = config.num_channels``)."""
         return self.model(pixel_values=x).logits
 
 
@@ -313,8 +344,15 @@ def load_hf(arg: str, request: LoadRequest) -> LoadedModel:
             f"model spec {request.spec!r}: not an image-classification model ({one_line(exc)})"
         ) from exc
     _apply_weights(model, request)
+    channels = getattr(model.config, "num_channels", None)
+    if channels is not None and channels not in CHANNEL_COUNTS:
+        raise _unsupported_channels(request.spec, channels, "config.json num_channels")
     prep = _hf_preprocessing(transformers, source, model.config, kwargs)
-    return LoadedModel(finish(HuggingFaceClassifier(model), request, what="transformers"), prep, request.spec)
+    return LoadedModel(
+        finish(HuggingFaceClassifier(model), request, what="transformers"), prep, request.spec,
+        channels_from=None if channels is None else f"config.json num_channels={channels}",
+        channels_declared=channels is not None,
+    )
 
 
 def _hf_class_names(config: Any) -> tuple[str, ...] | None:
@@ -326,6 +364,11 @@ def _hf_class_names(config: Any) -> tuple[str, ...] | None:
     if not names or all(n == f"LABEL_{i}" for i, n in enumerate(names)):
         return None  # transformers' placeholder labels carry no information
     return names
+
+
+def _as_stats(values: Any, channels: int) -> tuple[float, ...]:
+    vals = tuple(values) if isinstance(values, (list, tuple)) else (values,)
+    return stats_for_channels(vals, channels)
 
 
 def _hw(value: Any) -> tuple[int, int] | None:
@@ -340,18 +383,18 @@ def _hw(value: Any) -> tuple[int, int] | None:
 
 def _hf_preprocessing(transformers: Any, source: str, config: Any, kwargs: dict[str, Any]) -> Preprocessing:
     names = _hf_class_names(config)
+    channels = getattr(config, "num_channels", None)
+    channels = int(channels) if channels in CHANNEL_COUNTS else 3
     try:
         mixin = transformers.image_processing_utils.ImageProcessingMixin
         proc, _ = mixin.get_image_processor_dict(source, **kwargs)
     except Exception:  # noqa: BLE001 - no preprocessor_config.json: fall back to the model config
         proc = {}
     if proc.get("do_normalize", True):
-        mean = tuple(proc.get("image_mean") or IMAGENET_MEAN)
-        std = tuple(proc.get("image_std") or IMAGENET_STD)
+        mean = _as_stats(proc.get("image_mean") or IMAGENET_MEAN, channels)
+        std = _as_stats(proc.get("image_std") or IMAGENET_STD, channels)
     else:
-        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    if len(mean) == 1:
-        mean, std = mean * 3, std * 3
+        mean, std = (0.0,) * channels, (1.0,) * channels
     interpolation = _PIL_RESAMPLE.get(proc.get("resample"), "bilinear")
     size = proc.get("size")
     shortest = size.get("shortest_edge") if isinstance(size, Mapping) else None
@@ -359,7 +402,7 @@ def _hf_preprocessing(transformers: Any, source: str, config: Any, kwargs: dict[
     do_crop = proc.get("do_center_crop", proc.get("crop_size") is not None)
     crop = _hw(proc.get("crop_size")) if do_crop else None
     crop_pct = proc.get("crop_pct")
-    common = dict(mean=mean, std=std, interpolation=interpolation, class_names=names)
+    common = dict(mean=mean, std=std, interpolation=interpolation, class_names=names, channels=channels)
     if crop is not None:
         # Resize (short side to the requested size) then centre-crop. Processors that resize
         # to a fixed (h, w) before cropping are approximated by a short-side resize.
@@ -380,5 +423,7 @@ def _hf_preprocessing(transformers: Any, source: str, config: Any, kwargs: dict[
     if not proc:
         # No processor config: the model was trained on something; ImageNet stats are the
         # most common guess, and stretching keeps the whole image.
-        return Preprocessing(input_size=image_size, resize=None, crop="none", class_names=names)
+        return Preprocessing(
+            input_size=image_size, resize=None, crop="none", class_names=names, channels=channels
+        )
     return Preprocessing(input_size=image_size, resize=None, crop="none", **common)

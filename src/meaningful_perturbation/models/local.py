@@ -28,7 +28,8 @@ from meaningful_perturbation.models.base import (
     finish,
     one_line,
     preprocessing_from_mapping,
-    read_preprocessing_json,
+    declared_channels,
+    read_preprocessing_json_declared,
 )
 from meaningful_perturbation.models.weights import apply_state_dict, load_state_dict_file
 
@@ -84,9 +85,12 @@ def load_torchscript(arg: str, request: LoadRequest) -> LoadedModel:
             "torch.jit.save(torch.jit.script(model), path), or use python:FILE.py:FACTORY "
             "with --weights for a state dict"
         ) from exc
-    prep = read_preprocessing_json(extra[PREPROCESSING_EXTRA_FILE], source=arg)
+    prep, declared = read_preprocessing_json_declared(extra[PREPROCESSING_EXTRA_FILE], source=arg)
     _apply_weights_file(model, request)
-    return LoadedModel(finish(model, request, what="torch.jit.load"), prep, request.spec)
+    return LoadedModel(
+        finish(model, request, what="torch.jit.load"), prep, request.spec,
+        channels_from=declared, channels_declared=declared is not None,
+    )
 
 
 class ExportedClassifier(nn.Module):
@@ -126,10 +130,13 @@ def load_export(arg: str, request: LoadRequest) -> LoadedModel:
             f"{arg}: not a torch.export archive ({one_line(exc)}); write one with "
             "torch.export.save(torch.export.export(model, (example,)), 'model.pt2')"
         ) from exc
-    prep = read_preprocessing_json(extra[PREPROCESSING_EXTRA_FILE], source=arg)
+    prep, declared = read_preprocessing_json_declared(extra[PREPROCESSING_EXTRA_FILE], source=arg)
     wrapped = ExportedClassifier(module)
     _apply_weights_file(module, request)
-    return LoadedModel(finish(wrapped, request, what="torch.export.load"), prep, request.spec)
+    return LoadedModel(
+        finish(wrapped, request, what="torch.export.load"), prep, request.spec,
+        channels_from=declared, channels_declared=declared is not None,
+    )
 
 
 def load_python(arg: str, request: LoadRequest) -> LoadedModel:
@@ -137,6 +144,9 @@ def load_python(arg: str, request: LoadRequest) -> LoadedModel:
 
     The factory returns an ``nn.Module``, or ``(module, preprocessing)`` where
     ``preprocessing`` is a dict of :class:`Preprocessing` fields or a :class:`Preprocessing`.
+    The dict states the input channel count with ``"channels": 1`` (or 3) or an
+    ``"input_size"`` given as ``(C, H, W)``; without it the count is inferred from the model
+    (:mod:`meaningful_perturbation.models.channels`).
     The file's folder is on ``sys.path`` while it is imported, so it can import its siblings.
     """
     file_part, sep, factory_name = arg.rpartition(":")
@@ -180,18 +190,22 @@ def load_python(arg: str, request: LoadRequest) -> LoadedModel:
         raise ModelError(
             f"{file_part}: {factory_name}() failed ({type(exc).__name__}: {one_line(exc)})"
         ) from exc
-    model, prep = _split_factory_result(result, request, factory_name)
+    model, prep, declared = _split_factory_result(result, request, factory_name)
     _apply_weights_file(model, request)
-    return LoadedModel(finish(model, request, what=f"{factory_name}()"), prep, request.spec)
+    return LoadedModel(
+        finish(model, request, what=f"{factory_name}()"), prep, request.spec,
+        channels_from=declared, channels_declared=declared is not None,
+    )
 
 
 def _split_factory_result(
     result: Any, request: LoadRequest, factory_name: str
-) -> tuple[nn.Module | Callable, Preprocessing]:
+) -> tuple[nn.Module | Callable, Preprocessing, str | None]:
     if isinstance(result, tuple) and len(result) == 2 and not isinstance(result[0], (dict, Preprocessing)):
         model, info = result
-        prep = preprocessing_from_mapping(info, source=f"{request.spec}: {factory_name}() preprocessing")
-        return model, prep
-    return result, Preprocessing()
+        source = f"{request.spec}: {factory_name}() preprocessing"
+        prep = preprocessing_from_mapping(info, source=source)
+        return model, prep, declared_channels(info, source=f"{factory_name}() metadata")
+    return result, Preprocessing(), None
 
 

@@ -3,6 +3,7 @@ the CLI's ``mperturb models`` listing and the error messages."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,9 @@ import torch
 
 from meaningful_perturbation.errors import ConfigError
 from meaningful_perturbation.models import hub, local
+from meaningful_perturbation.io.preprocessing import resolve_preprocessing
 from meaningful_perturbation.models.base import LoadedModel, LoadRequest, existing_file
+from meaningful_perturbation.models.channels import infer_channels
 
 __all__ = ["ModelSpecInfo", "list_model_specs", "load_model"]
 
@@ -120,9 +123,10 @@ def load_model(
         device: where to put the model.
 
     Returns:
-        A :class:`LoadedModel`: ``model`` in eval mode on ``device``, mapping ``(N, 3, H, W)``
+        A :class:`LoadedModel`: ``model`` in eval mode on ``device``, mapping ``(N, C, H, W)``
         to ``(N, classes)`` logits; ``preprocessing`` (the model's own, ImageNet defaults
-        otherwise); ``spec``; ``class_names``.
+        otherwise; ``channels`` from the model's metadata, else its first ``Conv2d``, else 3
+        — see :mod:`meaningful_perturbation.models.channels`); ``spec``; ``class_names``.
 
     Raises:
         ConfigError: unknown prefix, malformed spec, unknown model name, or a missing library
@@ -169,4 +173,14 @@ def load_model(
     if request.weights is not None:
         # Fail on a bad --weights path before any (possibly slow) model construction.
         existing_file(os.fspath(weights), what="weights file", spec=spec)  # type: ignore[arg-type]
-    return source.load(arg, request)
+    loaded = source.load(arg, request)
+    if loaded.channels_declared:
+        return loaded
+    guess = infer_channels(loaded.model)  # metadata is silent: the layers' suggestion
+    if guess is None:
+        return loaded
+    channels, where = guess
+    prep = loaded.preprocessing
+    if channels != prep.channels:
+        prep = resolve_preprocessing(prep, channels=channels)
+    return dataclasses.replace(loaded, preprocessing=prep, channels_from=where)

@@ -220,9 +220,10 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
     """
     from .. import explain as explain_fn
     from .. import figures
+    from ..io import load_image, map_to_original, preprocess
+    from ..methods.common import input_stats_overrides
+    from ..models import CLI_OPTION_NAMES, load_model, resolve_model_preprocessing
     from ..targets import clean_scores, target_from_option
-    from ..io import load_image, map_to_original, preprocess, resolve_preprocessing
-    from ..models import load_model
 
     if opts.batch_size < 1:
         raise ConfigError(f"--batch-size: expected >= 1, got {opts.batch_size}")
@@ -236,7 +237,11 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
         out = Path(opts.out)
         loaded = load_model(settings.model, weights=settings.weights, unsafe_pickle=settings.unsafe_pickle,
                             device=device_name)
-        prep = resolve_preprocessing(loaded.preprocessing, **settings.preprocessing)
+        # The model's own preprocessing with the overrides; its channel count checked by one
+        # forward pass, before any output is written.
+        prep = resolve_model_preprocessing(
+            loaded, settings.preprocessing, device=device_name, names=CLI_OPTION_NAMES
+        )
         class_names = prep.class_names
         if isinstance(settings.target, str) and settings.target not in ("top1", "top5"):
             target_from_option(settings.target, torch.zeros(1, len(class_names or ()) or 1), class_names)
@@ -265,6 +270,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
         items_dir = out / "items"
         device = torch.device(device_name)
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.overrides.items()}
+        overrides = input_stats_overrides(settings.config, overrides, prep.mean, prep.std)
         top_k = int(settings.config.get("top_k", 1) or 1)
         head_kind = getattr(settings, "head", "auto")
 
