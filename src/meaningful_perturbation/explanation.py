@@ -37,7 +37,9 @@ class Explanation:
             ``masked_<game>``), and the fully perturbed image.
         method: preset name.
         config: the resolved configuration (plain JSON-able values).
-        extra: method-specific plain data (e.g. ``areas``, ``steps_run``).
+        extra: method-specific plain data (e.g. ``areas``, ``steps_run``; the mask-learning
+            presets store the run's ``seed``, which redraws their seeded perturbation with
+            :func:`~meaningful_perturbation.methods.common.perturbed_input`).
         head: how the model's output was read as class scores: ``"logits"`` (softmax),
             ``"probabilities"``, ``"sigmoid"`` or ``"sigmoid-probabilities"``
             (see :mod:`meaningful_perturbation.core.head`). Files written before the option

@@ -88,14 +88,19 @@ def save_panel(
     preserved: Any,
     history: Mapping[str, Any] | None = None,
     title: str = "",
+    labels: tuple[str, str] = ("perturbed input", "preserved region"),
 ) -> Path:
     """Original | saliency | perturbed input | preserved region | curves over the steps.
 
     Args:
-        original, perturbed, preserved: ``(H, W, 3)`` images, uint8 or float in [0, 1].
+        original, perturbed, preserved: ``(H, W, 3)`` images, uint8 or float in [0, 1];
+            ``perturbed`` may be ``None`` (a method with no perturbed input): the tile then
+            shows only its label.
         saliency: ``(H, W)`` map.
         history: name → 1-D sequence over steps (e.g. ``loss``, ``score_delete``).
         title: figure title.
+        labels: titles of the third and fourth tiles (say which game and perturbation they
+            show; ``mperturb explain`` sets them from the explanation).
     """
     _matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -107,12 +112,13 @@ def save_panel(
     panels = [
         ("original", _as_numpy(original), None),
         ("saliency", _as_numpy(saliency), "jet"),
-        ("perturbed input", _as_numpy(perturbed), None),
-        ("preserved region", _as_numpy(preserved), None),
+        (labels[0], None if perturbed is None else _as_numpy(perturbed), None),
+        (labels[1], _as_numpy(preserved), None),
     ]
     for ax, (name, img, cmap) in zip(axes[:4], panels):
-        ax.imshow(img, cmap=cmap)
-        ax.set_title(name, fontsize=10)
+        if img is not None:
+            ax.imshow(img, cmap=cmap)
+        ax.set_title(name, fontsize=9)
         ax.axis("off")
     ax = axes[4]
     curves = {k: _as_numpy(v).reshape(-1) for k, v in (history or {}).items()}

@@ -86,29 +86,44 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def _perturbed_input(x: torch.Tensor, mask: torch.Tensor, config: dict[str, Any]) -> torch.Tensor:
-    """The input with the mask applied: ``x * m + p(x) * (1 - m)`` for display.
+def _perturbed_input(x: torch.Tensor, mask: torch.Tensor, config: dict[str, Any], *, seed: int = 0) -> torch.Tensor:
+    """The panel's perturbed input: :func:`~meaningful_perturbation.methods.common.perturbed_input`.
 
-    ``p`` follows the config's perturbation (blur at the configured sigma, scaled from
-    ``reference_size`` to this input; median blur; constant = the dataset mean, i.e. 0 after
-    normalisation); other kinds fall back to a Gaussian blur of sigma 10 px.
+    Args:
+        x: ``(N, C, H, W)`` normalised images; ``mask``: ``(N, 1, H, W)`` keep-mask in [0, 1];
+        config: the explanation's config; seed: the run's seed (``ex.extra["seed"]``).
+
+    Returns:
+        ``(N, C, H, W)``: exactly the optimiser's ``blend(levels, mask)``.
     """
-    from ..core.perturbation import gaussian_blur, median_blur
+    from ..methods.common import perturbed_input
 
-    kind = config.get("perturbation", "blur")
-    size = min(x.shape[-2:])
-    if kind == "constant":
-        p = torch.zeros_like(x)
-    elif kind in ("median", "median_blur") and "median_size" in config:
-        p = median_blur(x, int(config["median_size"]))
-    else:
-        sigma = float(config.get("blur_sigma", 10.0) or 10.0)
-        ref = config.get("reference_size")
-        if ref:
-            sigma = sigma * size / float(ref)
-        p = gaussian_blur(x, max(sigma, 0.5))
-    m = mask.to(x.dtype).clamp(0, 1)
-    return x * m + p * (1 - m)
+    return perturbed_input(x, mask, config, seed=seed)[:, 0]
+
+
+def _panel_tiles(ex: Any, x: torch.Tensor, k: int) -> tuple[torch.Tensor | None, torch.Tensor, str, str]:
+    """The panel's third and fourth tiles for mask ``k`` of image 0: images and labels.
+
+    Mask-learning presets: the perturbed input the optimiser scored (the primary game's
+    keep-mask blended with its levels) and the input × keep-mask, labelled with what the game
+    does to it. Baselines learn no keep-mask: no perturbed input, and the input × their
+    normalised saliency.
+    """
+    from ..methods import get_method
+    from ..methods.common import perturbed_input
+
+    mask = ex.masks[:1, k : k + 1].float()
+    if get_method(ex.method).perturbation_levels is None:
+        return None, mask, "perturbed input\n(none: no learned mask)", "input × saliency\n(normalised)"
+    img = perturbed_input(x, mask, ex.config, seed=int(ex.extra.get("seed", 0)), method=ex.method)[:, 0].cpu()
+    kind, game = ex.config.get("perturbation", "?"), ex.config.get("game", "delete")
+    area = ex.extra.get("areas")
+    suffix = f", area {area[k]:g}" if isinstance(area, list) and k < len(area) else ""
+    if game == "delete":
+        labels = f"perturbed input\n(deletion game, {kind}{suffix})", "kept region\n(mask = 1: not deleted)"
+    else:  # preserve; dual shows its primary, preservation game
+        labels = f"perturbed input\n(preservation game, {kind}{suffix})", "preserved region\n(mask = 1)"
+    return img, mask, *labels
 
 
 def _to_hwc_uint8(img: torch.Tensor) -> np.ndarray:
@@ -183,22 +198,24 @@ def run(args: argparse.Namespace) -> int:
         )
         seconds = time.perf_counter() - t0
         sal = ex.saliency[0].float()
-        mask = ex.masks[0, 0].float()
         # Files.
         ex.save(out / f"{stem}.npz")
         original = np.asarray(image, dtype=np.uint8)
         sal_orig = map_to_original(sal, geometry)
         figures.save_overlay(out / f"{stem}_overlay.png", original, sal_orig)
         shown = denormalize(x, prep)
-        perturbed = denormalize(_perturbed_input(x.unsqueeze(0), mask[None, None], ex.config)[0], prep)
-        preserved = shown * mask.clamp(0, 1)[None]
-        history = {k: v[:, 0, 0] for k, v in ex.history.items() if v.dim() == 3 and v.shape[0] > 0}
+        areas, pick = ex.extra.get("areas"), ex.config.get("saliency_area")
+        drawn = areas.index(pick) if isinstance(areas, list) and pick in areas else 0  # extremal: the area of the saliency
+        perturbed, keep, perturbed_label, kept_label = _panel_tiles(ex, xb, drawn)  # on the device the optimiser ran on
+        perturbed = None if perturbed is None else _to_hwc_uint8(denormalize(perturbed[0], prep))
+        preserved = shown * keep[0].clamp(0, 1)
+        history = {k: v[:, 0, drawn] for k, v in ex.history.items() if v.dim() == 3 and v.shape[0] > 0}
         targets = ex.target[0]
         names = [class_names[c] if class_names and c < len(class_names) else str(c) for c in targets]
         figures.save_panel(
             out / f"{stem}_panel.png",
-            original=_to_hwc_uint8(shown), saliency=sal.numpy(), perturbed=_to_hwc_uint8(perturbed),
-            preserved=_to_hwc_uint8(preserved), history=history,
+            original=_to_hwc_uint8(shown), saliency=sal.numpy(), perturbed=perturbed,
+            preserved=_to_hwc_uint8(preserved), history=history, labels=(perturbed_label, kept_label),
             title=f"{path.name}: {settings.method}, target {', '.join(names)}",
         )
         scores = {k: v[0].tolist() for k, v in ex.scores.items()}

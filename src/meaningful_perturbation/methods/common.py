@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -26,6 +26,8 @@ __all__ = [
     "input_stats_overrides",
     "pixels",
     "make_levels",
+    "perturbation_levels",
+    "perturbed_input",
     "run_problem",
 ]
 
@@ -151,6 +153,104 @@ def make_levels(
     raise ConfigError(f"perturbation: unknown kind {kind!r}")
 
 
+def perturbation_levels(x: torch.Tensor, config: Any, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The perturbation levels ``(N, L, C, H, W)`` a mask-learning preset optimises against.
+
+    The one place where ``paper``/``paper-loc``, ``seed`` and ``extremal`` turn their config
+    into levels, and what figures call to redraw what the optimiser saw
+    (:func:`perturbed_input`). Fields read (absent ones keep :func:`make_levels`' defaults):
+    ``perturbation`` (the kind), ``blur_sigma`` in pixels at ``reference_size`` (scaled to
+    this image's short side, like every pixel length of the presets), ``levels``,
+    ``perturbation_noise`` (std of the ``noise`` kind), ``median_size``, ``mean``/``std``.
+
+    Args:
+        x: ``(N, C, H, W)`` normalised images (the batch given to ``explain``).
+        config: the preset's config dataclass or its dict (``Explanation.config``, also after
+            a save/load round trip).
+        generator: source of the ``noise`` kind's field. The presets pass the run's generator
+            before anything else draws from it, so ``torch.Generator().manual_seed(seed)``
+            gives the same field (one ``(1, C, H, W)`` draw shared by the batch).
+
+    Raises:
+        ConfigError: the config has no ``perturbation`` or an unknown kind.
+    """
+    from .registry import config_as_dict
+
+    cfg = config if isinstance(config, Mapping) else config_as_dict(config)
+    if "perturbation" not in cfg:
+        raise ConfigError(f"config: expected a 'perturbation' setting (a mask-learning preset's config), got keys {sorted(cfg)}")
+    kwargs: dict[str, Any] = {}
+    if "blur_sigma" in cfg:
+        kwargs["sigma"] = pixels(cfg["blur_sigma"], min(int(x.shape[-2]), int(x.shape[-1])) / float(cfg.get("reference_size", 224)))
+    if "levels" in cfg:
+        kwargs["num_levels"] = cfg["levels"]
+    if "perturbation_noise" in cfg:
+        kwargs["noise"] = cfg["perturbation_noise"]
+    if "median_size" in cfg:
+        kwargs["median_size"] = cfg["median_size"]
+    if "mean" in cfg and "std" in cfg:
+        kwargs["mean"], kwargs["std"] = cfg["mean"], cfg["std"]
+    return make_levels(x, cfg["perturbation"], generator=generator, **kwargs)
+
+
+def perturbed_input(x: torch.Tensor, masks: torch.Tensor, config: Any, *, seed: int = 0, method: str | None = None) -> torch.Tensor:
+    """The perturbed images the optimiser scored: ``blend(levels, masks)``.
+
+    ``levels`` are rebuilt by :func:`perturbation_levels`, the function the presets build
+    their problem with (same kind, scaled σ, number of levels, median window, statistics, and
+    the ``noise`` field of ``seed``), and blended by :func:`~..core.perturbation.blend`.
+    ``masks`` are an Explanation's keep-masks (1 = keep), which for every game are the mask of
+    the primary game's input: ``m`` in the deletion and preservation games of ``paper`` and
+    ``seed``; for ``extremal`` the stored ``1 − m`` of the delete game and ``m`` of preserve
+    and dual (dual's second game, the deletion of ``m``, is ``masks`` replaced by
+    ``1 − masks``). The result is the input of the final ``scores["masked"]``, exactly.
+
+    Not drawn: what varies per optimisation step — the jitter shift or flip, and additive
+    per-step noise (``noise_std``: the ``seed`` preset's fresh ``N(0, 0.2²)`` field added to its
+    median blend at every step, see :mod:`.seed`). The image is the blend without them.
+
+    Args:
+        x: ``(N, C, H, W)`` normalised images, the batch given to ``explain``.
+        masks: ``(N, K, H, W)`` (or ``(N, H, W)``) keep-masks in [0, 1].
+        config: the preset's config (``Explanation.config``).
+        seed: the run's seed (``Explanation.extra["seed"]``); only the ``noise`` kind uses it.
+        method: the preset name (``Explanation.method``); when given, a method that learns no
+            keep-mask (the baselines) raises instead of drawing a meaningless image.
+
+    Returns:
+        ``(N, K, C, H, W)`` (``(N, C, H, W)`` for 3-d ``masks``) in normalised units.
+
+    Raises:
+        ConfigError: ``method`` learns no keep-mask, or the config has no perturbation.
+        InputError: ``masks`` does not match ``x``.
+
+    Example:
+        >>> x = torch.randn(1, 3, 8, 8)
+        >>> cfg = {"perturbation": "fade"}
+        >>> torch.equal(perturbed_input(x, torch.zeros(1, 1, 8, 8), cfg)[:, 0], torch.zeros_like(x))
+        True
+    """
+    from ..errors import InputError
+    from .registry import get_method
+
+    build = perturbation_levels
+    if method is not None:
+        spec = get_method(method)
+        if spec.perturbation_levels is None:
+            raise ConfigError(f"method: {method!r} learns no keep-mask, so there is no perturbed input to draw; "
+                              "expected a mask-learning preset (paper, paper-loc, seed, extremal, extremal-fast)")
+        build = spec.perturbation_levels
+    flat = masks.dim() == 3
+    m = masks.unsqueeze(1) if flat else masks
+    if m.dim() != 4 or m.shape[0] != x.shape[0] or tuple(m.shape[-2:]) != tuple(x.shape[-2:]):
+        raise InputError(f"masks: expected (N, K, H, W) or (N, H, W) matching x of shape {tuple(x.shape)}, got {tuple(masks.shape)}")
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(int(seed))
+    levels = build(x, config, generator=generator)
+    out = blend(levels, m.to(device=x.device, dtype=x.dtype).unsqueeze(2))
+    return out[:, 0] if flat else out
+
+
 def run_problem(
     ctx: Context,
     problem: Problem,
@@ -179,6 +279,7 @@ def run_problem(
             scores["masked" if j == 0 else f"masked_{game.name}"] = p
         scores["perturbed"] = class_probability(perturbed_logits(problem), ctx.targets, ctx.head)
     ex = dict(extra or {})
+    ex["seed"] = ctx.seed  # redraws the seeded perturbation (``noise``) for figures: perturbed_input
     if problem.early_stop:
         ex["steps_run"] = result.steps_run.cpu().tolist()
     return Explanation(

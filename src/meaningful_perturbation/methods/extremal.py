@@ -32,7 +32,7 @@ from ..core.objective import SCORES
 from ..core.perturbation import gaussian_blur
 from ..core.smoothmax import SmoothMaxMask
 from ..errors import ConfigError
-from .common import Context, check_choice, check_range, make_levels, pixels, run_problem
+from .common import Context, check_choice, check_range, perturbation_levels, pixels, run_problem
 from .registry import register
 
 __all__ = ["ExtremalConfig", "area_term"]
@@ -161,7 +161,7 @@ def build_problem(ctx: Context, cfg: ExtremalConfig) -> Problem:
     H, W = ctx.size
     scale = ctx.scale(cfg.reference_size)
     areas = cfg.area_tuple
-    levels = make_levels(x, cfg.perturbation, sigma=pixels(cfg.blur_sigma, scale), num_levels=cfg.levels)
+    levels = perturbation_levels(x, cfg, generator=ctx.generator)  # blur/fade/constant: no draw
     mask = SmoothMaxMask.for_image((H, W), max(pixels(cfg.step_px, scale), 1.0), pixels(cfg.sigma, scale), cfg.temperature)
     games = {
         "preserve": [Game("preserve", False, -1.0)],
@@ -226,11 +226,17 @@ def _run(ctx: Context, cfg: ExtremalConfig):
     return ex
 
 
-register("extremal", ExtremalConfig, "Extremal Perturbation (Fong, Patrick & Vedaldi 2019): smooth masks of fixed areas, 800 SGD steps")(_run)
+register(
+    "extremal",
+    ExtremalConfig,
+    "Extremal Perturbation (Fong, Patrick & Vedaldi 2019): smooth masks of fixed areas, 800 SGD steps",
+    perturbation_levels=perturbation_levels,
+)(_run)
 register(
     "extremal-fast",
     ExtremalConfig,
     "`extremal` with a quarter of the schedule (200 SGD steps); as good on the ground-truth benchmark",
+    perturbation_levels=perturbation_levels,
     steps=200,
     notes={"steps": "a quarter of 800: within the CI of the full schedule on ShapeEvidence n = 200 (docs/benchmarks.md, quality vs steps)"},
 )(_run)

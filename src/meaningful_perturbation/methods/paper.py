@@ -36,7 +36,7 @@ from ..core.mask import UpsampledMask
 from ..core.objective import SCORES, Targets, class_probability, class_score, l1_term, tv_term
 from ..core.perturbation import blend
 from ..errors import ConfigError
-from .common import Context, check_choice, check_range, make_levels, pixels, run_problem
+from .common import Context, check_choice, check_range, perturbation_levels, pixels, run_problem
 from .registry import register
 
 __all__ = ["PaperConfig"]
@@ -169,14 +169,8 @@ def build_problem(ctx: Context, cfg: PaperConfig) -> Problem:
     scale = ctx.scale(cfg.reference_size)
     x = ctx.x
     n = x.shape[0]
-    levels = make_levels(
-        x,
-        cfg.perturbation,
-        sigma=pixels(cfg.blur_sigma, scale),
-        num_levels=cfg.levels,
-        noise=cfg.perturbation_noise,
-        generator=ctx.generator,
-    )
+    # First draw from the run's generator (the ``noise`` kind): figures redraw it from the seed.
+    levels = perturbation_levels(x, cfg, generator=ctx.generator)
     grid = mask_grid_size((H, W), cfg.mask_scale, scale)
     mask = UpsampledMask(grid, (H, W), blur_sigma=pixels(cfg.mask_blur, scale))
     delete = cfg.game == "delete"
@@ -230,11 +224,17 @@ def _run(ctx: Context, cfg: PaperConfig):
     )
 
 
-register("paper", PaperConfig, "Meaningful Perturbation (Fong & Vedaldi 2017): deletion game, blur, L1+TV, 300 Adam steps")(_run)
+register(
+    "paper",
+    PaperConfig,
+    "Meaningful Perturbation (Fong & Vedaldi 2017): deletion game, blur, L1+TV, 300 Adam steps",
+    perturbation_levels=perturbation_levels,
+)(_run)
 register(
     "paper-loc",
     PaperConfig,
     "2017 localisation setting: λ1=1e-3, β=2, top-5 classes summed (authors' --loc_params, Table 1)",
+    perturbation_levels=perturbation_levels,
     l1=1e-3,
     tv_beta=2.0,
     top_k=5,

@@ -29,6 +29,9 @@ class MethodSpec:
         summary: one line for listings.
         defaults: keyword overrides applied on top of ``config_cls()`` (presets that share
             a config class, e.g. ``paper-loc``).
+        perturbation_levels: ``(x, config, *, generator) -> levels`` the levels the preset's
+            optimiser blends its keep-mask with (figures redraw the perturbed input with it,
+            :func:`~.common.perturbed_input`); ``None`` for methods that learn no keep-mask.
     """
 
     name: str
@@ -37,6 +40,7 @@ class MethodSpec:
     summary: str
     defaults: tuple[tuple[str, Any], ...] = ()
     notes: tuple[tuple[str, str], ...] = ()
+    perturbation_levels: Callable[..., Any] | None = None
 
     def default_config(self):
         return dataclasses.replace(self.config_cls(), **dict(self.defaults))
@@ -60,11 +64,22 @@ def _ordered() -> list[str]:
     return sorted(_REGISTRY, key=lambda name: (rank.get(name, len(rank)), name))
 
 
-def register(name: str, config_cls: type, summary: str, *, notes: dict[str, str] | None = None, **defaults: Any) -> Callable:
-    """Decorator registering ``run`` under ``name``; ``notes`` cite the source of each override."""
+def register(
+    name: str,
+    config_cls: type,
+    summary: str,
+    *,
+    notes: dict[str, str] | None = None,
+    perturbation_levels: Callable[..., Any] | None = None,
+    **defaults: Any,
+) -> Callable:
+    """Decorator registering ``run`` under ``name``; ``notes`` cite the source of each override;
+    ``perturbation_levels`` is the level builder of a mask-learning preset (see :class:`MethodSpec`)."""
 
     def deco(run: Callable) -> Callable:
-        _REGISTRY[name] = MethodSpec(name, config_cls, run, summary, tuple(defaults.items()), tuple((notes or {}).items()))
+        _REGISTRY[name] = MethodSpec(
+            name, config_cls, run, summary, tuple(defaults.items()), tuple((notes or {}).items()), perturbation_levels
+        )
         return run
 
     return deco

@@ -24,7 +24,7 @@ from ..core.loop import Game, Problem, Term
 from ..core.mask import UpsampledMask
 from ..core.objective import SCORES, l1_term, tv_term
 from ..errors import ConfigError
-from .common import IMAGENET_MEAN, IMAGENET_STD, Context, check_choice, check_range, make_levels, run_problem
+from .common import IMAGENET_MEAN, IMAGENET_STD, Context, check_choice, check_range, perturbation_levels, run_problem
 from .registry import register
 
 __all__ = ["SeedConfig"]
@@ -78,7 +78,7 @@ def build_problem(ctx: Context, cfg: SeedConfig) -> Problem:
     x = ctx.x
     n = x.shape[0]
     H, W = ctx.size
-    levels = make_levels(x, cfg.perturbation, median_size=cfg.median_size, mean=cfg.mean, std=cfg.std)
+    levels = perturbation_levels(x, cfg, generator=ctx.generator)  # median/constant/fade: no draw
     mask = UpsampledMask((cfg.mask_size, cfg.mask_size), (H, W), blur_sigma=0.0, align_corners=True)
     delete = cfg.game == "delete"
     beta = cfg.tv_beta
@@ -112,4 +112,9 @@ def _run(ctx: Context, cfg: SeedConfig):
     return run_problem(ctx, problem, cfg, saliency=(lambda m: 1 - m[:, 0]) if delete else (lambda m: m[:, 0]))
 
 
-register("seed", SeedConfig, "jacobgil/pytorch-explain-black-box, exactly: median blur, noise, 28×28 mask, 500 Adam steps")(_run)
+register(
+    "seed",
+    SeedConfig,
+    "jacobgil/pytorch-explain-black-box, exactly: median blur, noise, 28×28 mask, 500 Adam steps",
+    perturbation_levels=perturbation_levels,
+)(_run)
