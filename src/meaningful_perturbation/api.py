@@ -10,6 +10,7 @@ from ._validate import check_images, resolve_target
 from .core.frozen import frozen
 from .core.loop import check_output
 from .core.objective import Targets
+from .core.precision import working_dtype
 from .errors import InputError, ModelError
 from .explanation import Explanation
 from .methods.common import Context
@@ -46,8 +47,22 @@ def explain(
         **overrides: any field of the method's config (``steps``, ``lr``, ``game``, ...).
 
     Returns:
-        :class:`Explanation` with ``saliency`` ``(N, H, W)`` and ``masks`` ``(N, K, H, W)``
-        on the CPU.
+        :class:`Explanation` with float32 ``saliency`` ``(N, H, W)`` and ``masks``
+        ``(N, K, H, W)`` on the CPU.
+
+    Precision: pass ``x`` in the model's dtype (float16, bfloat16, float32 or float64, e.g.
+    ``model.half(); explain(model, x.half())``). Masks, regularisers, perturbations and the
+    optimiser state are computed in float32 (float64 for a float64 ``x``) and only the
+    model's input is cast to ``x.dtype`` before each forward pass; scores are computed in
+    at least float32 from the output. Float32 inputs are computed exactly as before.
+
+    Raises:
+        InputError: bad ``x`` (not a finite floating ``(N, C, H, W)`` tensor, or a dtype
+            other than the four above), ``target`` or ``seed``; or the model fails on ``x``
+            whose dtype differs from the model's parameters'.
+        ModelError: the model fails on ``x`` or returns something other than finite
+            ``(N, classes)`` scores.
+        ConfigError: an unknown method or a bad override.
 
     Example:
         >>> import torch, meaningful_perturbation as mp
@@ -60,6 +75,7 @@ def explain(
     spec = get_method(method)
     cfg = resolve_config(spec, overrides)
     x = check_images(x).detach()
+    work = working_dtype(x.dtype)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"seed: expected an int, got {seed!r}")
     bar = None
@@ -83,9 +99,7 @@ def explain(
                 except (ModelError, InputError):
                     raise
                 except Exception as e:
-                    raise ModelError(
-                        f"model: calling it on x of shape {tuple(x.shape)} failed with {type(e).__name__}: {e}"
-                    ) from e
+                    raise _forward_error(model, x, e) from e
             if hasattr(logits, "logits") and not isinstance(logits, torch.Tensor):
                 logits = logits.logits
             logits = check_output(logits, x.shape[0], where="on the clean images").float()
@@ -94,15 +108,33 @@ def explain(
             generator.manual_seed(seed)
             ctx = Context(
                 model=model,
-                x=x,
+                x=x.to(work),
                 targets=Targets(rows, device=x.device),
                 clean_logits=logits,
                 seed=seed,
                 generator=generator,
                 method=method,
                 callback=cb if (bar is not None or user_cb is not None) else None,
+                input_dtype=x.dtype,
             )
             return spec.run(ctx, cfg)
     finally:
         if bar is not None:
             bar.close()
+
+
+def _forward_error(model: Callable, x: torch.Tensor, e: Exception) -> Exception:
+    """The error for a model that fails on the clean ``x``: an InputError when ``x``'s dtype
+    differs from the dtype of every floating parameter and buffer of the model (the likely
+    cause), else a ModelError naming the dtype and device the model was run with."""
+    what = f"{type(e).__name__}: {e}"
+    if isinstance(model, torch.nn.Module):
+        dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
+        if len(dtypes) == 1 and x.dtype not in dtypes:
+            (want,) = dtypes
+            return InputError(
+                f"x: dtype {x.dtype} does not match the model's parameters ({want}); pass x in the "
+                f"model's dtype (x.to({want})) or convert the model; calling the model failed with {what}"
+            )
+    hint = "" if x.dtype == torch.float32 else f" (x is {x.dtype} on {x.device}: do the model's layers support that precision there?)"
+    return ModelError(f"model: calling it on x of shape {tuple(x.shape)} failed with {what}{hint}")

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from ..errors import ModelError
 from .objective import Targets, class_probability, class_score
 from .perturbation import blend
+from .precision import to_model_input
 
 __all__ = ["Game", "Term", "Problem", "Result", "optimise", "forward_scores", "perturbed_logits"]
 
@@ -78,6 +79,10 @@ class Problem:
     high: float = 1.0
     autocast: bool = False
     channels_last: bool = False
+    # dtype of the model's input (the caller's x.dtype): levels, masks and optimiser state stay
+    # in the working precision and only the blended input is cast, right before each forward
+    # (core.precision). None: no cast.
+    input_dtype: torch.dtype | None = None
     early_stop: int | None = None
     early_stop_tol: float = 1e-3
     # What early stopping watches, per mask: monitor(loss, scores (N,K,G), terms) -> (N, K).
@@ -100,6 +105,7 @@ class Result:
 
 
 def _model_forward(problem: Problem, x: torch.Tensor) -> torch.Tensor:
+    x = to_model_input(x, problem.input_dtype)
     if problem.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     ctx = (

@@ -9,6 +9,7 @@ import torch
 
 from ...core.loop import check_output
 from ...core.objective import class_probability
+from ...core.precision import at_least_float32, to_model_input
 from ...explanation import Explanation
 from ..common import Context
 
@@ -18,19 +19,22 @@ __all__ = ["SCORE_KINDS", "score_forward", "model_outputs", "sum_over_targets", 
 SCORE_KINDS = ("prob", "logit")
 
 
-def model_outputs(model: Callable, x: torch.Tensor, *, where: str) -> torch.Tensor:
-    """``model(x)`` as a checked ``(B, classes)`` tensor (HF ``ModelOutput`` unwrapped)."""
-    out = model(x)
+def model_outputs(model: Callable, x: torch.Tensor, *, where: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``model(x)`` as a checked ``(B, classes)`` tensor (HF ``ModelOutput`` unwrapped), with
+    ``x`` cast to the model's input ``dtype`` first (None: as it is)."""
+    out = model(to_model_input(x, dtype))
     if hasattr(out, "logits") and not isinstance(out, torch.Tensor):
         out = out.logits
     return check_output(out, x.shape[0], where=where)
 
 
-def score_forward(model: Callable, kind: str, *, where: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Forward function for Captum: ``x ↦ (B, classes)`` softmax probabilities or logits."""
+def score_forward(model: Callable, kind: str, *, where: str, dtype: torch.dtype | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Forward function for Captum: ``x ↦ (B, classes)`` softmax probabilities or logits, in
+    at least float32; ``x`` is cast to the model's input ``dtype`` (the gradient flows back
+    into ``x``'s precision)."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        out = model_outputs(model, x, where=where)
+        out = at_least_float32(model_outputs(model, x, where=where, dtype=dtype))
         return torch.softmax(out, dim=1) if kind == "prob" else out
 
     return forward

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ...core.precision import at_least_float32, to_model_input
 from ...errors import ConfigError, ModelError
 from ...explanation import Explanation
 from ..common import Context, check_choice
@@ -134,8 +135,8 @@ def _run(ctx: Context, cfg: GradCamConfig) -> Explanation:
             f"method 'gradcam': needs a torch.nn.Module to hook a layer, got {type(model).__name__}; "
             "wrap the function in an nn.Module or use method='gradient', 'occlusion' or 'rise'"
         )
-    name, layer = _resolve_layer(model, ctx.x, cfg.layer)
-    algo = LayerGradCam(score_forward(model, cfg.score, where="while computing Grad-CAM"), layer)
+    name, layer = _resolve_layer(model, to_model_input(ctx.x, ctx.input_dtype), cfg.layer)
+    algo = LayerGradCam(score_forward(model, cfg.score, where="while computing Grad-CAM", dtype=ctx.input_dtype), layer)
 
     def attribute(target: torch.Tensor) -> torch.Tensor:
         # The parameters are frozen: the layer output carries a gradient only through x.
@@ -147,7 +148,7 @@ def _run(ctx: Context, cfg: GradCamConfig) -> Explanation:
         if isinstance(cam, tuple) or cam.dim() != 4:
             got = "several tensors" if isinstance(cam, tuple) else f"shape {tuple(cam.shape)}"
             raise ConfigError(f"layer: {name!r} must return one 4-D (N, K, h, w) feature map for Grad-CAM, got {got}; choose a convolutional layer")
-        return cam.detach()
+        return at_least_float32(cam.detach())  # the layer's own precision may be float16
 
     cam = sum_over_targets(ctx, attribute)  # (N, 1, h, w): Σ_k α_k·A_k of the summed score
     if cfg.relu:
