@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..errors import ModelError
 from .objective import Targets, class_probability, class_score
 from .perturbation import blend
-from .precision import to_model_input
+from .precision import ModelBridge
 
 __all__ = ["Game", "Term", "Problem", "Result", "optimise", "forward_scores", "perturbed_logits"]
 
@@ -105,7 +105,8 @@ class Result:
 
 
 def _model_forward(problem: Problem, x: torch.Tensor) -> torch.Tensor:
-    x = to_model_input(x, problem.input_dtype)
+    bridge = ModelBridge(problem.input_dtype)  # cast to the model's dtype (core.precision)
+    x = bridge.enter(x)
     if problem.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     ctx = (
@@ -117,7 +118,7 @@ def _model_forward(problem: Problem, x: torch.Tensor) -> torch.Tensor:
         out = problem.model(x)
     if hasattr(out, "logits") and not isinstance(out, torch.Tensor):  # HF ModelOutput
         out = out.logits
-    return out
+    return bridge.leave(out)
 
 
 def check_output(out, batch: int, *, where: str) -> torch.Tensor:

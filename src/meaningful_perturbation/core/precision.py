@@ -12,7 +12,14 @@ underflow where the model's could:
   (:func:`to_model_input`); the gradient flows back through the cast into the working
   precision;
 * class scores are computed from the model's output in at least float32
-  (:func:`at_least_float32`).
+  (:func:`at_least_float32`);
+* for a model whose dtype has a narrower exponent range than float32 (float16: smallest
+  normal 6e-5, subnormals down to 6e-8) the gradient that enters the model's backward pass
+  is rescaled per image by a power of two so that its largest entry is in [1, 2), and the
+  input gradient is divided by the same factor (:class:`ModelBridge`). Without it the
+  gradient of a confident softmax probability, ``p·(1 − p) ≈ 1e-6``, underflows to 0 inside
+  the model and the mask never moves (mixed-precision training's loss scaling, per image,
+  so results do not depend on the batch; powers of two make the rescaling exact).
 
 For a float32 ``x`` every cast is the identity: results are bitwise those of a pure
 float32 computation.
@@ -24,7 +31,7 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["SUPPORTED_DTYPES", "working_dtype", "to_model_input", "at_least_float32"]
+__all__ = ["SUPPORTED_DTYPES", "working_dtype", "to_model_input", "at_least_float32", "ModelBridge"]
 
 # The floating dtypes a model's input may have; float8 and other storage formats are refused.
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -60,3 +67,72 @@ def at_least_float32(out: torch.Tensor) -> torch.Tensor:
     if out.dtype in (torch.float16, torch.bfloat16):
         return out.float()
     return out
+
+
+def _needs_scaling(dtype: torch.dtype | None) -> bool:
+    """True for dtypes whose exponent range is narrower than float32's (float16)."""
+    return dtype is not None and dtype.is_floating_point and torch.finfo(dtype).max < torch.finfo(torch.float32).max
+
+
+class ModelBridge:
+    """The two ends of one forward pass of the model, for gradient flow across precisions.
+
+    ``enter(x)`` casts the input to the model's dtype; ``leave(out)`` promotes a low-precision
+    output to float32. For float16 models (see :func:`_needs_scaling`) the two ends also
+    rescale the backward pass: ``leave``'s backward multiplies row ``i`` of the output
+    gradient by ``s_i = 2^-floor(log2 max_j |g_ij|)`` and ``enter``'s backward divides row
+    ``i`` of the input gradient by ``s_i``. This is exact for models whose output row ``i``
+    depends on input row ``i`` only (eval mode); rows whose gradient is 0 or not finite are
+    left unscaled. With ``dtype`` None or equal to the input's dtype both ends return their
+    argument unchanged.
+    """
+
+    def __init__(self, dtype: torch.dtype | None) -> None:
+        self.dtype = dtype
+        self.scale: torch.Tensor | None = None  # (B,) set by leave's backward
+        self._scaling = False
+
+    def enter(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dtype is None or x.dtype == self.dtype:
+            return x
+        if _needs_scaling(self.dtype) and x.requires_grad:
+            self._scaling = True
+            return _Enter.apply(x, self.dtype, self)
+        return x.to(self.dtype)
+
+    def leave(self, out):
+        if not self._scaling or not isinstance(out, torch.Tensor) or out.dim() < 1 or not out.is_floating_point():
+            return at_least_float32(out) if self.dtype is not None and isinstance(out, torch.Tensor) and out.is_floating_point() else out
+        return _Leave.apply(out, self)
+
+
+class _Enter(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dtype, bridge):
+        ctx.source = x.dtype
+        ctx.bridge = bridge
+        return x.to(dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        g = g.to(ctx.source)
+        s = ctx.bridge.scale
+        if s is not None and s.shape[0] == g.shape[0]:
+            g = g / s.to(g.dtype).view(-1, *([1] * (g.dim() - 1)))
+        return g, None, None
+
+
+class _Leave(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, out, bridge):
+        ctx.dtype = out.dtype
+        ctx.bridge = bridge
+        return out.float()
+
+    @staticmethod
+    def backward(ctx, g):
+        peak = g.reshape(g.shape[0], -1).abs().amax(dim=1) if g.numel() else g.new_zeros(g.shape[:1])
+        ok = (peak > 0) & torch.isfinite(peak)
+        scale = torch.where(ok, torch.exp2(-torch.floor(torch.log2(torch.where(ok, peak, torch.ones_like(peak))))), torch.ones_like(peak))
+        ctx.bridge.scale = scale
+        return (g * scale.view(-1, *([1] * (g.dim() - 1)))).to(ctx.dtype), None

@@ -9,7 +9,7 @@ import torch
 
 from ...core.loop import check_output
 from ...core.objective import class_probability
-from ...core.precision import at_least_float32, to_model_input
+from ...core.precision import ModelBridge, at_least_float32, to_model_input
 from ...explanation import Explanation
 from ..common import Context
 
@@ -28,13 +28,19 @@ def model_outputs(model: Callable, x: torch.Tensor, *, where: str, dtype: torch.
     return check_output(out, x.shape[0], where=where)
 
 
-def score_forward(model: Callable, kind: str, *, where: str, dtype: torch.dtype | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def score_forward(
+    model: Callable, kind: str, *, where: str, dtype: torch.dtype | None = None, scale_gradients: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """Forward function for Captum: ``x ↦ (B, classes)`` softmax probabilities or logits, in
     at least float32; ``x`` is cast to the model's input ``dtype`` (the gradient flows back
-    into ``x``'s precision)."""
+    into ``x``'s precision). ``scale_gradients``: rescale the backward pass of a float16
+    model per image so that the input gradient does not underflow (:class:`ModelBridge`;
+    only for gradients with respect to the input, not to inner layers)."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        out = at_least_float32(model_outputs(model, x, where=where, dtype=dtype))
+        bridge = ModelBridge(dtype)
+        inp = bridge.enter(x) if scale_gradients else to_model_input(x, dtype)
+        out = at_least_float32(bridge.leave(model_outputs(model, inp, where=where)))
         return torch.softmax(out, dim=1) if kind == "prob" else out
 
     return forward
