@@ -54,7 +54,10 @@ def explain(
     ``model.half(); explain(model, x.half())``). Masks, regularisers, perturbations and the
     optimiser state are computed in float32 (float64 for a float64 ``x``) and only the
     model's input is cast to ``x.dtype`` before each forward pass; scores are computed in
-    at least float32 from the output. Float32 inputs are computed exactly as before.
+    at least float32 from the output, and the backward pass through a float16 model is
+    rescaled per image by a power of two so that its gradients do not underflow
+    (:mod:`~meaningful_perturbation.core.precision`). Float32 inputs are computed exactly
+    as before.
 
     Raises:
         InputError: bad ``x`` (not a finite floating ``(N, C, H, W)`` tensor, or a dtype
