@@ -153,3 +153,45 @@ def test_x_in_another_dtype_than_the_model_refused():
     model.regions = model.regions.half()
     with pytest.raises(mp.InputError, match=r"^x: dtype torch\.float32 does not match the model's parameters \(torch\.float16\); pass x in the model's dtype \(x\.to\(torch\.float16\)\) or convert the model; calling the model failed with RuntimeError: "):
         mp.explain(model, x, steps=2)
+
+
+class _NanGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("nan")
+
+
+class _BackwardFailsAt(torch.nn.Module):
+    """A conv model whose input gradient is NaN on its ``at``-th differentiable call."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.calls, self.at = 0, at
+
+    def forward(self, x):
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.calls += 1
+            if self.calls == self.at:
+                x = _NanGradient.apply(x)
+        return self.conv(x).mean(dim=(2, 3))
+
+
+@pytest.mark.parametrize("method", ["paper", "seed", "extremal"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_non_finite_gradient_after_the_first_step_is_refused(method, dtype):
+    # Before: θ became NaN and the run ended in a raw index error inside blend, or in a
+    # ModelError blaming the model's output for the NaN input the masks produced.
+    torch.manual_seed(0)
+    model = _BackwardFailsAt(24).to(dtype)
+    x = torch.randn(1, 3, 16, 16).to(dtype)
+    hint = "" if dtype == torch.float32 else " (the model runs in torch.float16: did its backward pass overflow?)"
+    with pytest.raises(mp.ModelError) as e:
+        mp.explain(model, x, method=method, steps=25)
+    assert str(e.value) == (
+        "the gradient of the model output with respect to its input became NaN or inf between steps 21 and 25 of 25" + hint
+    )

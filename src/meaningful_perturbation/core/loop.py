@@ -212,6 +212,8 @@ def optimise(problem: Problem) -> Result:
     views = _Views(problem.levels, problem.jitter if shift_jitter else 0, flip_jitter)
     stopper = _EarlyStop(problem.early_stop, problem.early_stop_tol, (n, k), device) if problem.early_stop else None
     steps_run = steps
+    nonfinite = None  # 0-dim bool on the device: some step's gradient was NaN or inf
+    checked = 1  # steps whose gradients are known to be finite
     for t in range(steps):
         levels = problem.levels
         grid, full = problem.mask(theta)
@@ -254,6 +256,21 @@ def optimise(problem: Problem) -> Result:
         loss.sum().backward()
         if t == 0 and (theta.grad is None or not torch.isfinite(theta.grad).all()):
             raise ModelError("the gradient of the model output with respect to its input is missing or not finite")
+        # A later non-finite gradient (e.g. a float16 model's backward pass overflowing) must not
+        # turn θ into NaN: its entries are zeroed for this step and the run is refused below, at
+        # the next check (every 10 steps, no device sync per step). Finite gradients are unchanged.
+        finite = torch.isfinite(theta.grad)
+        theta.grad = torch.where(finite, theta.grad, torch.zeros_like(theta.grad))
+        nonfinite = ~finite.all() if nonfinite is None else nonfinite | ~finite.all()
+        if (t + 1) % 10 == 0 or t + 1 == steps:
+            if bool(nonfinite):
+                low = problem.input_dtype not in (None, torch.float32, torch.float64)
+                raise ModelError(
+                    f"the gradient of the model output with respect to its input became NaN or inf between steps "
+                    f"{checked + 1} and {t + 1} of {steps}"
+                    + (f" (the model runs in {problem.input_dtype}: did its backward pass overflow?)" if low else "")
+                )
+            checked = t + 1
         if stopper is not None:
             before = theta.detach().clone()
         opt.step()
