@@ -259,9 +259,9 @@ def optimise(problem: Problem) -> Result:
         # A later non-finite gradient (e.g. a float16 model's backward pass overflowing) must not
         # turn θ into NaN: its entries are zeroed for this step and the run is refused below, at
         # the next check (every 10 steps, no device sync per step). Finite gradients are unchanged.
-        finite = torch.isfinite(theta.grad)
-        theta.grad = torch.where(finite, theta.grad, torch.zeros_like(theta.grad))
-        nonfinite = ~finite.all() if nonfinite is None else nonfinite | ~finite.all()
+        bad = ~torch.isfinite(theta.grad).all()
+        nonfinite = bad if nonfinite is None else nonfinite | bad
+        theta.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         if (t + 1) % 10 == 0 or t + 1 == steps:
             if bool(nonfinite):
                 low = problem.input_dtype not in (None, torch.float32, torch.float64)

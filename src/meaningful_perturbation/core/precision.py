@@ -90,20 +90,23 @@ class ModelBridge:
     def __init__(self, dtype: torch.dtype | None) -> None:
         self.dtype = dtype
         self.scale: torch.Tensor | None = None  # (B,) set by leave's backward
-        self._scaling = False
+        self._batch: int | None = None  # rows of the input, when the backward pass is rescaled
 
     def enter(self, x: torch.Tensor) -> torch.Tensor:
         if self.dtype is None or x.dtype == self.dtype:
             return x
-        if _needs_scaling(self.dtype) and x.requires_grad:
-            self._scaling = True
+        if _needs_scaling(self.dtype) and x.requires_grad and x.dim() >= 1:
+            self._batch = x.shape[0]
             return _Enter.apply(x, self.dtype, self)
         return x.to(self.dtype)
 
     def leave(self, out):
-        if not self._scaling or not isinstance(out, torch.Tensor) or out.dim() < 1 or not out.is_floating_point():
-            return at_least_float32(out) if self.dtype is not None and isinstance(out, torch.Tensor) and out.is_floating_point() else out
-        return _Leave.apply(out, self)
+        """``out`` in at least float32; anything but a floating tensor is returned as it is."""
+        if self.dtype is None or not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            return out
+        if self._batch is not None and out.dim() >= 1 and out.shape[0] == self._batch:
+            return _Leave.apply(out, self)  # one output row per input row: rescale per row
+        return at_least_float32(out)
 
 
 class _Enter(torch.autograd.Function):
