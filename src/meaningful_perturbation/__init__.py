@@ -14,8 +14,13 @@ Conventions:
       extremal, K = 1 otherwise).
     * **saliency** is ``(N, H, W)`` and always "higher = more important": ``1 - m`` for the
       deletion game, ``m`` for preservation, the sum over the K areas for extremal.
-    * Everything follows ``x.device`` / ``x.dtype``; all randomness comes from ``seed``:
-      same seed, same inputs → bitwise-identical masks on CPU.
+    * Everything follows ``x.device``; all randomness comes from ``seed``: same seed, same
+      inputs → bitwise-identical masks on CPU.
+    * Precision: pass ``x`` in the model's dtype (float16, bfloat16, float32 or float64).
+      Masks, perturbations and optimiser state are computed in float32 (float64 for float64
+      ``x``); only the model's input is cast to ``x.dtype``, and the backward pass through a
+      float16 model is rescaled per image so its gradients do not underflow. Saliency and
+      masks are returned as float32 on the CPU.
     * The caller's model is left exactly as found (training flags, ``requires_grad``),
       also when a call raises; parameters are frozen while optimising.
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from .core.precision import working_dtype
 from .errors import InputError
 
 __all__ = ["check_images", "describe"]
@@ -19,7 +20,8 @@ def describe(v: Any) -> str:
 
 
 def check_images(x: Any, name: str = "x") -> torch.Tensor:
-    """``x`` must be a finite floating ``(N, C, H, W)`` tensor with ``N >= 1``."""
+    """``x`` must be a finite ``(N, C, H, W)`` tensor of dtype float16, bfloat16, float32 or
+    float64 with ``N >= 1``."""
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{name}: expected a torch.Tensor of shape (N, C, H, W), got {describe(x)}")
     if x.dim() != 4:
@@ -30,6 +32,7 @@ def check_images(x: Any, name: str = "x") -> torch.Tensor:
             f"{name}: expected a floating-point tensor normalised for the model, got dtype {x.dtype} "
             "(convert with x.float() / 255 and normalise)"
         )
+    working_dtype(x.dtype, name)  # float16, bfloat16, float32 or float64 (before isfinite: float8 has none)
     if x.shape[0] == 0:
         raise InputError(f"{name}: empty batch (shape {tuple(x.shape)}); pass at least one image")
     if x.shape[-1] < 2 or x.shape[-2] < 2 or x.shape[1] == 0:

@@ -10,6 +10,7 @@ from ._validate import check_images
 from .core.frozen import frozen
 from .core.head import check_head_option
 from .core.objective import Targets
+from .core.precision import working_dtype
 from .errors import InputError
 from .explanation import Explanation
 from .methods.common import Context
@@ -60,11 +61,22 @@ def explain(
         **overrides: any field of the method's config (``steps``, ``lr``, ``game``, ...).
 
     Returns:
-        :class:`Explanation` with ``saliency`` ``(N, H, W)`` and ``masks`` ``(N, K, H, W)``
-        on the CPU.
+        :class:`Explanation` with float32 ``saliency`` ``(N, H, W)`` and ``masks``
+        ``(N, K, H, W)`` on the CPU.
+
+    Precision: pass ``x`` in the model's dtype (float16, bfloat16, float32 or float64, e.g.
+    ``model.half(); explain(model, x.half())``). Masks, regularisers, perturbations and the
+    optimiser state are computed in float32 (float64 for a float64 ``x``) and only the
+    model's input is cast to ``x.dtype`` before each forward pass; scores are computed in
+    at least float32 from the output, and the backward pass through a float16 model is
+    rescaled per image by a power of two so that its gradients do not underflow
+    (:mod:`~meaningful_perturbation.core.precision`). Float32 inputs are computed exactly
+    as before.
 
     Raises:
-        InputError: ``x``, ``target`` or ``seed`` is not of an accepted form.
+        InputError: bad ``x`` (not a finite floating ``(N, C, H, W)`` tensor, or a dtype
+            other than the four above), ``target`` or ``seed``; or the model fails on ``x``
+            whose dtype differs from the model's parameters'.
         ConfigError: unknown ``method``, setting or ``head``, or a ``head`` the output's
             values contradict.
         ModelError: the model fails, returns something other than one row of class scores
@@ -84,6 +96,7 @@ def explain(
     spec = get_method(method)
     cfg = resolve_config(spec, overrides)
     x = check_images(x).detach()
+    work = working_dtype(x.dtype)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"seed: expected an int, got {seed!r}")
     check_head_option(head)
@@ -108,7 +121,7 @@ def explain(
             generator.manual_seed(seed)
             ctx = Context(
                 model=model,
-                x=x,
+                x=x.to(work),
                 targets=Targets(rows, device=x.device),
                 clean_logits=logits,
                 seed=seed,
@@ -116,8 +129,10 @@ def explain(
                 method=method,
                 callback=cb if (bar is not None or user_cb is not None) else None,
                 head=model_head,
+                input_dtype=x.dtype,
             )
             return spec.run(ctx, cfg)
     finally:
         if bar is not None:
             bar.close()
+

@@ -51,9 +51,7 @@ def clean_scores(model: Callable, x: torch.Tensor, head: Any = "auto") -> tuple[
         except (ModelError, InputError, ConfigError):
             raise
         except Exception as e:
-            raise ModelError(
-                f"model: calling it on x of shape {tuple(x.shape)} failed with {type(e).__name__}: {e}"
-            ) from e
+            raise _forward_error(model, x, e) from e
     out = model_output(out, x.shape[0], where="on the clean images").float()
     return out, resolve_head(head, out)
 
@@ -203,3 +201,20 @@ def target_from_option(
         raise ConfigError(f"{name}: {option!r} is not an index, top1 or top5, and the model has no class names")
     hint = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
     raise ConfigError(f"{name}: unknown class name {option!r}; classes: {hint}")
+
+
+def _forward_error(model: Callable, x: torch.Tensor, e: Exception) -> Exception:
+    """The error for a model that fails on the clean ``x``: an InputError when ``x``'s dtype
+    differs from the dtype of every floating parameter and buffer of the model (the likely
+    cause), else a ModelError naming the dtype and device the model was run with."""
+    what = f"{type(e).__name__}: {e}"
+    if isinstance(model, torch.nn.Module):
+        dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
+        if len(dtypes) == 1 and x.dtype not in dtypes:
+            (want,) = dtypes
+            return InputError(
+                f"x: dtype {x.dtype} does not match the model's parameters ({want}); pass x in the "
+                f"model's dtype (x.to({want})) or convert the model; calling the model failed with {what}"
+            )
+    hint = "" if x.dtype == torch.float32 else f" (x is {x.dtype} on {x.device}: do the model's layers support that precision there?)"
+    return ModelError(f"model: calling it on x of shape {tuple(x.shape)} failed with {what}{hint}")

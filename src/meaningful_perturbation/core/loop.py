@@ -26,6 +26,7 @@ from ..errors import ModelError
 from .head import LOGITS, Head, model_output
 from .objective import Targets, class_probability, class_score
 from .perturbation import blend
+from .precision import ModelBridge
 
 __all__ = ["Game", "Term", "Problem", "Result", "optimise", "forward_scores", "perturbed_logits"]
 
@@ -79,6 +80,10 @@ class Problem:
     high: float = 1.0
     autocast: bool = False
     channels_last: bool = False
+    # dtype of the model's input (the caller's x.dtype): levels, masks and optimiser state stay
+    # in the working precision and only the blended input is cast, right before each forward
+    # (core.precision). None: no cast.
+    input_dtype: torch.dtype | None = None
     early_stop: int | None = None
     early_stop_tol: float = 1e-3
     # What early stopping watches, per mask: monitor(loss, scores (N,K,G), terms) -> (N, K).
@@ -103,6 +108,8 @@ class Result:
 
 
 def _model_forward(problem: Problem, x: torch.Tensor) -> torch.Tensor:
+    bridge = ModelBridge(problem.input_dtype)  # cast to the model's dtype (core.precision)
+    x = bridge.enter(x)
     if problem.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     ctx = (
@@ -117,7 +124,7 @@ def _model_forward(problem: Problem, x: torch.Tensor) -> torch.Tensor:
         if inner is None and isinstance(out, dict):
             inner = out.get("logits")
         out = inner if isinstance(inner, torch.Tensor) else out
-    return out
+    return bridge.leave(out)
 
 
 def check_output(out, batch: int, *, where: str) -> torch.Tensor:
@@ -202,6 +209,8 @@ def optimise(problem: Problem) -> Result:
     views = _Views(problem.levels, problem.jitter if shift_jitter else 0, flip_jitter)
     stopper = _EarlyStop(problem.early_stop, problem.early_stop_tol, (n, k), device) if problem.early_stop else None
     steps_run = steps
+    nonfinite = None  # 0-dim bool on the device: some step's gradient was NaN or inf
+    checked = 1  # steps whose gradients are known to be finite
     for t in range(steps):
         levels = problem.levels
         grid, full = problem.mask(theta)
@@ -244,6 +253,21 @@ def optimise(problem: Problem) -> Result:
         loss.sum().backward()
         if t == 0 and (theta.grad is None or not torch.isfinite(theta.grad).all()):
             raise ModelError("the gradient of the model output with respect to its input is missing or not finite")
+        # A later non-finite gradient (e.g. a float16 model's backward pass overflowing) must not
+        # turn θ into NaN: its entries are zeroed for this step and the run is refused below, at
+        # the next check (every 10 steps, no device sync per step). Finite gradients are unchanged.
+        bad = ~torch.isfinite(theta.grad).all()
+        nonfinite = bad if nonfinite is None else nonfinite | bad
+        theta.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        if (t + 1) % 10 == 0 or t + 1 == steps:
+            if bool(nonfinite):
+                low = problem.input_dtype not in (None, torch.float32, torch.float64)
+                raise ModelError(
+                    f"the gradient of the model output with respect to its input became NaN or inf between steps "
+                    f"{checked + 1} and {t + 1} of {steps}"
+                    + (f" (the model runs in {problem.input_dtype}: did its backward pass overflow?)" if low else "")
+                )
+            checked = t + 1
         if stopper is not None:
             before = theta.detach().clone()
         opt.step()

@@ -42,13 +42,16 @@ class Context:
 
     Attributes:
         model: the (frozen, eval-mode) model.
-        x: ``(N, C, H, W)`` detached input.
+        x: ``(N, C, H, W)`` detached input in the working precision (float32, or float64
+            for a float64 input; see :mod:`~meaningful_perturbation.core.precision`).
         targets: resolved target sets.
         clean_logits: ``(N, classes)`` model output on ``x``.
         seed: the integer seed; ``generator`` is a CPU generator seeded with it.
         callback: optional ``callback(step, total_steps)`` for progress.
         method: preset name.
         head: how the model's output is read as class scores (see :mod:`..core.head`).
+        input_dtype: dtype of the model's input (the caller's ``x.dtype``); every forward
+            pass casts its input to it (None: no cast).
     """
 
     model: Callable
@@ -60,6 +63,7 @@ class Context:
     method: str
     callback: Callable[[int, int], None] | None = None
     head: Head = LOGITS
+    input_dtype: torch.dtype | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -283,8 +287,8 @@ def run_problem(
     if problem.early_stop:
         ex["steps_run"] = result.steps_run.cpu().tolist()
     return Explanation(
-        saliency=saliency(masks).detach().cpu(),
-        masks=masks.detach().cpu(),
+        saliency=saliency(masks).detach().float().cpu(),
+        masks=masks.detach().float().cpu(),
         target=ctx.targets.lists,
         history={name: v.cpu() for name, v in result.history.items()},
         scores={name: v.detach().float().cpu() for name, v in scores.items()},

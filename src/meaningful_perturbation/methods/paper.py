@@ -202,6 +202,7 @@ def build_problem(ctx: Context, cfg: PaperConfig) -> Problem:
         generator=ctx.generator,
         autocast=cfg.autocast,
         channels_last=cfg.channels_last,
+        input_dtype=ctx.input_dtype,
         early_stop=cfg.early_stop,
     )
     if delete and cfg.score_floor:

@@ -10,6 +10,7 @@ import torch
 from ...core.head import LOGITS, Head
 from ...core.loop import check_output
 from ...core.objective import class_probability
+from ...core.precision import ModelBridge, at_least_float32, to_model_input
 from ...explanation import Explanation
 from ..common import Context
 from ..registry import config_as_dict
@@ -21,17 +22,32 @@ __all__ = ["SCORE_KINDS", "score_forward", "model_outputs", "sum_over_targets", 
 SCORE_KINDS = ("prob", "logit")
 
 
-def model_outputs(model: Callable, x: torch.Tensor, *, where: str) -> torch.Tensor:
-    """``model(x)`` as a checked ``(B, outputs)`` tensor (see :func:`...core.head.model_output`)."""
-    return check_output(model(x), x.shape[0], where=where)
+def model_outputs(model: Callable, x: torch.Tensor, *, where: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``model(x)`` as a checked ``(B, outputs)`` tensor (see :func:`...core.head.model_output`),
+    with ``x`` cast to the model's input ``dtype`` first (None: as it is)."""
+    return check_output(model(to_model_input(x, dtype)), x.shape[0], where=where)
 
 
-def score_forward(model: Callable, kind: str, *, where: str, head: Head = LOGITS) -> Callable[[torch.Tensor], torch.Tensor]:
+def score_forward(
+    model: Callable,
+    kind: str,
+    *,
+    where: str,
+    head: Head = LOGITS,
+    dtype: torch.dtype | None = None,
+    scale_gradients: bool = False,
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """Forward function for Captum: ``x ↦ (B, classes)`` class probabilities (``kind="prob"``)
-    or logits, both read through ``head`` (softmax of logits by default)."""
+    or logits, both read through ``head`` (softmax of logits by default) in at least float32;
+    ``x`` is cast to the model's input ``dtype`` (the gradient flows back into ``x``'s
+    precision). ``scale_gradients``: rescale the backward pass of a float16 model per image so
+    that the input gradient does not underflow (:class:`ModelBridge`; only for gradients with
+    respect to the input, not to inner layers)."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        out = model_outputs(model, x, where=where)
+        bridge = ModelBridge(dtype)
+        inp = bridge.enter(x) if scale_gradients else to_model_input(x, dtype)
+        out = at_least_float32(bridge.leave(model_outputs(model, inp, where=where)))
         return head.probabilities(out) if kind == "prob" else head.logits(out)
 
     return forward

@@ -64,6 +64,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ...core.precision import at_least_float32, to_model_input
 from ...errors import ConfigError, ModelError
 from ...explanation import Explanation
 from ..common import Context, check_choice
@@ -411,8 +412,9 @@ def _run(ctx: Context, cfg: GradCamConfig) -> Explanation:
             f"method 'gradcam': needs a torch.nn.Module to hook a layer, got {type(model).__name__}; "
             "wrap the function in an nn.Module or use method='gradient', 'occlusion' or 'rise'"
         )
-    name, layer = _resolve_layer(model, ctx.x, cfg.layer)
-    forward = score_forward(model, cfg.score, where="while computing Grad-CAM", head=ctx.head)
+    xin = to_model_input(ctx.x, ctx.input_dtype)  # what the model sees (its own dtype)
+    name, layer = _resolve_layer(model, xin, cfg.layer)
+    forward = score_forward(model, cfg.score, where="while computing Grad-CAM", head=ctx.head, dtype=ctx.input_dtype)
     layout: dict[str, Any] = {}
 
     def to_map(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -423,7 +425,7 @@ def _run(ctx: Context, cfg: GradCamConfig) -> Explanation:
                 # of it), dims 2-3 not. Only probed for maps whose last two sizes differ.
                 family = set()
                 if a.shape[-1] != a.shape[-2]:
-                    family = _halvings(_patch_grids(model, _probe(model, ctx.x[:1]), ctx.size, maps=False))
+                    family = _halvings(_patch_grids(model, _probe(model, xin[:1]), ctx.size, maps=False))
                 layout["channels_last"] = tuple(a.shape[1:3]) in family and tuple(a.shape[2:4]) not in family
             if layout["channels_last"]:
                 return a.permute(0, 3, 1, 2), g.permute(0, 3, 1, 2)
@@ -435,7 +437,7 @@ def _run(ctx: Context, cfg: GradCamConfig) -> Explanation:
             )
         if "tokens" not in layout:
             size = ctx.size
-            grids = _patch_grids(model, _probe(model, ctx.x[:1]), size)
+            grids = _patch_grids(model, _probe(model, xin[:1]), size)
             found = _token_layout(int(a.shape[1]), grids, size)
             if found is None:
                 raise _grid_error(name, tuple(a.shape), grids, size)
@@ -451,9 +453,10 @@ def _run(ctx: Context, cfg: GradCamConfig) -> Explanation:
         return _as_map(a, grid, prefix), _as_map(g, grid, prefix)
 
     def attribute(target: torch.Tensor) -> torch.Tensor:
-        a, g = to_map(*_capture(layer, name, forward, ctx.x, target))
+        a, g = to_map(*_capture(layer, name, forward, ctx.x, target))  # forward casts x to the model's dtype
         alpha = torch.mean(g, dim=(2, 3), keepdim=True)  # eq. 1: spatial mean of the gradient
-        return torch.sum(alpha * a, dim=1, keepdim=True).detach()  # eq. 2 before the ReLU
+        # eq. 2 before the ReLU; the layer's own precision may be float16
+        return at_least_float32(torch.sum(alpha * a, dim=1, keepdim=True).detach())
 
     cam = sum_over_targets(ctx, attribute)  # (N, 1, h, w): Σ_k α_k·A_k of the summed score
     if cfg.relu:

@@ -56,7 +56,7 @@ def reduce_channels(g: torch.Tensor, how: str) -> torch.Tensor:
 def _run(ctx: Context, cfg: GradientConfig) -> Explanation:
     from captum.attr import Saliency
 
-    algo = Saliency(score_forward(ctx.model, cfg.score, where="while computing the input gradient", head=ctx.head))
+    algo = Saliency(score_forward(ctx.model, cfg.score, where="while computing the input gradient", head=ctx.head, dtype=ctx.input_dtype, scale_gradients=True))
 
     def attribute(target: torch.Tensor) -> torch.Tensor:
         # A fresh leaf that already requires grad: Captum then leaves ctx.x untouched.

@@ -63,7 +63,7 @@ def _run(ctx: Context, cfg: OcclusionConfig) -> Explanation:
     window = (c, min(side, H), min(side, W))
     strides = (c, min(step, H), min(step, W))
     baseline = make_levels(x, cfg.perturbation, sigma=pixels(cfg.blur_sigma, scale))[:, 0]  # (N, C, H, W)
-    algo = Occlusion(score_forward(ctx.model, cfg.score, where="on an occluded image", head=ctx.head))
+    algo = Occlusion(score_forward(ctx.model, cfg.score, where="on an occluded image", head=ctx.head, dtype=ctx.input_dtype))
     per_eval = max(1, cfg.batch_size // n)
 
     def attribute(target: torch.Tensor) -> torch.Tensor:

@@ -134,7 +134,7 @@ def _run(ctx: Context, cfg: RiseConfig) -> Explanation:
             flat = m.reshape(b - a, H * W).float()
             for i in range(n):  # one image per forward pass: batch-invariant results
                 xt = blend(levels[i : i + 1], m.unsqueeze(0))[0]  # (B, C, H, W)
-                out = model_outputs(ctx.model, xt, where="on a RISE-masked image")
+                out = model_outputs(ctx.model, xt, where="on a RISE-masked image", dtype=ctx.input_dtype)
                 rows = Targets([ctx.targets.lists[i]] * (b - a), device=x.device)
                 f = class_score(out, rows, "prob" if cfg.score == "prob" else "logit", ctx.head)  # (B,)
                 sal[i] += f.float() @ flat
