@@ -87,6 +87,13 @@ def load_state_dict_file(
                 f"{name}: not a PyTorch weights file ({one_line(exc)}); expected a file written "
                 "by torch.save(model.state_dict(), path) or a .safetensors file"
             ) from exc
+        if not trust and not _refused_a_global(exc):
+            raise InputError(
+                f"{name}: not a plain PyTorch weights file (the weights-only reader stopped: "
+                f"{_unpickler_reason(exc)}); expected a file written by "
+                "torch.save(model.state_dict(), path) or a .safetensors file; if it is a pickled "
+                f"checkpoint you trust, pass {TRUST_FLAG}"
+            ) from exc
         if not trust:
             raise ConfigError(
                 f"{name}: not a plain weights file: it holds pickled Python objects (e.g. a "
@@ -202,6 +209,20 @@ def _check_safetensors_header(p: Path) -> None:
                 name, f"tensor {key!r}: shape {shape} of {dtype} needs {count * _ST_ITEMSIZE[dtype]} "
                 f"bytes but its data offsets span {offsets[1] - offsets[0]}"
             )
+
+
+def _refused_a_global(exc: BaseException) -> bool:
+    """Whether ``torch.load(weights_only=True)`` stopped at a Python object (a pickle *global*:
+    a class or function to import), as opposed to bytes it cannot parse."""
+    return "global" in str(exc).lower()
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("Unsupported") or line.startswith("Trying to"):
+            return one_line(Exception(line))
+    return type(exc).__name__
 
 
 def _looks_like_torch_save(path: Path) -> bool:
