@@ -110,7 +110,7 @@ def evil_export(tmp_path_factory):
     return evil, marker
 
 
-def test_export_archive_needs_trust_code(evil_export, monkeypatch):
+def test_export_archive_needs_trust_code(evil_export):
     evil, marker = evil_export
     with pytest.raises(ConfigError) as info:
         load_model(f"export:{evil}")
