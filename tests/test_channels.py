@@ -205,10 +205,10 @@ def test_infer_channels_rule():
 
 
 def test_factory_metadata_and_layers(grey_file):
-    loaded = load_model(f"python:{grey_file}:build")  # no metadata: the first Conv2d says 1
+    loaded = load_model(f"python:{grey_file}:build", trust_code=True)  # no metadata: the first Conv2d says 1
     assert loaded.preprocessing.channels == 1 and loaded.preprocessing.mean == GREY_MEAN
     assert not loaded.channels_declared and "Conv2d" in loaded.channels_from
-    loaded = load_model(f"python:{grey_file}:declared")
+    loaded = load_model(f"python:{grey_file}:declared", trust_code=True)
     assert loaded.preprocessing.channels == 1 and loaded.channels_declared
     (grey_file.parent / "chw.py").write_text(textwrap.dedent("""
         import torch
@@ -217,27 +217,27 @@ def test_factory_metadata_and_layers(grey_file):
         def clash():
             return torch.nn.Flatten(), {"input_size": (1, 8, 8), "channels": 3}
     """))
-    loaded = load_model(f"python:{grey_file.parent / 'chw.py'}:build")
+    loaded = load_model(f"python:{grey_file.parent / 'chw.py'}:build", trust_code=True)
     prep = loaded.preprocessing
     assert (prep.channels, prep.size, prep.mean) == (1, (8, 12), (0.5,)) and loaded.channels_declared
     clash = r"input_size \(1, 8, 8\) \(C, H, W\) says 1 channel\(s\) but channels says 3"
     with pytest.raises(ConfigError, match=clash):
-        load_model(f"python:{grey_file.parent / 'chw.py'}:clash")
+        load_model(f"python:{grey_file.parent / 'chw.py'}:clash", trust_code=True)
 
 
 def test_probe_corrects_an_inferred_count_and_refuses_a_stated_one(grey_file):
-    loaded = load_model(f"python:{grey_file}:mlp")  # no conv: default 3, the pass says 1
+    loaded = load_model(f"python:{grey_file}:mlp", trust_code=True)  # no conv: default 3, the pass says 1
     assert loaded.preprocessing.channels == 3 and loaded.channels_from is None
     prep = resolve_model_preprocessing(loaded, {})
     assert prep.channels == 1 and prep.mean == GREY_MEAN
     with pytest.raises(ConfigError) as info:
-        resolve_model_preprocessing(load_model(f"python:{grey_file}:declared_wrong"), {})
+        resolve_model_preprocessing(load_model(f"python:{grey_file}:declared_wrong", trust_code=True), {})
     assert str(info.value) == (
         "the model takes 1 input channel but would receive 3 (declared_wrong() metadata (channels=3)); "
         "pass channels 1"
     )
     with pytest.raises(ConfigError) as info:
-        resolve_model_preprocessing(load_model(f"python:{grey_file}:rgba"), {})
+        resolve_model_preprocessing(load_model(f"python:{grey_file}:rgba", trust_code=True), {})
     assert str(info.value).startswith(
         "the model takes 4 input channels but mperturb feeds images as 1 (grey) or 3 (RGB) channels (received 3"
     )
@@ -285,7 +285,7 @@ def test_timm_input_size_gives_channels():
 
 
 def test_cli_explain_grey_models(grey_file, xray, hf_grey, tmp_path, capsys):
-    for spec, extra in ((f"python:{grey_file}:build", ["--mean", "0.5", "--std", "0.25"]),
+    for spec, extra in ((f"python:{grey_file}:build", ["--mean", "0.5", "--std", "0.25", "--trust-code"]),
                         (f"hf:{hf_grey}", ["--method", "seed"])):
         out = tmp_path / spec.split(":")[0]
         rc = main(["explain", str(xray), "--model", spec, "--steps", "2", "--out", str(out), "-q", *extra])
@@ -304,7 +304,7 @@ def test_cli_explain_grey_models(grey_file, xray, hf_grey, tmp_path, capsys):
 
 def test_cli_run_grey_model_with_report(grey_file, xray, tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["run", str(xray.parent), "--model", f"python:{grey_file}:build", "--steps", "2",
+    rc = main(["run", str(xray.parent), "--model", f"python:{grey_file}:build", "--trust-code", "--steps", "2",
                "--out", str(out), "-q", "--report"])
     assert rc == 0, capsys.readouterr().err
     lines = (out / "results.jsonl").read_text().splitlines()
@@ -324,7 +324,7 @@ def _error(capsys) -> str:
 
 def test_cli_mean_count_mismatch(grey_file, xray, tmp_path, capsys):
     out = tmp_path / "o"
-    rc = main(["explain", str(xray), "--model", f"python:{grey_file}:build", "--mean", "0.1", "0.2",
+    rc = main(["explain", str(xray), "--model", f"python:{grey_file}:build", "--trust-code", "--mean", "0.1", "0.2",
                "--out", str(out), "-q"])
     assert rc == 2
     assert _error(capsys) == (
@@ -344,7 +344,7 @@ def test_cli_forced_channels_that_do_not_fit(command, grey_file, xray, hf_grey, 
         "(--channels 3); pass --channels 1 or drop --channels\n"
     )
     assert not out.exists()
-    rc = main([command, source, "--model", f"python:{grey_file}:build", "--channels", "3", "--out", str(out), "-q"])
+    rc = main([command, source, "--model", f"python:{grey_file}:build", "--trust-code", "--channels", "3", "--out", str(out), "-q"])
     assert rc == 2
     assert _error(capsys) == (
         "mperturb: error: the model takes 1 input channel but would receive 3 (--channels 3); "
@@ -354,12 +354,12 @@ def test_cli_forced_channels_that_do_not_fit(command, grey_file, xray, hf_grey, 
 
 
 def test_cli_channels_option_values(grey_file, xray, tmp_path, capsys):
-    rc = main(["explain", str(xray), "--model", f"python:{grey_file}:build", "--channels", "4",
+    rc = main(["explain", str(xray), "--model", f"python:{grey_file}:build", "--trust-code", "--channels", "4",
                "--out", str(tmp_path / "o")])
     assert rc == 2 and "--channels: expected 1 (grey) or 3 (RGB), got '4'" in capsys.readouterr().err
     # Forcing one channel on a model that takes RGB names both counts too.
     (tmp_path / "rgb.py").write_text(GREY_FACTORY.replace("Conv2d(1, 4", "Conv2d(3, 4"))
-    rc = main(["explain", str(xray), "--model", f"python:{tmp_path / 'rgb.py'}:build", "--channels", "1",
+    rc = main(["explain", str(xray), "--model", f"python:{tmp_path / 'rgb.py'}:build", "--trust-code", "--channels", "1",
                "--out", str(tmp_path / "o"), "-q"])
     assert rc == 2
     assert _error(capsys) == (

@@ -39,7 +39,7 @@ def _outputs(out, stem):
 
 def test_explain_examples_end_to_end(tmp_path, model_spec, capsys):
     out = tmp_path / "out"
-    rc = main(["explain", str(EXAMPLES), "--model", model_spec, "--steps", "2", "--out", str(out),
+    rc = main(["explain", str(EXAMPLES), "--model", model_spec, "--trust-code", "--steps", "2", "--out", str(out),
                "--target", "square", "--set", "l1=1e-3", "--set", 'game="preserve"'])
     assert rc == 0, capsys.readouterr().err
     pngs = sorted(EXAMPLES.glob("*.png"))
@@ -64,7 +64,7 @@ def test_explain_examples_end_to_end(tmp_path, model_spec, capsys):
 def test_overwrite_refused_then_allowed(tmp_path, model_spec, capsys):
     img = EXAMPLES / "disc.png"
     out = tmp_path / "o"
-    args = ["explain", str(img), "--model", model_spec, "--steps", "1", "--out", str(out), "-q"]
+    args = ["explain", str(img), "--model", model_spec, "--trust-code", "--steps", "1", "--out", str(out), "-q"]
     assert main(args) == 0
     before = (out / "disc_summary.json").stat().st_mtime_ns
     capsys.readouterr()
@@ -82,7 +82,7 @@ def test_broken_image_among_good_ones(tmp_path, model_spec, capsys):
     Image.open(EXAMPLES / "x.png").save(folder / "good.png")
     (folder / "broken.png").write_bytes(b"not an image at all")
     out = tmp_path / "o"
-    rc = main(["explain", str(folder), "--model", model_spec, "--steps", "1", "--out", str(out), "-q"])
+    rc = main(["explain", str(folder), "--model", model_spec, "--trust-code", "--steps", "1", "--out", str(out), "-q"])
     err = capsys.readouterr().err
     assert rc == 1
     assert "broken.png" in err and "Traceback" not in err
@@ -95,7 +95,7 @@ def test_stems_are_sanitised(tmp_path, model_spec):
     folder.mkdir()
     Image.open(EXAMPLES / "x.png").save(folder / "..my cat (1).png")
     out = tmp_path / "o"
-    assert main(["explain", str(folder / "..my cat (1).png"), "--model", model_spec, "--steps", "1",
+    assert main(["explain", str(folder / "..my cat (1).png"), "--model", model_spec, "--trust-code", "--steps", "1",
                  "--out", str(out), "-q"]) == 0
     assert (out / "my_cat_1_summary.json").is_file()
     assert safe_stem("../../etc/passwd") == "etc_passwd" and safe_stem("...") == "image"
@@ -125,7 +125,7 @@ def test_set_parsing_and_errors(tmp_path, model_spec, capsys):
     assert parse_set_value("areas=[0.1,0.2]") == ("areas", [0.1, 0.2])
     assert parse_set_value("game=preserve") == ("game", "preserve")
     assert parse_set_value("l1=1e-3") == ("l1", 1e-3)
-    base = ["explain", str(EXAMPLES / "x.png"), "--model", model_spec, "--out", str(tmp_path / "o"), "-q"]
+    base = ["explain", str(EXAMPLES / "x.png"), "--model", model_spec, "--trust-code", "--out", str(tmp_path / "o"), "-q"]
     for bad, needle in ([["--set", "nonsense=1"], "nonsense"], [["--set", "novalue"], "KEY=VALUE"],
                         [["--method", "nope"], "unknown method"], [["--areas", "0.1"], "areas"],
                         [["--target", "giraffe"], "giraffe"]):

@@ -296,7 +296,7 @@ def test_cli_refuses_a_tuple_model_in_one_line(tmp_path, images, capsys, command
     f.write_text(TUPLE_FACTORY)
     out = tmp_path / "out"
     args = [str(images / "im0.png")] if command == "explain" else [str(images)]
-    rc = main([command, *args, "--model", f"python:{f}:build", "--steps", "2", "--out", str(out), "-q"])
+    rc = main([command, *args, "--model", f"python:{f}:build", "--trust-code", "--steps", "2", "--out", str(out), "-q"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert err[-1].startswith("mperturb: error: model output on the clean images: expected one tensor of shape "
@@ -308,19 +308,19 @@ def test_cli_head_option_and_summaries(tmp_path, images, capsys):
     f = tmp_path / "det.py"
     f.write_text(ONE_COLUMN_FACTORY)
     out = tmp_path / "out"
-    rc = main(["explain", str(images / "im0.png"), "--model", f"python:{f}:build", "--steps", "2", "--out", str(out), "-q"])
+    rc = main(["explain", str(images / "im0.png"), "--model", f"python:{f}:build", "--trust-code", "--steps", "2", "--out", str(out), "-q"])
     assert rc == 0, capsys.readouterr().err
     summary = json.loads((out / "im0_summary.json").read_text())
     assert summary["head"] == "sigmoid" and summary["settings"]["head"] == "auto"
     assert 0.5 < summary["scores"]["clean"] < 1.0  # sigmoid(w·mean + 2), not softmax of one column
     assert mp.Explanation.load(out / "im0.npz").head == "sigmoid"
     # An explicit head that the values contradict: one line, exit 2, nothing explained.
-    rc = main(["explain", str(images / "im1.png"), "--model", f"python:{f}:build", "--steps", "2", "--out",
+    rc = main(["explain", str(images / "im1.png"), "--model", f"python:{f}:build", "--trust-code", "--steps", "2", "--out",
                str(tmp_path / "o2"), "-q", "--head", "sigmoid-probabilities"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("mperturb: error: head: 'sigmoid-probabilities' needs outputs in [0, 1]")
     # The runner records the head per item.
-    rc = main(["run", str(images), "--model", f"python:{f}:build", "--steps", "2", "--out", str(tmp_path / "r"), "-q"])
+    rc = main(["run", str(images), "--model", f"python:{f}:build", "--trust-code", "--steps", "2", "--out", str(tmp_path / "r"), "-q"])
     assert rc == 0
     rows = [json.loads(line) for line in (tmp_path / "r" / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["head"] == "sigmoid" for r in rows)
@@ -330,7 +330,7 @@ def test_cli_prints_head_warnings_as_one_line(tmp_path, images, capsys):
     f = tmp_path / "prob1.py"
     f.write_text(ONE_COLUMN_FACTORY.replace("return (self.w * x[:, :1].mean((2, 3)) + 2.0)",
                                             "return torch.sigmoid(self.w * x[:, :1].mean((2, 3)) + 2.0)"))
-    rc = main(["explain", str(images / "im0.png"), "--model", f"python:{f}:build", "--steps", "2", "--out",
+    rc = main(["explain", str(images / "im0.png"), "--model", f"python:{f}:build", "--trust-code", "--steps", "2", "--out",
                str(tmp_path / "o"), "-q"])
     err = capsys.readouterr().err
     assert rc == 0

@@ -127,7 +127,7 @@ def test_missing_file_is_named(tmp_path, prefix):
 
 def test_missing_weights_file_fails_before_building(factory_file, tmp_path):
     with pytest.raises(InputError, match="no such file"):
-        load_model(f"python:{factory_file}:broken", weights=tmp_path / "absent.safetensors")
+        load_model(f"python:{factory_file}:broken", weights=tmp_path / "absent.safetensors", trust_code=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def test_demo_with_a_weights_file(tmp_path):
 
 
 def test_python_factory_with_preprocessing_dict(factory_file):
-    loaded = load_model(f"python:{factory_file}:build")
+    loaded = load_model(f"python:{factory_file}:build", trust_code=True)
     assert loaded.preprocessing == Preprocessing(input_size=32, resize=None, class_names=("a", "b", "c"))
     assert loaded.class_names == ("a", "b", "c")
     assert loaded.model(X).shape == (2, 3)
@@ -177,71 +177,74 @@ def test_python_factory_with_preprocessing_dict(factory_file):
 
 
 def test_python_factory_plain_module_gets_imagenet_defaults(factory_file):
-    loaded = load_model(f"python:{factory_file}:build_plain")
+    loaded = load_model(f"python:{factory_file}:build_plain", trust_code=True)
     assert loaded.preprocessing == Preprocessing()
     assert loaded.class_names is None
 
 
 def test_python_factory_errors(factory_file):
     with pytest.raises(ConfigError, match="build_plain"):  # lists what the file defines
-        load_model(f"python:{factory_file}:nonexistent")
+        load_model(f"python:{factory_file}:nonexistent", trust_code=True)
     with pytest.raises(ModelError, match="boom"):
-        load_model(f"python:{factory_file}:broken")
+        load_model(f"python:{factory_file}:broken", trust_code=True)
     with pytest.raises(ConfigError, match="int"):
-        load_model(f"python:{factory_file}:not_a_model")
+        load_model(f"python:{factory_file}:not_a_model", trust_code=True)
     bad = factory_file.with_name("syntax_error.py")
     bad.write_text("def build(:\n")
     with pytest.raises(ModelError, match="syntax_error.py"):
-        load_model(f"python:{bad}:build")
+        load_model(f"python:{bad}:build", trust_code=True)
 
 
 def test_python_factory_with_safetensors_weights(factory_file, tmp_path):
     from safetensors.torch import save_file
 
-    reference = load_model(f"python:{factory_file}:build").model
+    reference = load_model(f"python:{factory_file}:build", trust_code=True).model
     weights = _random_weights_like(reference)
     path = tmp_path / "w.safetensors"
     save_file(weights, str(path))
-    loaded = load_model(f"python:{factory_file}:build", weights=path)
+    loaded = load_model(f"python:{factory_file}:build", weights=path, trust_code=True)
     assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in weights.items())
     assert not _same_weights(loaded.model, reference)
 
 
 def test_weights_via_torch_load_weights_only(factory_file, tmp_path):
-    reference = load_model(f"python:{factory_file}:build").model
+    reference = load_model(f"python:{factory_file}:build", trust_code=True).model
     weights = _random_weights_like(reference)
     plain, nested = tmp_path / "w.pt", tmp_path / "ckpt.pth"
     torch.save(weights, plain)
     torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in weights.items()}}, nested)
     for path in (plain, nested):
-        loaded = load_model(f"python:{factory_file}:build", weights=str(path))
+        loaded = load_model(f"python:{factory_file}:build", weights=str(path), trust_code=True)
         assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in weights.items())
 
 
-def test_pickled_module_needs_unsafe_pickle(factory_file, tmp_path):
+def test_pickled_module_needs_trust_code(factory_file, tmp_path):
     donor = tiny_net()
     with torch.no_grad():
         for p in donor.parameters():
             p.add_(1.0)
     path = tmp_path / "full_model.pt"
     torch.save(donor, path)
-    with pytest.raises(InputError) as info:
-        load_model(f"python:{factory_file}:build", weights=path)
+    with pytest.raises(ConfigError) as info:
+        load_state_dict_file(path)
     message = str(info.value)
-    assert "unsafe_pickle=True" in message and "full_model.pt" in message
+    assert "--trust-code" in message and "trust_code=True" in message and "full_model.pt" in message
+    state = load_state_dict_file(path, trust_code=True)
+    assert all(torch.equal(state[k], v) for k, v in donor.state_dict().items())
+    # unsafe_pickle= is kept as a deprecated alias of trust_code=
     loaded = load_model(f"python:{factory_file}:build", weights=path, unsafe_pickle=True)
     assert _same_weights(loaded.model, donor)
 
 
 def test_weights_that_do_not_fit_are_listed(factory_file, tmp_path):
-    reference = load_model(f"python:{factory_file}:build").model
+    reference = load_model(f"python:{factory_file}:build", trust_code=True).model
     weights = dict(reference.state_dict())
     weights["extra.weight"] = weights.pop("4.weight")
     weights["0.bias"] = torch.zeros(7)
     path = tmp_path / "bad.pt"
     torch.save(weights, path)
     with pytest.raises(InputError) as info:
-        load_model(f"python:{factory_file}:build", weights=path)
+        load_model(f"python:{factory_file}:build", weights=path, trust_code=True)
     message = str(info.value)
     assert "bad.pt" in message
     assert "missing key(s): 4.weight" in message
@@ -283,19 +286,19 @@ def test_torchscript_roundtrip_with_preprocessing(tmp_path):
     prep = Preprocessing(input_size=16, resize=None, class_names=("a", "b", "c"))
     extra = {PREPROCESSING_EXTRA_FILE: json.dumps(prep.to_dict())}
     torch.jit.save(torch.jit.script(net), str(path), _extra_files=extra)
-    loaded = load_model(f"torchscript:{path}")
+    loaded = load_model(f"torchscript:{path}", trust_code=True)
     assert loaded.preprocessing == prep
     assert torch.allclose(loaded.model(X), net(X), atol=1e-6)
     plain = tmp_path / "plain.pt"
     torch.jit.save(torch.jit.script(net), str(plain))
-    assert load_model(f"torchscript:{plain}").preprocessing == Preprocessing()
+    assert load_model(f"torchscript:{plain}", trust_code=True).preprocessing == Preprocessing()
 
 
 def test_torchscript_refuses_a_state_dict(tmp_path):
     path = tmp_path / "weights.pt"
     torch.save(tiny_net().state_dict(), path)
     with pytest.raises(InputError, match="not a TorchScript archive"):
-        load_model(f"torchscript:{path}")
+        load_model(f"torchscript:{path}", trust_code=True)
 
 
 def test_export_roundtrip_and_mode_switching(tmp_path):
@@ -304,7 +307,7 @@ def test_export_roundtrip_and_mode_switching(tmp_path):
     path = tmp_path / "model.pt2"
     extra = {PREPROCESSING_EXTRA_FILE: json.dumps({"input_size": 16})}
     torch.export.save(program, str(path), extra_files=extra)
-    loaded = load_model(f"export:{path}")
+    loaded = load_model(f"export:{path}", trust_code=True)
     assert loaded.preprocessing.size == (16, 16)
     assert torch.allclose(loaded.model(X), net(X), atol=1e-6)
     assert torch.allclose(loaded.model(X[:1]), net(X[:1]), atol=1e-6)  # batch size is free

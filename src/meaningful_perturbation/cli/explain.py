@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
             "pass --overwrite to replace them or choose another --out"
         )
     loaded = load_model(
-        settings.model, weights=settings.weights, unsafe_pickle=settings.unsafe_pickle, device=settings.device
+        settings.model, weights=settings.weights, trust_code=settings.trust_code, device=settings.device
     )
     # The model's own preprocessing with the overrides; its channel count checked by one pass.
     prep = resolve_model_preprocessing(

@@ -35,7 +35,8 @@ class RunSettings:
     Attributes:
         model: model spec (``demo`` when not given).
         weights: optional state-dict file.
-        unsafe_pickle: allow pickled weights files.
+        trust_code: allow model sources that can run code (``--trust-code``; see
+            ``docs/security.md``).
         device: ``cpu`` / ``cuda`` / ``cuda:1`` ...
         preprocessing: overrides for :func:`~meaningful_perturbation.io.resolve_preprocessing`
             (only the ones given).
@@ -50,7 +51,7 @@ class RunSettings:
 
     model: str = "demo"
     weights: str | None = None
-    unsafe_pickle: bool = False
+    trust_code: bool = False
     device: str = "cpu"
     preprocessing: dict[str, Any] = field(default_factory=dict)
     method: str = "paper"
@@ -60,11 +61,16 @@ class RunSettings:
     seed: int = 0
     head: str = "auto"
 
+    @property
+    def unsafe_pickle(self) -> bool:
+        """Deprecated name of :attr:`trust_code`."""
+        return self.trust_code
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "weights": self.weights,
-            "unsafe_pickle": self.unsafe_pickle,
+            "trust_code": self.trust_code,
             "device": self.device,
             "preprocessing": self.preprocessing,
             "method": self.method,
@@ -89,15 +95,19 @@ def _size(text: str) -> int | tuple[int, int]:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """``--model --weights --unsafe-pickle --device`` and the preprocessing overrides
+    """``--model --weights --trust-code --device`` and the preprocessing overrides
     (``--input-size --resize --channels --mean --std``)."""
     g = parser.add_argument_group("model")
     g.add_argument("--model", default=None, metavar="SPEC",
                    help="model spec (see `mperturb models`); default: the bundled demo model")
     g.add_argument("--weights", default=None, metavar="FILE",
                    help="state-dict file loaded into the model (.safetensors or torch.save)")
-    g.add_argument("--unsafe-pickle", action="store_true",
-                   help="accept weights files that need full unpickling (trusted files only)")
+    g.add_argument("--trust-code", dest="trust_code", action="store_true",
+                   help="run code contained in or named by the model source: python: factories, "
+                        "TorchScript, torch.export archives, pickled models/weights, Hugging Face "
+                        "trust_remote_code (trusted files only; see docs/security.md)")
+    g.add_argument("--unsafe-pickle", dest="trust_code", action="store_true",
+                   help=argparse.SUPPRESS)  # deprecated alias of --trust-code
     g.add_argument("--device", default="cpu", metavar="DEVICE", help="cpu, cuda, cuda:1, ... (default cpu)")
     p = parser.add_argument_group("preprocessing overrides (default: the model's own)")
     p.add_argument("--input-size", type=_size, default=None, metavar="N|HxW", help="model input size")
@@ -217,7 +227,7 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
     return RunSettings(
         model=getattr(args, "model", None) or "demo",
         weights=getattr(args, "weights", None),
-        unsafe_pickle=bool(getattr(args, "unsafe_pickle", False)),
+        trust_code=bool(getattr(args, "trust_code", False)),
         device=getattr(args, "device", "cpu") or "cpu",
         preprocessing=prep,
         method=method,

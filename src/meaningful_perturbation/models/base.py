@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -26,6 +27,8 @@ __all__ = [
     "preprocessing_from_mapping",
     "read_preprocessing_json",
     "read_preprocessing_json_declared",
+    "require_trust",
+    "weights_only_loads",
 ]
 
 #: Name of the optional JSON file inside TorchScript / ``torch.export`` archives that holds
@@ -71,14 +74,81 @@ class LoadRequest:
     Attributes:
         spec: the full spec string, for messages.
         weights: state-dict file to load into the model, or ``None``.
-        unsafe_pickle: allow pickled (non-weights-only) checkpoint files.
+        trust_code: the user consented to running code contained in or named by the model
+            source (``--trust-code``): Python factories, TorchScript and ``torch.export``
+            archives, pickled models and weights, Hugging Face ``trust_remote_code``.
         device: where the model must end up.
     """
 
     spec: str
     weights: Path | None
-    unsafe_pickle: bool
+    trust_code: bool
     device: torch.device
+
+    @property
+    def unsafe_pickle(self) -> bool:
+        """Deprecated name of :attr:`trust_code`."""
+        return self.trust_code
+
+
+#: The CLI flag (and, in brackets, the Python argument) that lets a model source run code.
+TRUST_FLAG = "--trust-code (Python API: load_model(..., trust_code=True))"
+
+
+def require_trust(request: LoadRequest, *, subject: str, what: str, why: str, instead: str = "") -> None:
+    """Refuse, before its contents are read, a source that can run code the user did not allow.
+
+    Called by every loader whose loading step can execute code from (or named by) the source:
+    importing a Python file, ``torch.jit.load``, ``torch.export.load``, full unpickling,
+    Hugging Face ``trust_remote_code``. See ``docs/security.md`` for the trust model.
+
+    Args:
+        request: the load request; nothing happens when ``request.trust_code`` is set.
+        subject: what the message is about (a file name or the model spec).
+        what: the kind of source, e.g. ``"a torch.export archive"``.
+        why: how it can run code, e.g. ``"torch.export.load unpickles parts of it"``.
+        instead: an optional safe alternative, appended to the message.
+
+    Raises:
+        ConfigError: ``request.trust_code`` is false; the message names ``--trust-code``.
+    """
+    if request.trust_code:
+        return
+    tail = f"; {instead}" if instead else ""
+    raise ConfigError(
+        f"{subject}: {what} can run code when loaded ({why}); pass {TRUST_FLAG} only if you "
+        f"trust it{tail}"
+    )
+
+
+_FORCE_SAFE = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+_FORCE_UNSAFE = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+@contextlib.contextmanager
+def weights_only_loads(trust_code: bool) -> Iterator[None]:
+    """Within the block, make every ``torch.load`` weights-only unless ``trust_code``.
+
+    Model-zoo libraries read their cached checkpoints with ``torch.load``, some with an
+    explicit ``weights_only=False`` (``torch.hub.load_state_dict_from_url``); a replaced cache
+    file could then run code. PyTorch's ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` (read on every
+    ``torch.load`` call, torch >= 2.4) overrides the caller, so a checkpoint holding pickled
+    objects fails to load instead of running. The environment is restored afterwards.
+    """
+    if trust_code:
+        yield
+        return
+    saved = {name: os.environ.get(name) for name in (_FORCE_SAFE, _FORCE_UNSAFE)}
+    os.environ[_FORCE_SAFE] = "1"
+    os.environ.pop(_FORCE_UNSAFE, None)  # both set is an error in torch.load
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def one_line(exc: BaseException, limit: int = 200) -> str:

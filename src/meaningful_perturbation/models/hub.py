@@ -47,6 +47,8 @@ from meaningful_perturbation.models.base import (
     downloads_allowed,
     finish,
     one_line,
+    require_trust,
+    weights_only_loads,
 )
 from meaningful_perturbation.models.weights import apply_state_dict, load_state_dict_file
 
@@ -67,7 +69,7 @@ def _close(name: str, choices: list[str]) -> str:
 
 def _apply_weights(module: nn.Module, request: LoadRequest) -> None:
     if request.weights is not None:
-        state = load_state_dict_file(request.weights, unsafe_pickle=request.unsafe_pickle)
+        state = load_state_dict_file(request.weights, trust_code=request.trust_code)
         apply_state_dict(module, state, source=str(request.weights))
 
 
@@ -132,7 +134,8 @@ def load_torchvision(arg: str, request: LoadRequest) -> LoadedModel:
                 request.spec, cached.name, str(cached.parent), f"download {pretrained.url} into that folder"
             )
     try:
-        model = tvm.get_model(name, weights=pretrained)
+        with weights_only_loads(request.trust_code):  # torch.hub reads with weights_only=False
+            model = tvm.get_model(name, weights=pretrained)
     except (RuntimeError, OSError) as exc:
         raise ModelError(f"model spec {request.spec!r}: building the model failed ({one_line(exc)})") from exc
     _apply_weights(model, request)
@@ -193,7 +196,8 @@ def load_timm(arg: str, request: LoadRequest) -> LoadedModel:
     if pretrained and not downloads_allowed():
         _check_timm_cache(timm, name, request.spec)
     try:
-        model = timm.create_model(name, pretrained=pretrained)
+        with weights_only_loads(request.trust_code):
+            model = timm.create_model(name, pretrained=pretrained)
     except Exception as exc:  # noqa: BLE001 - hub/network errors have many types
         raise ModelError(f"model spec {request.spec!r}: timm could not create it ({one_line(exc)})") from exc
     _apply_weights(model, request)
@@ -330,8 +334,18 @@ def load_hf(arg: str, request: LoadRequest) -> LoadedModel:
     else:
         source = arg  # a hub id, looked up in the local cache
     kwargs: dict[str, Any] = {} if downloads_allowed() else {"local_files_only": True}
+    remote = _hf_remote_code(source, path.is_dir(), kwargs)
+    if remote is not None:
+        require_trust(
+            request, subject=f"model spec {request.spec!r}",
+            what="a Hugging Face model with custom code",
+            why=f"its config.json names {remote}, which transformers imports with trust_remote_code",
+        )
     try:
-        model = transformers.AutoModelForImageClassification.from_pretrained(source, **kwargs)
+        with weights_only_loads(request.trust_code):
+            model = transformers.AutoModelForImageClassification.from_pretrained(
+                source, trust_remote_code=request.trust_code, **kwargs
+            )
     except OSError as exc:
         where = f"folder {source}" if path.is_dir() else f"local Hugging Face cache (nor a folder {arg})"
         raise InputError(
@@ -340,6 +354,12 @@ def load_hf(arg: str, request: LoadRequest) -> LoadedModel:
             "the cache, or save it with model.save_pretrained(FOLDER) and use hf:FOLDER"
         ) from exc
     except ValueError as exc:
+        if "trust_remote_code" in str(exc) and not request.trust_code:  # custom code found late
+            require_trust(
+                request, subject=f"model spec {request.spec!r}",
+                what="a Hugging Face model with custom code",
+                why="transformers would import Python files from it (trust_remote_code)",
+            )
         raise ConfigError(
             f"model spec {request.spec!r}: not an image-classification model ({one_line(exc)})"
         ) from exc
@@ -353,6 +373,40 @@ def load_hf(arg: str, request: LoadRequest) -> LoadedModel:
         channels_from=None if channels is None else f"config.json num_channels={channels}",
         channels_declared=channels is not None,
     )
+
+
+def _hf_remote_code(source: str, is_dir: bool, kwargs: dict[str, Any]) -> str | None:
+    """The custom-code entry (``auto_map``) of a model's ``config.json``, or ``None``.
+
+    Read as JSON from the folder or the local hub cache, before transformers sees the model,
+    so a model that would import Python files is refused without running anything. A config
+    that cannot be found here is left to transformers, which refuses remote code itself
+    unless ``trust_remote_code=True``.
+    """
+    import json
+
+    config: Path | None = None
+    if is_dir:
+        config = Path(source) / "config.json"
+    else:
+        try:
+            hub = require("huggingface_hub", needed_for="hf: model specs")
+            found = hub.try_to_load_from_cache(source, "config.json")
+            config = Path(found) if isinstance(found, str) else None
+        except Exception:  # noqa: BLE001 - not in the cache: transformers reports it
+            config = None
+    if config is None or not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None  # transformers reports a broken config
+    auto_map = data.get("auto_map") if isinstance(data, dict) else None
+    if not auto_map:
+        return None
+    if isinstance(auto_map, Mapping):
+        return ", ".join(f"{k}={v}" for k, v in list(auto_map.items())[:2] if isinstance(k, str))[:200]
+    return str(auto_map)[:200]
 
 
 def _hf_class_names(config: Any) -> tuple[str, ...] | None:

@@ -1,6 +1,9 @@
 """Models that come from this machine: the bundled demo, archives, and Python factories.
 
 Sources: ``demo``, ``torchscript:FILE``, ``export:FILE`` and ``python:FILE.py:FACTORY``.
+All but ``demo`` can run code from (or named by) the file, so they load only with
+``trust_code=True`` (CLI ``--trust-code``); the refusal comes before the file's contents are
+read (see ``docs/security.md``).
 TorchScript and ``torch.export`` archives may carry their preprocessing in an extra file
 named :data:`~meaningful_perturbation.models.base.PREPROCESSING_EXTRA_FILE` (JSON of
 :class:`~meaningful_perturbation.io.Preprocessing` fields); without it, ImageNet defaults apply.
@@ -30,6 +33,7 @@ from meaningful_perturbation.models.base import (
     preprocessing_from_mapping,
     declared_channels,
     read_preprocessing_json_declared,
+    require_trust,
 )
 from meaningful_perturbation.models.weights import apply_state_dict, load_state_dict_file
 
@@ -44,7 +48,7 @@ def _apply_weights_file(module: Any, request: LoadRequest) -> None:
             f"{request.weights}: cannot load weights into a {type(module).__name__} "
             f"(model spec {request.spec!r} did not give a torch.nn.Module)"
         )
-    state = load_state_dict_file(request.weights, unsafe_pickle=request.unsafe_pickle)
+    state = load_state_dict_file(request.weights, trust_code=request.trust_code)
     apply_state_dict(module, state, source=str(request.weights))
 
 
@@ -57,11 +61,8 @@ def load_demo(arg: str, request: LoadRequest) -> LoadedModel:
             f"model spec 'demo': the bundled demo model is not available in this installation "
             f"({exc}); reinstall meaningful-perturbation or use another spec"
         ) from exc
-    if request.weights is not None and request.weights.suffix.lower() == ".safetensors":
-        model = demo.load_demo_model(weights=request.weights)
-    else:
-        model = demo.load_demo_model()
-        _apply_weights_file(model, request)
+    model = demo.load_demo_model()
+    _apply_weights_file(model, request)  # every weights file through the one checked reader
     values = dict(getattr(demo, "DEMO_PREPROCESSING", None) or {})
     if "input_size" in values and "resize" not in values:
         size = values["input_size"]
@@ -72,8 +73,16 @@ def load_demo(arg: str, request: LoadRequest) -> LoadedModel:
 
 
 def load_torchscript(arg: str, request: LoadRequest) -> LoadedModel:
-    """``torchscript:FILE``: an archive written by ``torch.jit.save``."""
+    """``torchscript:FILE``: an archive written by ``torch.jit.save``.
+
+    Needs ``request.trust_code`` (checked before the file is opened).
+    """
     path = existing_file(arg, what="TorchScript archive", spec=request.spec)
+    require_trust(
+        request, subject=f"model spec {request.spec!r}", what="a TorchScript archive",
+        why="torch.jit.load runs the program stored in it",
+        instead="to run only your own code, use python:FILE.py:FACTORY with --weights FILE.safetensors",
+    )
     extra: dict[str, Any] = {PREPROCESSING_EXTRA_FILE: ""}
     try:
         with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript; still supported
@@ -119,8 +128,17 @@ class ExportedClassifier(nn.Module):
 
 
 def load_export(arg: str, request: LoadRequest) -> LoadedModel:
-    """``export:FILE``: a ``.pt2`` archive written by ``torch.export.save``."""
+    """``export:FILE``: a ``.pt2`` archive written by ``torch.export.save``.
+
+    Needs ``request.trust_code`` (checked before the file is opened): ``torch.export.load``
+    unpickles weights and constants marked as pickled, so a crafted archive runs code.
+    """
     path = existing_file(arg, what="torch.export archive (.pt2)", spec=request.spec)
+    require_trust(
+        request, subject=f"model spec {request.spec!r}", what="a torch.export archive",
+        why="torch.export.load unpickles parts of it and runs the program stored in it",
+        instead="to run only your own code, use python:FILE.py:FACTORY with --weights FILE.safetensors",
+    )
     extra: dict[str, Any] = {PREPROCESSING_EXTRA_FILE: ""}
     try:
         program = torch.export.load(str(path), extra_files=extra)
@@ -148,6 +166,7 @@ def load_python(arg: str, request: LoadRequest) -> LoadedModel:
     ``"input_size"`` given as ``(C, H, W)``; without it the count is inferred from the model
     (:mod:`meaningful_perturbation.models.channels`).
     The file's folder is on ``sys.path`` while it is imported, so it can import its siblings.
+    Needs ``request.trust_code`` (checked before the file is read).
     """
     file_part, sep, factory_name = arg.rpartition(":")
     if not sep or not file_part or not factory_name:
@@ -156,6 +175,10 @@ def load_python(arg: str, request: LoadRequest) -> LoadedModel:
             "e.g. python:my_model.py:build"
         )
     path = existing_file(file_part, what="Python file", spec=request.spec)
+    require_trust(
+        request, subject=f"model spec {request.spec!r}", what="a Python factory",
+        why=f"importing {file_part} and calling {factory_name}() runs its code",
+    )
     module_name = "_mperturb_user_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:

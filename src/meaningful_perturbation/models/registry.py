@@ -99,8 +99,9 @@ def load_model(
     spec: str,
     *,
     weights: str | os.PathLike[str] | None = None,
-    unsafe_pickle: bool = False,
+    trust_code: bool = False,
     device: str | torch.device = "cpu",
+    unsafe_pickle: bool | None = None,
 ) -> LoadedModel:
     """Load a classifier and its preprocessing from a spec string.
 
@@ -118,9 +119,16 @@ def load_model(
         weights: a state-dict file loaded into the model after it is built (``.safetensors``,
             or anything ``torch.load(weights_only=True)`` reads). For torchvision and timm it
             replaces the pretrained download.
-        unsafe_pickle: also accept weights files that need full unpickling (e.g.
-            ``torch.save(model)``). Unpickling runs code from the file: trusted files only.
+        trust_code: allow sources that can run code contained in or named by them
+            (CLI ``--trust-code``): ``python:`` factories, ``torchscript:`` and ``export:``
+            archives, weights files that need full unpickling (e.g. ``torch.save(model)``),
+            Hugging Face models with custom code (``trust_remote_code``). Without it those
+            are refused before their contents are read. Trusted files only; see
+            ``docs/security.md``. Safetensors weights, weights-only ``torch.load`` state
+            dicts, ``demo``, torchvision/timm by name and plain Hugging Face models need no
+            flag.
         device: where to put the model.
+        unsafe_pickle: deprecated alias of ``trust_code`` (``True`` turns it on).
 
     Returns:
         A :class:`LoadedModel`: ``model`` in eval mode on ``device``, mapping ``(N, C, H, W)``
@@ -131,12 +139,14 @@ def load_model(
     Raises:
         ConfigError: unknown prefix, malformed spec, unknown model name, or a missing library
             (with its ``pip install`` line).
-        InputError: a missing or unreadable file, weights not in the cache, weights that do
-            not fit the model, or a pickled weights file without ``unsafe_pickle``.
+        ConfigError: also a source that can run code without ``trust_code`` (the message
+            names ``--trust-code``).
+        InputError: a missing, unreadable or corrupt file, weights not in the cache, or
+            weights that do not fit the model.
         ModelError: user code (``python:``) or the model zoo failed while building the model.
 
     Example:
-        >>> loaded = load_model("torchscript:model.pt")  # doctest: +SKIP
+        >>> loaded = load_model("torchscript:model.pt", trust_code=True)  # doctest: +SKIP
         >>> logits = loaded.model(x)  # doctest: +SKIP
     """
     if not isinstance(spec, str) or not spec.strip():
@@ -167,7 +177,7 @@ def load_model(
     request = LoadRequest(
         spec=spec,
         weights=Path(weights).expanduser() if weights is not None else None,
-        unsafe_pickle=bool(unsafe_pickle),
+        trust_code=bool(trust_code or unsafe_pickle),
         device=dev,
     )
     if request.weights is not None:

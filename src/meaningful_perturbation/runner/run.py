@@ -235,7 +235,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
     distmod.init(ctx, device_name)
     try:
         out = Path(opts.out)
-        loaded = load_model(settings.model, weights=settings.weights, unsafe_pickle=settings.unsafe_pickle,
+        loaded = load_model(settings.model, weights=settings.weights, trust_code=settings.trust_code,
                             device=device_name)
         # The model's own preprocessing with the overrides; its channel count checked by one
         # forward pass, before any output is written.
