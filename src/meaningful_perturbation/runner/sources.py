@@ -39,7 +39,7 @@ __all__ = ["Item", "SOURCE_KINDS", "load_source", "item_id", "detect_kind"]
 SOURCE_KINDS = ("auto", "folder", "imagefolder", "csv", "jsonl")
 
 
-@dataclass
+@dataclass(slots=True)  # ~1M items per manifest: no per-instance __dict__
 class Item:
     """One image to explain.
 
