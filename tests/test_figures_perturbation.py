@@ -191,7 +191,7 @@ def test_cli_panel_uses_the_optimisers_perturbation(tmp_path, monkeypatch):
 
     monkeypatch.setattr(figures, "save_panel", fake_panel)
     (tmp_path / "tiny.py").write_text(TINY)
-    rc = main(["explain", str(tmp_path / "a.png"), "--model", f"python:{tmp_path / 'tiny.py'}:build",
+    rc = main(["explain", str(tmp_path / "a.png"), "--model", f"python:{tmp_path / 'tiny.py'}:build", "--trust-code",
                "--out", str(tmp_path / "out"), "--steps", "2", "-q",
                "--set", "perturbation=constant", "--seed", "4"])
     assert rc == 0

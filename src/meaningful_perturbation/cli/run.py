@@ -4,8 +4,10 @@ Takes every option of ``mperturb explain`` (model, method, target, ``--set``, ``
 ``--steps``, ``--areas``, ``--seed``, ``--device``, preprocessing overrides) plus the batch
 options below. Under ``torchrun`` each process does a disjoint shard. See docs/runner.md.
 
-Exit status: 0 all items done; 1 some items failed (listed in ``failures.jsonl``); 2 usage
-or library error (e.g. a non-empty ``--out`` without ``--resume``/``--force``).
+Exit status: 0 all items done; 1 some items failed (listed in ``failures.jsonl``, the others
+done); 2 usage or library error before any item is worked on (a bad option, an ``--out`` holding
+files mperturb did not write, an earlier run without ``--resume``/``--force``, a folder locked by
+another run, a model whose output cannot be read).
 """
 
 from __future__ import annotations
@@ -40,9 +42,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="how to read SOURCE (default: auto-detect)")
     r.add_argument("--batch-size", type=int, default=8, metavar="B",
                    help="images optimised together in one explain() call (default 8)")
-    r.add_argument("--resume", action="store_true", help="continue the run in DIR, skipping finished items")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the run in DIR, skipping finished items (and failed ones: see --retry-failures)")
+    r.add_argument("--retry-failures", action="store_true",
+                   help="with --resume: also retry the items recorded in failures.jsonl")
     r.add_argument("--force", action="store_true",
-                   help="without --resume: start over in a non-empty DIR (removes the previous run's outputs); "
+                   help="without --resume: start over in the folder of an earlier run (removes only that run's own "
+                        "files; a folder holding other files is refused); "
                         "with --resume: continue even though the settings changed")
     r.add_argument("--metrics", nargs="*", default=None, metavar="NAME",
                    help="per-item metrics where ground truth (box / mask) is given: pointing, energy "
@@ -56,7 +62,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runner import RunOptions, run_directory, summarise, write_report
+    from ..runner import RunOptions, run_directory, summarise
 
     settings = build_run_settings(args)
     metrics: tuple[str, ...] = ()
@@ -66,15 +72,13 @@ def run(args: argparse.Namespace) -> int:
     opts = RunOptions(
         source=args.source, out=args.out, source_type=args.source_type, batch_size=args.batch_size,
         resume=args.resume, force=args.force, metrics=metrics, pointing_tolerance=args.pointing_tolerance,
-        report=args.report, quiet=args.quiet,
+        report=args.report, quiet=args.quiet, retry_failures=args.retry_failures,
     )
     summary = run_directory(settings, opts)
     if summary.rank == 0:
         print(summarise(summary), file=sys.stderr if args.quiet else sys.stdout)
-        if args.report:
-            path = write_report(args.out)
-            if not args.quiet:
-                print(f"report: {path}")
+        if summary.report_path is not None and not args.quiet:
+            print(f"report: {summary.report_path}")
     if summary.world_size > 1:
         # Every file is written and fsynced, and the process group is destroyed. Leave now:
         # interpreter teardown under torchrun with gloo can abort ("terminate called without

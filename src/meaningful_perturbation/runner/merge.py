@@ -142,7 +142,23 @@ def done_ids(out: Path) -> set[str]:
     return {i for i in recs if (out / "items" / f"{i}.npz").is_file()}
 
 
-def _write_lines(path: Path, records: Iterable[dict[str, Any]]) -> None:
+def _marker_tag(out: Path) -> str:
+    from .owner import CONTROL, MARKER
+
+    try:
+        data = json.loads((out / CONTROL / MARKER).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return ""
+    tag = data.get("tag") if isinstance(data, dict) else None
+    return tag if isinstance(tag, str) and tag.startswith("mpr-") and tag[4:].isalnum() else ""
+
+
+def _write_lines(path: Path, records: Iterable[dict[str, Any]], tag: str = "") -> None:
+    if tag:  # the run folder's own temporary name (docs/runner.md, "Ownership")
+        from .owner import write_owned_text
+
+        write_owned_text(path, "".join(dumps_line(rec) for rec in records), tag)
+        return
     with atomic_open(path, "w") as f:
         for rec in records:
             f.write(dumps_line(rec))
@@ -161,9 +177,10 @@ def merge_results(out: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], li
     kept = [r for i, r in results.items() if (out / "items" / f"{i}.npz").is_file()]
     ok = {r["id"] for r in kept}
     failures = [r for i, r in _collect(fail_parts).items() if i not in ok]
-    _write_lines(out / RESULTS, kept)
+    tag = _marker_tag(out)
+    _write_lines(out / RESULTS, kept, tag)
     if failures or (out / FAILURES).exists():
-        _write_lines(out / FAILURES, failures)
+        _write_lines(out / FAILURES, failures, tag)
     for p in res_parts[1:] + fail_parts[1:]:
         try:
             p.unlink()
@@ -173,16 +190,15 @@ def merge_results(out: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], li
 
 
 def clean_stale_tmp(out: Path) -> int:
-    """Remove temporary files (``.NAME.PID.tmp*``) left by a killed run; returns the count."""
+    """Remove the temporary files a killed run left in ``out`` (only those carrying the tag
+    recorded in the folder's marker, see :mod:`.owner`); returns the count."""
+    from .owner import inspect_out
+
     n = 0
-    for folder in (out, out / "items"):
-        if not folder.is_dir():
-            continue
-        for p in folder.iterdir():
-            if p.name.startswith(".") and ".tmp" in p.name and p.is_file():
-                try:
-                    p.unlink()
-                    n += 1
-                except FileNotFoundError:
-                    pass
+    for p in inspect_out(out).stale_tmp():
+        try:
+            p.unlink()
+            n += 1
+        except FileNotFoundError:
+            pass
     return n

@@ -295,5 +295,20 @@ def write_report(out: str | os.PathLike[str], *, path: str | os.PathLike[str] | 
     target = Path(path) if path is not None else out / REPORT
     rel = os.path.relpath(out.resolve(), target.resolve().parent).replace(os.sep, "/")
     text = render_report(out, embed=embed, base="" if rel == "." else rel + "/")
+    from .owner import inspect_out
+
+    try:
+        own = inspect_out(out)
+    except InputError:
+        own = None
+    if own is not None and own.kind == "run" and target.resolve() == (out / REPORT).resolve():
+        if REPORT not in own.files and target.exists():
+            raise InputError(f"--output: {str(target)!r} exists and was not written by mperturb; "
+                             "move it away or pass --output FILE")
+        own.add_files([REPORT])  # recorded as the run's own before it is written
+        from .owner import write_owned_text
+
+        write_owned_text(target, text, own.tag)
+        return target
     atomic_write_text(target, text)
     return target

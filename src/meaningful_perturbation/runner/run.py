@@ -9,6 +9,11 @@ Output folder layout::
     DIR/results.jsonl            one JSON line per finished item
     DIR/failures.jsonl           one JSON line per item that could not be done
     DIR/report.html              with --report / `mperturb report DIR`
+    DIR/.mperturb/               ownership marker, claimed item ids, lock (see .owner)
+
+Only an empty (or new) folder or a run folder of this project is used; ``--force`` removes
+only the files the folder's runs recorded as their own; one run at a time holds the folder's
+lock (:mod:`.owner`).
 
 Each file is written to a temporary name and renamed; each results line is appended with a
 single ``write`` + ``fsync``. An item is *done* iff its ``.npz`` and its results line both
@@ -29,13 +34,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, MeaningfulPerturbationError, ModelError
 from . import dist as distmod
-from .merge import FAILURES, RESULTS, append_line, clean_stale_tmp, done_ids, merge_results, repair_tail
-from .sources import Item, load_source
-from .._atomic import atomic_write_text
+from .merge import FAILURES, RESULTS, _collect, _parts, append_line, done_ids, merge_results, repair_tail
+from .owner import ITEM_SUFFIXES, FolderLock, Ownership, inspect_out, owned_tmp, write_owned_text
+from .sources import SOURCE_KINDS, Item, load_source
 
-__all__ = ["RunOptions", "RunSummary", "run_directory", "METRIC_NAMES", "SETTINGS_FILE"]
+__all__ = ["RunOptions", "RunSummary", "run_directory", "validate_options", "read_settings", "METRIC_NAMES",
+           "SETTINGS_FILE"]
 
 SETTINGS_FILE = "settings.json"
 METRIC_NAMES = ("pointing", "energy")
@@ -57,6 +63,7 @@ class RunOptions:
     report: bool = False
     quiet: bool = False
     thumb_size: int = 160
+    retry_failures: bool = False  # with --resume: retry the items of failures.jsonl
 
 
 @dataclass
@@ -70,6 +77,8 @@ class RunSummary:
     failure_records: list[dict[str, Any]] = field(default_factory=list)
     rank: int = 0
     world_size: int = 1
+    not_retried: int = 0  # items that failed in an earlier run, skipped (no --retry-failures)
+    report_path: Path | None = None
 
     @property
     def exit_code(self) -> int:
@@ -77,18 +86,29 @@ class RunSummary:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+def validate_options(opts: RunOptions) -> None:
+    """Check every runner option before anything is loaded, explained or written.
 
+    Raises:
+        ConfigError: a value out of range (the message names the option).
+    """
+    def positive_int(name: str, v: Any) -> None:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{name}: expected an integer >= 1, got {v!r}")
 
-def _our_files(out: Path) -> list[Path]:
-    """Files a previous run wrote (removed by ``--force`` without ``--resume``)."""
-    found = [out / SETTINGS_FILE, out / "report.html"]
-    found += list(out.glob("results*.jsonl")) + list(out.glob("failures*.jsonl"))
-    items = out / "items"
-    if items.is_dir():
-        found += [p for p in items.iterdir() if p.is_file() and (p.suffix in (".npz", ".png") or ".tmp" in p.name)]
-    return [p for p in found if p.exists()]
+    positive_int("--batch-size", opts.batch_size)
+    positive_int("thumb_size", opts.thumb_size)
+    bad = [m for m in opts.metrics if m not in METRIC_NAMES]
+    if bad:
+        raise ConfigError(f"--metrics: unknown metric(s) {', '.join(bad)}; choose from {', '.join(METRIC_NAMES)}")
+    tol = opts.pointing_tolerance
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol)
+                            or tol < 0):
+        raise ConfigError(f"--pointing-tolerance: expected a finite number of pixels >= 0, got {tol!r}")
+    if opts.source_type not in SOURCE_KINDS:
+        raise ConfigError(f"--source-type: expected one of {', '.join(SOURCE_KINDS)}, got {opts.source_type!r}")
+    if opts.retry_failures and not opts.resume:
+        raise ConfigError("--retry-failures: only with --resume (a new run has no failures to retry)")
 
 
 def _settings_record(settings: Any, opts: RunOptions, source_info: dict[str, Any], prep: Any) -> dict[str, Any]:
@@ -121,36 +141,113 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
 
 
-def _prepare_out(out: Path, record: dict[str, Any], opts: RunOptions) -> None:
-    """Rank 0: refuse or clean, then write settings.json. Raises on refusal."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out: {str(out)!r} exists and is not a folder")
-    nonempty = out.is_dir() and any(out.iterdir())
-    if nonempty and not opts.resume:
-        if not opts.force:
-            raise InputError(
-                f"--out: {str(out)!r} is not empty; pass --resume to continue a run there, "
-                "--force to start over (removes the previous run's outputs), or choose another --out"
-            )
-        for p in _our_files(out):
-            p.unlink()
-    if opts.resume and (out / SETTINGS_FILE).exists():
-        try:
-            old = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
+def read_settings(path: Path) -> dict[str, Any]:
+    """The ``settings.json`` of a run, checked (a JSON object of this format with ``compared``).
+
+    Raises:
+        InputError: unreadable, not JSON, or valid JSON of another shape; names the file.
+    """
+    fix = "restore it, or pass --force with --resume to continue with the current settings"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise InputError(f"--resume: cannot read {str(path)!r} ({type(e).__name__}: {e}); {fix}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"--resume: {str(path)!r} is not a run's settings file (expected a JSON object, "
+                         f"got {type(data).__name__}); {fix}")
+    if data.get("format") != _FORMAT:
+        raise InputError(f"--resume: {str(path)!r} is not a run's settings file (expected \"format\": "
+                         f"{_FORMAT!r}, got {data.get('format')!r}); {fix}")
+    if not isinstance(data.get("compared"), dict):
+        raise InputError(f"--resume: {str(path)!r} is not a run's settings file (expected a \"compared\" "
+                         f"object, got {type(data.get('compared')).__name__}); {fix}")
+    return data
+
+
+def _prepare_out(out: Path, record: dict[str, Any], opts: RunOptions, world_size: int = 1) -> tuple[Ownership, FolderLock]:
+    """Rank 0: lock ``out``, refuse or clean (only the run's own files), write the marker and
+    settings.json. Returns the ownership record and the held lock. Raises on refusal."""
+    own = inspect_out(out)  # refuses a folder with foreign files before anything is written
+    if own.kind == "missing":
+        out.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(out).acquire()
+    try:
+        own = inspect_out(out)  # again, under the lock
+        if own.is_run and not opts.resume:
             if not opts.force:
-                raise InputError(f"--resume: cannot read {str(out / SETTINGS_FILE)!r} ({e}); pass --force") from None
-            old = {}
-        changes = _diff(old.get("compared"), record["compared"])
-        if changes and not opts.force:
-            shown = "; ".join(changes[:5]) + (" ..." if len(changes) > 5 else "")
-            raise ConfigError(
-                f"--resume: the settings differ from the run in {str(out)!r} ({shown}); "
-                "resume with the same settings, or pass --force to continue with the new ones"
-            )
-    (out / "items").mkdir(parents=True, exist_ok=True)
-    clean_stale_tmp(out)
-    _write_json(out / SETTINGS_FILE, record)
+                raise InputError(
+                    f"--out: {str(out)!r} holds an earlier run; pass --resume to continue it, --force to "
+                    "start over (removes only that run's own files), or choose another --out"
+                )
+            for p in own.own_file_paths():
+                p.unlink()
+            own.files = []
+        if own.is_run and opts.resume and (out / SETTINGS_FILE).exists():
+            try:
+                old = read_settings(out / SETTINGS_FILE)
+            except InputError:
+                if not opts.force:
+                    raise
+                old = {"compared": record["compared"]}
+            changes = _diff(old["compared"], record["compared"])
+            if changes and not opts.force:
+                shown = "; ".join(changes[:5]) + (" ..." if len(changes) > 5 else "")
+                raise ConfigError(
+                    f"--resume: the settings differ from the run in {str(out)!r} ({shown}); "
+                    "resume with the same settings, or pass --force to continue with the new ones"
+                )
+        if own.kind == "legacy-run":  # a run folder of an earlier version: adopt its files
+            own.files = [p.name for p in own.own_file_paths() if p.parent == out]
+        names = [SETTINGS_FILE, RESULTS, FAILURES]
+        if world_size > 1:
+            names += [f"{stem}.rank{r}.jsonl" for stem in ("results", "failures") for r in range(world_size)]
+        if opts.report:
+            if "report.html" not in own.files and (out / "report.html").exists():
+                raise InputError(f"--report: {str(out / 'report.html')!r} exists and was not written by mperturb; "
+                                 "move it away, or run without --report and use `mperturb report DIR --output FILE`")
+            names.append("report.html")
+        own.files = sorted(set(own.files) | set(names))
+        own.write_marker()
+        for p in own.stale_tmp():
+            p.unlink()
+        (out / "items").mkdir(exist_ok=True)
+        write_owned_text(out / SETTINGS_FILE, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n",
+                         own.tag)
+    except BaseException:
+        lock.release()
+        raise
+    return own, lock
+
+
+def _probe_model(model: Any, prep: Any, device: torch.device) -> None:
+    """One forward pass on a mid-grey image before any output is written: a model whose output
+    cannot be read at all (it raises, returns a tuple, no class columns) stops the run here
+    with one error, instead of failing every item. Non-finite *values* are left to the items
+    (a model may return NaN on some images only)."""
+    from PIL import Image
+
+    from ..core.head import model_output
+    from ..io import preprocess
+
+    x, _ = preprocess(Image.new("RGB", (64, 64), (128, 128, 128)), prep)
+    x = x[None].to(device)
+    with torch.no_grad():
+        try:
+            raw = model(x)
+        except (ModelError, InputError, ConfigError):
+            raise
+        except Exception as e:
+            raise ModelError(
+                f"model: calling it on x of shape {tuple(x.shape)} failed with {type(e).__name__}: {e}"
+            ) from e
+    if isinstance(raw, torch.Tensor) and raw.is_floating_point():
+        raw = torch.nan_to_num(raw)
+    model_output(raw, 1, where="on the clean images")
+
+
+def _message(e: BaseException) -> str:
+    text = str(e) if isinstance(e, MeaningfulPerturbationError) else f"{type(e).__name__}: {e}"
+    return " ".join(text.split())[:500]
 
 
 def _load_mask(path: Path, size_hw: tuple[int, int]) -> np.ndarray:
@@ -188,7 +285,9 @@ def _item_metrics(sal: torch.Tensor, item: Item, gt_mask: np.ndarray | None, opt
             out["energy_mask"] = float(energy_in_mask(s, torch.from_numpy(gt_mask)[None])[0])
     if "pointing" in opts.metrics and gt is not None:
         tol = opts.pointing_tolerance if opts.pointing_tolerance is not None else scaled_tolerance((h, w))
-        res = pointing_game(s, torch.from_numpy(gt)[None], tolerance=float(tol))
+        # Any tolerance beyond the image diagonal hits wherever the maximum is: same result,
+        # no overflow for huge values.
+        res = pointing_game(s, torch.from_numpy(gt)[None], tolerance=min(float(tol), math.hypot(h, w) + 1.0))
         out["pointing_hit"] = float(res.hits[0]) if bool(res.valid[0]) else None
         out["pointing_tolerance_px"] = round(float(tol), 3)
     return out
@@ -215,26 +314,38 @@ def _name(c: int, class_names: Sequence[str] | None) -> str:
 def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
     """Explain every image of ``opts.source`` into ``opts.out`` (see the module docstring).
 
+    Every option is checked, the model loaded and probed with one forward pass, and ``out``
+    checked (only an empty folder or a run of this project) and locked, before any item is
+    worked on. An item that cannot be done (bad row, unreadable image, NaN output, a model
+    error on it alone, ...) is recorded in ``failures.jsonl`` with its stage and reason and the
+    run goes on; a batch whose forward pass or ``explain`` fails is retried one item at a time
+    so only the bad items are recorded. ``--resume`` skips recorded failures unless
+    ``opts.retry_failures``.
+
     Under ``torchrun`` each rank does its shard; rank 0 merges. Returns this rank's summary
     (rank 0's has the merged results and failures).
+
+    Raises:
+        ConfigError / InputError: a bad option, a refused ``out`` (foreign files, an earlier
+            run without ``--resume``/``--force``, held by another run, changed settings).
+        ModelError: the model's output cannot be read at all (checked before any work).
     """
     from .. import explain as explain_fn
     from .. import figures
     from ..io import load_image, map_to_original, preprocess
     from ..methods.common import input_stats_overrides
+    from ..methods.registry import get_method, resolve_config
     from ..models import CLI_OPTION_NAMES, load_model, resolve_model_preprocessing
     from ..targets import clean_scores, target_from_option
 
-    if opts.batch_size < 1:
-        raise ConfigError(f"--batch-size: expected >= 1, got {opts.batch_size}")
-    bad = [m for m in opts.metrics if m not in METRIC_NAMES]
-    if bad:
-        raise ConfigError(f"--metrics: unknown metric(s) {', '.join(bad)}; choose from {', '.join(METRIC_NAMES)}")
+    validate_options(opts)
+    out = Path(opts.out)
+    inspect_out(out)  # read-only: a folder with foreign files is refused before the model loads
     ctx = distmod.detect()
     device_name = distmod.local_device(settings.device, ctx)
     distmod.init(ctx, device_name)
+    lock: FolderLock | None = None
     try:
-        out = Path(opts.out)
         loaded = load_model(settings.model, weights=settings.weights, trust_code=settings.trust_code,
                             device=device_name)
         # The model's own preprocessing with the overrides; its channel count checked by one
@@ -243,34 +354,45 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
             loaded, settings.preprocessing, device=device_name, names=CLI_OPTION_NAMES
         )
         class_names = prep.class_names
+        device = torch.device(device_name)
+        _probe_model(loaded.model, prep, device)
         if isinstance(settings.target, str) and settings.target not in ("top1", "top5"):
             target_from_option(settings.target, torch.zeros(1, len(class_names or ()) or 1), class_names)
+        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.overrides.items()}
+        overrides = input_stats_overrides(settings.config, overrides, prep.mean, prep.std)
+        resolve_config(get_method(settings.method), overrides)  # bad settings: refused now, not per batch
         items, source_info = load_source(opts.source, opts.source_type, class_names)
         record = _settings_record(settings, opts, source_info, prep)
         error = None
         if ctx.is_main:
             try:
-                _prepare_out(out, record, opts)
+                _, lock = _prepare_out(out, record, opts, ctx.world_size)
             except (InputError, ConfigError) as e:
                 error = (type(e).__name__, str(e))
         error = ctx.broadcast(error)
         if error is not None:
             raise (ConfigError if error[0] == "ConfigError" else InputError)(error[1])
+        if not ctx.is_main:
+            lock = FolderLock(out, f"lock.rank{ctx.rank}").acquire()
+        own = inspect_out(out)
+        owned = own.owned_ids()
 
         summary = RunSummary(total=len(items), rank=ctx.rank, world_size=ctx.world_size)
         mine = distmod.shard(items, ctx)
         finished = done_ids(out)
         todo = [it for it in mine if it.id not in finished]
         summary.done_before = len(mine) - len(todo)
+        if not opts.retry_failures:
+            failed_before = set(_collect(_parts(out, "failures")))
+            n_todo = len(todo)
+            todo = [it for it in todo if it.id not in failed_before]
+            summary.not_retried = n_todo - len(todo)
         suffix = f".rank{ctx.rank}" if ctx.enabled else ""
         results_path = out / f"results{suffix}.jsonl"
         failures_path = out / f"failures{suffix}.jsonl"
         repair_tail(results_path)
         repair_tail(failures_path)
         items_dir = out / "items"
-        device = torch.device(device_name)
-        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.overrides.items()}
-        overrides = input_stats_overrides(settings.config, overrides, prep.mean, prep.std)
         top_k = int(settings.config.get("top_k", 1) or 1)
         head_kind = getattr(settings, "head", "auto")
 
@@ -291,28 +413,25 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
                 tqdm.write(f"mperturb: skipping {it.rel}: {' '.join(msg.split())}", file=sys.stderr)
             bar.update(1)
 
-        for start in range(0, len(todo), opts.batch_size):
-            batch = todo[start : start + opts.batch_size]
-            ready: list[dict[str, Any]] = []
-            for it in batch:
-                if it.error:
-                    fail(it, "source", it.error)
-                    continue
-                try:
-                    image = load_image(it.path)
-                    x, geometry = preprocess(image, prep)
-                    gt_mask = None
-                    if it.mask is not None and opts.metrics:
-                        gt_mask = _load_mask(it.mask, tuple(geometry.original_size))
-                except InputError as e:
-                    fail(it, "load", str(e))
-                    continue
-                ready.append({"item": it, "image": image, "x": x, "geometry": geometry, "gt_mask": gt_mask})
-            if not ready:
-                continue
+        def split_or_fail(rs: list[dict[str, Any]], stage: str, e: Exception) -> None:
+            """A batch failed: retry its items one at a time; a single item is recorded."""
+            if len(rs) == 1:
+                fail(rs[0]["item"], stage, _message(e))
+                return
+            for r in rs:
+                run_batch([r])
+
+        def run_batch(ready: list[dict[str, Any]]) -> None:
+            nonlocal head_kind
             xb = torch.stack([r["x"] for r in ready]).to(device)
-            # The head is read once, on the first batch ("auto" then stays what it found).
-            logits, head = clean_scores(loaded.model, xb, head_kind)
+            try:
+                # The head is read once, on the first batch that succeeds ("auto" then stays).
+                logits, head = clean_scores(loaded.model, xb, head_kind)
+            except ConfigError:
+                raise  # settings that do not fit the model: not an item's fault
+            except Exception as e:
+                split_or_fail(ready, "model", e)
+                return
             head_kind = head.kind
             logits = logits.cpu()
             n_classes = int(logits.shape[-1])
@@ -333,31 +452,71 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
                     continue
                 r["label"] = label
                 r["pred"] = int(logits[k].argmax())
+                r["target"] = [int(c) for c in tgt]
                 keep.append(r)
-                targets.append([int(c) for c in tgt])
+                targets.append(r["target"])
             if not keep:
-                continue
+                return
             if len(keep) != len(ready):
                 xb = torch.stack([r["x"] for r in keep]).to(device)
             t0 = time.perf_counter()
-            ex = explain_fn(loaded.model, xb, target=targets, method=settings.method, seed=settings.seed,
-                            head=head_kind, progress=False, **overrides)
-            batch_seconds = time.perf_counter() - t0
-            per_item = batch_seconds / len(keep)
+            try:
+                ex = explain_fn(loaded.model, xb, target=targets, method=settings.method, seed=settings.seed,
+                                head=head_kind, progress=False, **overrides)
+            except ConfigError:
+                raise
+            except Exception as e:
+                split_or_fail(keep, "explain", e)
+                return
+            per_item = (time.perf_counter() - t0) / len(keep)
+            write_items(keep, ex, per_item)
+
+        def write_items(keep: list[dict[str, Any]], ex: Any, per_item: float) -> None:
+            # Ownership: an item's files are written only where none exist, or where this
+            # folder's runs wrote them (claimed before writing).
+            new_ids = []
+            writable = []
             for k, r in enumerate(keep):
                 it = r["item"]
-                one = ex[k]
+                if it.id not in owned:
+                    taken = [p.name for p in (items_dir / f"{it.id}{s}" for s in ITEM_SUFFIXES)
+                             if p.exists() or p.is_symlink()]
+                    if taken:
+                        fail(it, "write", f"items/{taken[0]} exists and was not written by a run in this folder; "
+                                          "move it away and --resume")
+                        continue
+                    new_ids.append(it.id)
+                writable.append((k, r))
+            own.claim(new_ids, suffix)
+            owned.update(new_ids)
+            for k, r in writable:
+                it = r["item"]
+                try:
+                    one = ex[k]
+                    sal_orig = map_to_original(one.saliency[0].float(), r["geometry"])
+                    metrics = _item_metrics(sal_orig, it, r["gt_mask"], opts) if opts.metrics else {}
+                    scores = {name: v[0].tolist() for name, v in one.scores.items()}
+                except Exception as e:
+                    fail(it, "metrics", _message(e))
+                    continue
                 t1 = time.perf_counter()
-                sal_orig = map_to_original(one.saliency[0].float(), r["geometry"])
-                original = np.asarray(r["image"], dtype=np.uint8)
-                figures.save_overlay(items_dir / f"{it.id}_overlay.png", original, sal_orig)
-                thumb = r["image"].copy()
-                thumb.thumbnail((opts.thumb_size, opts.thumb_size))
-                with figures.atomic_path(items_dir / f"{it.id}_thumb.png") as tmp:
-                    thumb.save(tmp, format="PNG")
-                one.save(items_dir / f"{it.id}.npz")
-                metrics = _item_metrics(sal_orig, it, r["gt_mask"], opts) if opts.metrics else {}
-                scores = {name: v[0].tolist() for name, v in one.scores.items()}
+                try:
+                    original = np.asarray(r["image"], dtype=np.uint8)
+                    with owned_tmp(items_dir / f"{it.id}_overlay.png", own.tag) as tmp:
+                        figures.save_overlay(tmp, original, sal_orig)
+                    thumb = r["image"].copy()
+                    thumb.thumbnail((opts.thumb_size, opts.thumb_size))
+                    with owned_tmp(items_dir / f"{it.id}_thumb.png", own.tag) as tmp:
+                        thumb.save(tmp, format="PNG")
+                    with owned_tmp(items_dir / f"{it.id}.npz", own.tag) as tmp:
+                        one.save(tmp)
+                except OSError:
+                    raise  # the output folder itself failed (full, read-only): stop the run
+                except Exception as e:
+                    for sfx in ITEM_SUFFIXES:
+                        (items_dir / f"{it.id}{sfx}").unlink(missing_ok=True)
+                    fail(it, "write", _message(e))
+                    continue
                 tgt = one.target[0]
                 rec = {
                     "id": it.id,
@@ -387,6 +546,26 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
                 append_line(results_path, rec)
                 summary.done_now += 1
                 bar.update(1)
+
+        for start in range(0, len(todo), opts.batch_size):
+            batch = todo[start : start + opts.batch_size]
+            ready: list[dict[str, Any]] = []
+            for it in batch:
+                if it.error:
+                    fail(it, "source", it.error)
+                    continue
+                try:
+                    image = load_image(it.path)
+                    x, geometry = preprocess(image, prep)
+                    gt_mask = None
+                    if it.mask is not None and opts.metrics:
+                        gt_mask = _load_mask(it.mask, tuple(geometry.original_size))
+                except (MeaningfulPerturbationError, OSError, ValueError) as e:
+                    fail(it, "load", _message(e))
+                    continue
+                ready.append({"item": it, "image": image, "x": x, "geometry": geometry, "gt_mask": gt_mask})
+            if ready:
+                run_batch(ready)
         bar.close()
         summary.seconds = time.perf_counter() - t_start
         summary.failures = my_failures
@@ -396,10 +575,17 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
             results, failures = merge_results(out)
             summary.results, summary.failure_records = results, failures
             summary.failures = len(failures)
+            if opts.report:
+                from .report import write_report
+
+                summary.report_path = write_report(out)
         summary.done_now = ctx.gather_sum(summary.done_now)
+        summary.not_retried = ctx.gather_sum(summary.not_retried)
         ctx.barrier()
         return summary
     finally:
+        if lock is not None:
+            lock.release()
         ctx.close()
 
 
@@ -410,6 +596,9 @@ def summarise(summary: RunSummary) -> str:
         f"({summary.done_now} now, {summary.done_before} already), {summary.failures} failure(s)"
         + (f", {summary.world_size} processes" if summary.world_size > 1 else "")
     ]
+    if summary.not_retried:
+        lines.append(f"  {summary.not_retried} item(s) failed in an earlier run and were not retried "
+                     "(pass --retry-failures with --resume; see failures.jsonl)")
     if summary.done_now and summary.seconds > 0:
         lines.append(f"  this run: {summary.seconds:.1f} s, {summary.done_now / summary.seconds:.2f} items/s")
     from .report import collect_columns

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ __all__ = ["Item", "SOURCE_KINDS", "load_source", "item_id", "detect_kind"]
 SOURCE_KINDS = ("auto", "folder", "imagefolder", "csv", "jsonl")
 
 
-@dataclass
+@dataclass(slots=True)  # ~1M items per manifest: no per-instance __dict__
 class Item:
     """One image to explain.
 
@@ -113,6 +114,8 @@ def _parse_box(value: Any, where: str) -> tuple[float, float, float, float] | No
         nums = tuple(float(p) for p in parts)
     except (TypeError, ValueError):
         raise InputError(f"{where}: box must hold 4 numbers, got {value!r}") from None
+    if len(nums) == 4 and not all(math.isfinite(v) for v in nums):
+        raise InputError(f"{where}: box coordinates must be finite numbers, got {value!r}")
     if len(nums) != 4 or not (nums[2] > nums[0] and nums[3] > nums[1]):
         raise InputError(f"{where}: box must be x0,y0,x1,y1 with x1 > x0 and y1 > y0, got {value!r}")
     return nums  # type: ignore[return-value]
@@ -136,12 +139,13 @@ def _parse_target(value: Any) -> int | str | None:
         return text
 
 
-def _manifest_rows(source: Path, kind: str) -> list[tuple[int, dict[str, Any]]]:
+def _manifest_rows(source: Path, kind: str) -> list[tuple[int, dict[str, Any] | str]]:
+    """``(line number, row)`` pairs; a row that cannot be read is its error message instead."""
     try:
         text = source.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"SOURCE: cannot read manifest {str(source)!r} ({e})") from None
-    rows: list[tuple[int, dict[str, Any]]] = []
+    rows: list[tuple[int, dict[str, Any] | str]] = []
     if kind == "csv":
         reader = csv.DictReader(text.splitlines())
         if not reader.fieldnames or "path" not in [f.strip() for f in reader.fieldnames]:
@@ -155,10 +159,12 @@ def _manifest_rows(source: Path, kind: str) -> list[tuple[int, dict[str, Any]]]:
                 continue
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"SOURCE: {source.name} line {lineno}: not valid JSON ({e.msg})") from None
+            except (json.JSONDecodeError, RecursionError) as e:
+                rows.append((lineno, f"SOURCE: {source.name} line {lineno}: not valid JSON ({getattr(e, 'msg', e)})"))
+                continue
             if not isinstance(obj, dict):
-                raise InputError(f"SOURCE: {source.name} line {lineno}: expected a JSON object")
+                rows.append((lineno, f"SOURCE: {source.name} line {lineno}: expected a JSON object"))
+                continue
             rows.append((lineno, {k: v for k, v in obj.items() if v not in (None, "")}))
     return rows
 
@@ -168,17 +174,26 @@ def _from_manifest(source: Path, kind: str) -> list[Item]:
     items: list[Item] = []
     for lineno, row in _manifest_rows(source, kind):
         where = f"{source.name} line {lineno}"
-        if "path" not in row:
-            raise InputError(f"SOURCE: {where}: missing 'path'")
+        if isinstance(row, str) or "path" not in row:
+            # One bad row is one failed item (recorded in failures.jsonl), not a failed run.
+            error = row if isinstance(row, str) else f"SOURCE: {where}: missing 'path'"
+            items.append(Item(id="", path=source, rel=f"{source.name}:line{lineno}", error=error,
+                              extra={"salt": error}))
+            continue
         rel = str(row["path"])
         path = Path(rel) if os.path.isabs(rel) else root / rel
         box_value = row.get("box")
         if box_value is None and all(k in row for k in ("x0", "y0", "x1", "y1")):
             box_value = [row["x0"], row["y0"], row["x1"], row["y1"]]
-        box = _parse_box(box_value, f"SOURCE: {where}")
         mask = row.get("mask")
         mask_path = None if mask is None else (Path(str(mask)) if os.path.isabs(str(mask)) else root / str(mask))
-        label = _parse_target(row.get("target"))
+        try:
+            box = _parse_box(box_value, f"SOURCE: {where}")
+            label = _parse_target(row.get("target"))
+        except InputError as e:
+            salt = json.dumps([repr(row.get("target")), repr(box_value), None if mask is None else str(mask)])
+            items.append(Item(id="", path=path, rel=rel, error=str(e), extra={"salt": salt}))
+            continue
         salt = json.dumps([label, box, None if mask is None else str(mask)])
         items.append(Item(id="", path=path, rel=rel, label=label, box=box, mask=mask_path, extra={"salt": salt}))
     return items
@@ -240,13 +255,30 @@ def load_source(
         info.update(extra)
     if not items:
         raise InputError(f"SOURCE: no images found in {str(src)!r}")
+    _assign_ids(items)
+    return items, info
+
+
+def _assign_ids(items: list[Item]) -> None:
+    """Give every item its id, in time linear in the number of items.
+
+    The k-th identical row (same relative path and salt) gets ``item_id(rel, salt + "#k")``
+    (k >= 2), the same ids as the earlier quadratic search gave; ``next_n`` remembers per
+    first id where to continue, so ``m`` repeats cost ``O(m)``, not ``O(m**2)``. Ids are
+    unique case-insensitively (case-insensitive file systems).
+    """
     used: set[str] = set()
-    for k, it in enumerate(items):
+    next_n: dict[str, int] = {}
+    for it in items:
         salt = it.extra.pop("salt", "")
         iid = item_id(it.rel, salt)
-        n = 2
-        while iid.lower() in used:  # identical rows: disambiguate by occurrence
-            iid, n = item_id(it.rel, f"{salt}#{n}"), n + 1
+        first = iid.lower()
+        if first in used:  # identical rows: disambiguate by occurrence
+            n = next_n.get(first, 2)
+            iid = item_id(it.rel, f"{salt}#{n}")
+            while iid.lower() in used:  # only on a (rare) collision with another row's id
+                n += 1
+                iid = item_id(it.rel, f"{salt}#{n}")
+            next_n[first] = n + 1
         used.add(iid.lower())
         it.id = iid
-    return items, info
