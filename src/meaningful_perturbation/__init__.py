@@ -31,7 +31,7 @@ Example:
 from __future__ import annotations
 
 from .api import explain
-from .errors import ConfigError, InputError, MeaningfulPerturbationError, ModelError
+from .errors import AreaWarning, ConfigError, InputError, MeaningfulPerturbationError, MeaningfulPerturbationWarning, ModelError
 from .explanation import Explanation
 from .methods.registry import get_method, methods
 
@@ -46,6 +46,8 @@ __all__ = [
     "InputError",
     "ConfigError",
     "ModelError",
+    "MeaningfulPerturbationWarning",
+    "AreaWarning",
     "__version__",
 ]
 

@@ -7,7 +7,7 @@ how to fix it.
 
 from __future__ import annotations
 
-__all__ = ["MeaningfulPerturbationError", "InputError", "ConfigError", "ModelError"]
+__all__ = ["MeaningfulPerturbationError", "InputError", "ConfigError", "ModelError", "MeaningfulPerturbationWarning", "AreaWarning"]
 
 
 class MeaningfulPerturbationError(Exception):
@@ -24,3 +24,11 @@ class ConfigError(MeaningfulPerturbationError, ValueError):
 
 class ModelError(MeaningfulPerturbationError, RuntimeError):
     """The model misbehaves: wrong output shape, NaN output, no gradient path to its input."""
+
+
+class MeaningfulPerturbationWarning(UserWarning):
+    """Base class of the warnings this package emits: a result that may mislead."""
+
+
+class AreaWarning(MeaningfulPerturbationWarning):
+    """A mask's achieved area is far from the area it was optimised for (``extremal``)."""
