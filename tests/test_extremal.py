@@ -221,8 +221,9 @@ def test_early_stopping():
 @pytest.mark.parametrize("size,tol", [(64, 0.2), (224, 0.1)])
 def test_achieved_area_close_to_target(size, tol):
     # The constraint holds the lattice values; the pixel area of the interpolated mask
-    # follows it to within 10% at 224 (33×33 lattice) and 20% at 64 (a 2 px lattice step,
-    # where the smooth max's transition band is a larger share of a small mask).
+    # follows it to within 10% at 224. At 64 this oracle's strong log-evidence gradient keeps
+    # the a = 0.05 mask at 0.058 (+16%): its smooth-max transition band (~2.5 lattice steps)
+    # is wide for a blob of ~4 steps' radius (docs/benchmarks.md, "achieved areas").
     model = TextureOracle(size, BOXES, gain=4.0, bias=0.0, log=True)
     x = textured_image(size, 0, seed=0, boxes=BOXES, grain=size / 64)
     areas = (0.05, 0.1, 0.2)
@@ -305,13 +306,14 @@ def test_wide_image_gives_the_square_crops_mask(wide):
     assert iou > 0.9, iou
 
 
-@pytest.mark.parametrize("size,aspect", [(64, (1, 1)), (64, (1, 2)), (112, (3, 1)), (224, (1, 1)), (224, (1, 3))])
+@pytest.mark.parametrize("aspect", [(1, 1), (1, 2), (1, 3), (3, 1)], ids=["1:1", "2:1", "3:1", "1:3"])
+@pytest.mark.parametrize("size", [64, 112, 224])
 def test_every_mask_within_10_percent_of_its_area(size, aspect):
     # Sizes 64 / 112 / 224 and aspects 1:1 to 3:1 (either way) on the fast preset (the same
     # λ path as the full schedule, compressed); the bump is off-centre.
     H, W = size * aspect[0], size * aspect[1]
-    model = _PixelBump(0.3 * H, 0.6 * W, 0.1 * size)
     areas = (0.05, 0.1, 0.2)
+    model = _PixelBump(0.3 * H, 0.6 * W, 0.1 * size)
     ex = mp.explain(model, torch.full((1, 3, H, W), 2.0), target=0, method="extremal-fast", areas=areas, perturbation="fade", jitter="none")
     achieved = torch.tensor(ex.extra["achieved_area"])[0]
     target = torch.tensor(areas)

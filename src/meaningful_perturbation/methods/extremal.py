@@ -16,6 +16,20 @@ Measuring on the lattice gives every parameter the same pull from the constraint
 on pixels, a border (corner) lattice point stands for half (a quarter) as many pixels, is
 pulled down two (four) times more slowly and, once the class score has saturated, keeps the
 leftover area: masks drifted to the image corners (docs/benchmarks.md, "border artifacts").
+
+Image shape. ``R_a`` is a mean over the ``P`` lattice points, so the weight is multiplied by
+``P / P_sq`` (``P_sq``: the lattice of the image's square crop, ``min(h, w)²``): the term is
+``λ_t·‖sort(m) − r_a‖² / P_sq``, the paper's sum up to a constant, and every parameter gets
+the same pull on a 3:1 image as on a square one (with the plain mean a 3:1 image got a third
+of it, and ``extremal-fast`` kept the whole image at a = 0.05). The lattice step, σ and blur
+scale with the short side, so ``P_sq`` (33² by default) is the same at every size. The λ
+path ``λ0·1.0035^t`` of the paper's 800 steps is followed over any number of steps
+(``λ0·1.0035^(800·t/steps)``), so shorter runs (``extremal-fast``) end at the same ≈16·λ0.
+Measured (docs/benchmarks.md, "achieved areas"): masks within ±10% of their area at 64-224 px
+and aspects 1:3 to 3:1 on the demo model; a mask whose achieved area (pixels above ½) misses
+its target by more than 25% raises an :class:`~meaningful_perturbation.AreaWarning` naming
+the image, the target and the achieved area (``extra["achieved_area"]``, ``(N, K)``).
+
 All areas of all images (and both games for ``dual``) are one batch. ``m`` marks the salient region in every game; ``masks`` stores the keep-mask of the
 primary game (``m`` for preserve and dual, ``1 − m`` for delete) and ``saliency`` is the sum
 of the salient regions over the areas.
@@ -271,7 +285,7 @@ register("extremal", ExtremalConfig, "Extremal Perturbation (Fong, Patrick & Ved
 register(
     "extremal-fast",
     ExtremalConfig,
-    "`extremal` with a quarter of the schedule (200 SGD steps); as good on the ground-truth benchmark",
+    "`extremal` with a quarter of the schedule (200 SGD steps, the same λ path); as good on the ground-truth benchmark",
     steps=200,
-    notes={"steps": "a quarter of 800: within the CI of the full schedule on ShapeEvidence n = 200 (docs/benchmarks.md, quality vs steps)"},
+    notes={"steps": "a quarter of 800, the area weight following the same λ path (×1.0035⁴ per step): within the CI of the full schedule on ShapeEvidence (docs/benchmarks.md, quality vs steps)"},
 )(_run)
