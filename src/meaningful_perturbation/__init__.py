@@ -36,7 +36,15 @@ Example:
 from __future__ import annotations
 
 from .api import explain
-from .errors import ConfigError, InputError, MeaningfulPerturbationError, ModelError
+from .errors import (
+    AreaWarning,
+    ConfigError,
+    HeadWarning,
+    InputError,
+    MeaningfulPerturbationError,
+    MeaningfulPerturbationWarning,
+    ModelError,
+)
 from .explanation import Explanation
 from .methods.registry import get_method, methods
 
@@ -51,6 +59,9 @@ __all__ = [
     "InputError",
     "ConfigError",
     "ModelError",
+    "MeaningfulPerturbationWarning",
+    "AreaWarning",
+    "HeadWarning",
     "__version__",
 ]
 

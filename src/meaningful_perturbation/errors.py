@@ -14,6 +14,7 @@ __all__ = [
     "ModelError",
     "MeaningfulPerturbationWarning",
     "HeadWarning",
+    "AreaWarning",
 ]
 
 
@@ -41,3 +42,7 @@ class MeaningfulPerturbationWarning(UserWarning):
 class HeadWarning(MeaningfulPerturbationWarning):
     """``head="auto"`` chose how to read the model's output on values that also fit another
     reading (see :mod:`meaningful_perturbation.core.head`)."""
+
+
+class AreaWarning(MeaningfulPerturbationWarning):
+    """A mask's achieved area is far from the area it was optimised for (``extremal``)."""
