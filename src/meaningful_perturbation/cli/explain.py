@@ -111,6 +111,23 @@ def _perturbed_input(x: torch.Tensor, mask: torch.Tensor, config: dict[str, Any]
     return x * m + p * (1 - m)
 
 
+#: Longest side of ``<stem>_overlay.png``: larger images are shown scaled down (aspect ratio
+#: kept) so the overlay's memory (~100 bytes per pixel while blending) stays bounded; 2048 px is
+#: more than a screen shows. The saliency in ``<stem>.npz`` is unaffected (model input size).
+OVERLAY_MAX_SIDE = 2048
+
+
+def _overlay_image(image: Any) -> Any:
+    from PIL import Image
+
+    from ..io import bounded_size
+
+    h, w = bounded_size((image.height, image.width), OVERLAY_MAX_SIDE)
+    if (h, w) == (image.height, image.width):
+        return image
+    return image.resize((w, h), resample=Image.Resampling.BILINEAR, reducing_gap=3.0)
+
+
 def _to_hwc_uint8(img: torch.Tensor) -> np.ndarray:
     if img.shape[0] == 1:  # a grey input is shown as grey RGB
         img = img.expand(3, -1, -1)
@@ -173,6 +190,9 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             continue
         x, geometry = preprocess(image, prep)
+        # Overlays at a bounded resolution (OVERLAY_MAX_SIDE): keep a small uint8 copy and drop
+        # the full image, so a 12000 x 12000 input never gets a full-size float map or blend.
+        image = _overlay_image(image)
         xb = x.unsqueeze(0).to(device)
         logits, head = clean_scores(loaded.model, xb, settings.head)
         target = target_from_option(settings.target, logits.cpu(), class_names)
@@ -187,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         # Files.
         ex.save(out / f"{stem}.npz")
         original = np.asarray(image, dtype=np.uint8)
-        sal_orig = map_to_original(sal, geometry)
+        sal_orig = map_to_original(sal, geometry, size=original.shape[:2])
         figures.save_overlay(out / f"{stem}_overlay.png", original, sal_orig)
         shown = denormalize(x, prep)
         perturbed = denormalize(_perturbed_input(x.unsqueeze(0), mask[None, None], ex.config)[0], prep)

@@ -160,13 +160,14 @@ def load_image(
       is scaled to 8 bits as ``round(v / 257)`` (65535 -> 255). 32-bit integer (I) images are
       kept if they lie in [0, 255], scaled by 1/257 if they lie in [0, 65535], and stretched
       min..max to 0..255 otherwise; float (F) images are read as [0, 1] or [0, 255] when they
-      fit, and stretched otherwise.
+      fit, and stretched otherwise; a float image with any NaN or infinite pixel is refused.
     - **Palette** (P) and **CMYK** (e.g. Adobe CMYK JPEG) are converted by Pillow.
     - Multi-frame files (GIF, TIFF) give their first frame.
 
     Refused with :class:`InputError` (one line naming the file): missing files, folders,
     empty (0-byte) files, files that are not images (e.g. text named ``.jpg``), images with
     more than ``max_pixels`` pixels (decided from the header, before any pixel is decoded),
+    float images with NaN or infinite pixels,
     and truncated or corrupt data (a full decode is forced; ``ImageFile.LOAD_TRUNCATED_IMAGES``
     is never enabled here — if other code in the process enabled it, Pillow fills truncated
     images silently and this check cannot see it).
@@ -244,6 +245,8 @@ def load_image(
         upright = _apply_exif_orientation(image, name)
         try:
             return convert_channels(upright, channels, background)
+        except InputError as exc:  # e.g. a float image with NaN / inf pixels
+            raise InputError(f"{name}: refused, {exc}") from exc
         except (ValueError, OSError) as exc:
             raise InputError(
                 f"{name}: cannot convert image mode {image.mode!r} to "
@@ -278,6 +281,7 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
 
     Raises:
         ValueError: Pillow cannot convert the mode (e.g. LAB).
+        InputError: a float (mode ``"F"``) image with NaN or infinite pixels (a ValueError too).
     """
     mode = image.mode
     if mode in _ALPHA_MODES or (mode in ("P", "L", "RGB") and "transparency" in image.info):
@@ -336,16 +340,29 @@ def _check_channels(channels: int) -> None:
 
 
 def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
-    data = values.astype(np.float64)
+    # float32 and in place: one 4-byte copy per pixel, not several float64 ones (a 12000 x
+    # 12000 float image would otherwise need ~5 GB). float32 keeps 24 bits, far more than the
+    # 8 the result has.
+    data = np.array(values, dtype=np.float32)
+    if data.size and mode == "F":
+        bad = data.size - int(np.count_nonzero(np.isfinite(data)))
+        if bad:
+            raise InputError(
+                f"float image (mode 'F') has {bad} NaN or infinite pixel value(s) out of "
+                f"{data.size}; expected finite values"
+            )
     lo, hi = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
     if mode in _UINT16_MODES:
-        scaled = data / 257.0
+        data /= 257.0
     elif mode == "F" and lo >= 0.0 and hi <= 1.0:
-        scaled = data * 255.0
+        data *= 255.0
     elif lo >= 0.0 and hi <= 255.0:
-        scaled = data
+        pass
     elif mode == "I" and lo >= 0.0 and hi <= 65535.0:
-        scaled = data / 257.0
+        data /= 257.0
     else:
-        scaled = (data - lo) * (255.0 / max(hi - lo, 1e-12))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        data -= lo
+        data *= 255.0 / max(hi - lo, 1e-12)
+    np.rint(data, out=data)
+    np.clip(data, 0, 255, out=data)
+    return data.astype(np.uint8)
