@@ -323,3 +323,52 @@ def test_big_flat_png_memory_is_bounded(tmp_path):
     assert peak_mb < 1500, f"peak RSS {peak_mb:.0f} MB"
     with Image.open(tmp_path / "out" / "flat_overlay.png") as im:
         assert im.size == (2048, 2048)  # OVERLAY_MAX_SIDE
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding at the size the model needs
+# ----------------------------------------------------------------------------------------------
+
+
+def _gradient(width: int, height: int) -> Image.Image:
+    yy, xx = np.mgrid[0:height, 0:width]
+    a = np.stack([xx * 255.0 / width, yy * 255.0 / height, (xx + yy) * 127.0 / (width + height)], -1)
+    return Image.fromarray(a.astype(np.uint8))
+
+
+@pytest.mark.parametrize("name, orientation", [("g.jpg", 1), ("r.jpg", 6), ("g.png", 1), ("r.png", 6)])
+def test_reduced_decode_gives_the_same_model_input(tmp_path, name, orientation):
+    from meaningful_perturbation.io import ORIGINAL_SIZE_KEY, needed_size
+
+    image = _gradient(2400, 1800)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(tmp_path / name, exif=exif, **({"quality": 95} if name.endswith(".jpg") else {}))
+    prep = Preprocessing()
+    full = load_image(tmp_path / name)
+    asked: list[tuple[int, int]] = []
+    small = load_image(tmp_path / name, min_size=lambda hw: asked.append(hw) or needed_size(hw, prep))
+    upright = (2400, 1800) if orientation == 6 else (1800, 2400)  # (height, width)
+    assert asked == [upright] and (full.height, full.width) == upright
+    # JPEG: DCT scale 1/4 (1/8 would be < 256 px); PNG: box-reduced by 1800 // 256 = 7.
+    factor = 4 if name.endswith(".jpg") else 7
+    assert (small.height, small.width) == tuple(-(-v // factor) for v in upright)
+    assert small.info[ORIGINAL_SIZE_KEY] == (upright, (small.height, small.width))
+    x_full, g_full = preprocess(full, prep)
+    x_small, g_small = preprocess(small, prep)
+    assert g_small == g_full and g_full.original_size == upright
+    assert (x_full - x_small).abs().mean() < 0.02  # normalised units (~1/255 per pixel)
+    # A resize by the caller makes the record stale: it is ignored.
+    moved = small.resize((100, 80))
+    assert preprocess(moved, prep)[1].original_size == (80, 100)
+
+
+def test_no_reduction_for_palette_or_when_not_asked(tmp_path):
+    _gradient(1200, 900).convert("P").save(tmp_path / "p.png")
+    from meaningful_perturbation.io import ORIGINAL_SIZE_KEY
+
+    image = load_image(tmp_path / "p.png", min_size=lambda hw: (10, 10))
+    assert image.size == (1200, 900) and ORIGINAL_SIZE_KEY not in image.info  # indices not averaged
+    _gradient(1200, 900).save(tmp_path / "g.png")
+    assert load_image(tmp_path / "g.png").size == (1200, 900)
+    assert load_image(tmp_path / "g.png", min_size=lambda hw: (600, 700)).size == (1200, 900)  # < 2x

@@ -117,6 +117,14 @@ def _perturbed_input(x: torch.Tensor, mask: torch.Tensor, config: dict[str, Any]
 OVERLAY_MAX_SIDE = 2048
 
 
+def _decode_size(original_hw: tuple[int, int], prep: Any) -> tuple[int, int]:
+    """What the model input and the overlay need of an image: JPEGs are decoded reduced to it."""
+    from ..io import bounded_size, needed_size
+
+    (rh, rw), (oh, ow) = needed_size(original_hw, prep), bounded_size(original_hw, OVERLAY_MAX_SIDE)
+    return (max(rh, oh), max(rw, ow))
+
+
 def _overlay_image(image: Any) -> Any:
     from PIL import Image
 
@@ -182,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(list(zip(paths, stems)), desc="images", unit="img", disable=not interactive)
     for path, stem in bar:
         try:
-            image = load_image(path)
+            image = load_image(path, min_size=lambda hw: _decode_size(hw, prep))
         except InputError as e:
             failures += 1
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__

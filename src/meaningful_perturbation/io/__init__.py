@@ -10,6 +10,7 @@ Example:
 
 from meaningful_perturbation.io.images import (
     DEFAULT_MAX_PIXELS,
+    ORIGINAL_SIZE_KEY,
     IMAGE_EXTENSIONS,
     convert_channels,
     expand_images,
@@ -30,6 +31,7 @@ from meaningful_perturbation.io.preprocessing import (
     bounded_size,
     denormalize,
     map_to_original,
+    needed_size,
     preprocess,
     resolve_preprocessing,
     stats_for_channels,
@@ -38,6 +40,7 @@ from meaningful_perturbation.io.preprocessing import (
 __all__ = [
     "CHANNEL_COUNTS",
     "DEFAULT_MAX_PIXELS",
+    "ORIGINAL_SIZE_KEY",
     "GREY_MEAN",
     "GREY_STD",
     "IMAGE_EXTENSIONS",
@@ -53,6 +56,7 @@ __all__ = [
     "expand_images",
     "load_image",
     "map_to_original",
+    "needed_size",
     "preprocess",
     "resolve_preprocessing",
     "stats_for_channels",

@@ -24,7 +24,7 @@ import glob
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -33,6 +33,7 @@ from meaningful_perturbation.errors import ConfigError, InputError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "ORIGINAL_SIZE_KEY",
     "IMAGE_EXTENSIONS",
     "convert_channels",
     "expand_images",
@@ -52,7 +53,15 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 DEFAULT_MAX_PIXELS = 178_956_970
 
 
+#: ``image.info`` key under which :func:`load_image` records, for an image decoded at a reduced
+#: size (``min_size``), ``((H0, W0), (h, w))``: the full upright size and the size decoded.
+#: :func:`~meaningful_perturbation.io.preprocess` uses ``(H0, W0)`` as the original size while
+#: the image still has size ``(h, w)`` (a later resize or crop makes it ignore the record).
+ORIGINAL_SIZE_KEY = "meaningful_perturbation.original_size"
+
 _GLOB_CHARS = frozenset("*?[")
+# EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _UINT16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 
@@ -143,6 +152,7 @@ def load_image(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     background: tuple[int, int, int] = (255, 255, 255),
     channels: int = 3,
+    min_size: Callable[[tuple[int, int]], tuple[int, int]] | None = None,
 ) -> Image.Image:
     """Read an image file into an 8-bit RGB (or grey) image, refusing broken or hostile files.
 
@@ -179,6 +189,18 @@ def load_image(
             always applies as well.
         background: RGB colour (0-255) that transparent pixels are composited over.
         channels: 3 for RGB (default), 1 for grey (ITU-R 601-2 luma).
+        min_size: decode at the size the caller needs (reduce on decode): called with the
+            image's full upright ``(height, width)`` (from the header, after EXIF
+            orientation), it returns the ``(height, width)`` the caller needs at least. A
+            JPEG is then decoded at the largest 1/2, 1/4 or 1/8 scale that still covers it
+            (Pillow's ``Image.draft``: DCT-domain scaling, a fraction of the memory and time of
+            a full decode); other formats (which cannot reduce while decoding) are
+            box-averaged by the largest integer factor that still covers it right after
+            decoding, before any conversion (grey, RGB, RGBA, 32-bit and float modes; palette
+            images and colour-keyed transparency are kept at full size). The full size is
+            recorded under ``image.info[ORIGINAL_SIZE_KEY]`` so
+            :func:`~meaningful_perturbation.io.preprocess` maps back to the original.
+            ``None`` (default): always full size.
 
     Returns:
         A fully loaded ``PIL.Image.Image`` in mode ``"RGB"`` (``"L"`` with ``channels=1``),
@@ -232,6 +254,10 @@ def load_image(
                 f"max_pixels={max_pixels} (decompression-bomb guard; raise max_pixels if you "
                 f"trust the file)"
             )
+        plan = _reduction_for(image, min_size)
+        full_hw = plan[0] if plan is not None else None
+        if plan is not None and image.format == "JPEG":
+            image.draft(None, plan[1])  # decode at 1/2, 1/4 or 1/8 scale (DCT scaling)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
@@ -242,9 +268,18 @@ def load_image(
                 raise InputError(
                     f"{name}: image data is truncated or corrupt ({_one_line(exc)})"
                 ) from exc
+        if plan is not None and image.mode in _REDUCIBLE_MODES and "transparency" not in image.info:
+            # Formats that cannot reduce while decoding: box-average right after decoding,
+            # before any conversion or copy is made at full size.
+            factor = min(image.width // plan[1][0], image.height // plan[1][1])
+            if factor >= 2:
+                image = image.reduce(factor)
         upright = _apply_exif_orientation(image, name)
         try:
-            return convert_channels(upright, channels, background)
+            result = convert_channels(upright, channels, background)
+            if full_hw is not None and full_hw != (result.height, result.width):
+                result.info[ORIGINAL_SIZE_KEY] = (full_hw, (result.height, result.width))
+            return result
         except InputError as exc:  # e.g. a float image with NaN / inf pixels
             raise InputError(f"{name}: refused, {exc}") from exc
         except (ValueError, OSError) as exc:
@@ -252,6 +287,31 @@ def load_image(
                 f"{name}: cannot convert image mode {image.mode!r} to "
                 f"{'grey' if channels == 1 else 'RGB'} ({_one_line(exc)})"
             ) from exc
+
+
+# Modes whose pixels can be box-averaged by Image.reduce (palette indices cannot).
+_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "I", "F"})
+
+
+def _reduction_for(
+    image: Image.Image, min_size: Callable[[tuple[int, int]], tuple[int, int]] | None
+) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """``(full upright (height, width), needed stored (width, height))`` when the caller's
+    ``min_size`` allows at least a 1/2 reduction, else ``None``."""
+    if min_size is None:
+        return None
+    width, height = image.size
+    try:
+        orientation = int(image.getexif().get(0x0112, 1))
+    except Exception:  # unreadable EXIF: exif_transpose will warn and ignore it too
+        orientation = 1
+    swapped = orientation in _SWAPPING_ORIENTATIONS
+    full_hw = (width, height) if swapped else (height, width)
+    need_h, need_w = (max(1, int(v)) for v in min_size(full_hw))
+    request = (need_h, need_w) if swapped else (need_w, need_h)  # stored (width, height)
+    if request[0] * 2 > width or request[1] * 2 > height:
+        return None  # not even a 1/2 reduction would cover it
+    return full_hw, request
 
 
 def _one_line(exc: BaseException) -> str:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from meaningful_perturbation.errors import ConfigError, InputError
-from meaningful_perturbation.io.images import convert_channels
+from meaningful_perturbation.io.images import ORIGINAL_SIZE_KEY, convert_channels
 
 __all__ = [
     "CHANNEL_COUNTS",
@@ -46,6 +46,7 @@ __all__ = [
     "check_stats",
     "denormalize",
     "map_to_original",
+    "needed_size",
     "preprocess",
     "resolve_preprocessing",
     "stats_for_channels",
@@ -442,7 +443,8 @@ def preprocess(image: Image.Image, prep: Preprocessing) -> tuple[torch.Tensor, G
         ``(x, geometry)``: ``x`` is a ``(C, H, W)`` float32 tensor with ``C = prep.channels``,
         ``x[c] = (pixel / 255 - mean[c]) / std[c]``, with ``(H, W) = prep.size``;
         ``geometry`` records the original size, the resize and the crop box for
-        :func:`map_to_original`.
+        :func:`map_to_original`. For an image that :func:`load_image` decoded reduced
+        (``min_size``), the original size is the full file's (``image.info[ORIGINAL_SIZE_KEY]``).
 
     Raises:
         InputError: ``image`` is not a PIL image or is empty; the resize before the crop
@@ -459,7 +461,11 @@ def preprocess(image: Image.Image, prep: Preprocessing) -> tuple[torch.Tensor, G
         raise InputError(f"preprocess: expected a PIL.Image.Image, got {type(image).__name__}")
     if image.width < 1 or image.height < 1:
         raise InputError(f"preprocess: image is empty ({image.width}x{image.height})")
-    geometry = _plan((image.height, image.width), prep)
+    original = (image.height, image.width)
+    record = image.info.get(ORIGINAL_SIZE_KEY)  # decoded reduced by load_image(min_size=...)
+    if isinstance(record, tuple) and len(record) == 2 and tuple(record[1]) == original:
+        original = (int(record[0][0]), int(record[0][1]))
+    geometry = _plan(original, prep)
     rh, rw = geometry.resized_size
     if rh * rw > MAX_RESIZED_PIXELS:  # before the resize (or a mode conversion) allocates it
         raise InputError(
@@ -482,6 +488,18 @@ def preprocess(image: Image.Image, prep: Preprocessing) -> tuple[torch.Tensor, G
     mean = torch.tensor(prep.mean, dtype=torch.float32).view(c, 1, 1)
     std = torch.tensor(prep.std, dtype=torch.float32).view(c, 1, 1)
     return (x - mean) / std, geometry
+
+
+def needed_size(original_size: tuple[int, int], prep: Preprocessing) -> tuple[int, int]:
+    """The ``(height, width)`` :func:`preprocess` resizes an image of ``original_size`` to
+    before cropping: what :func:`~meaningful_perturbation.io.load_image` must decode at least
+    (its ``min_size``) for the model input to be computed exactly as from the full image.
+
+    Example:
+        >>> needed_size((3000, 4000), Preprocessing())
+        (256, 341)
+    """
+    return _plan((int(original_size[0]), int(original_size[1])), prep).resized_size
 
 
 def bounded_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
