@@ -372,3 +372,30 @@ def test_no_reduction_for_palette_or_when_not_asked(tmp_path):
     _gradient(1200, 900).save(tmp_path / "g.png")
     assert load_image(tmp_path / "g.png").size == (1200, 900)
     assert load_image(tmp_path / "g.png", min_size=lambda hw: (600, 700)).size == (1200, 900)  # < 2x
+
+
+def test_load_fuzzed_bytes_only_ever_raise_input_error(tmp_path):
+    # Seeded mutations (hypothesis is not a dependency): truncations, byte flips inside the
+    # zip headers, the .npy headers and the compressed data. Each load either succeeds with
+    # consistent arrays or raises one InputError line naming the file.
+    path, _, _ = _good(tmp_path)
+    raw = path.read_bytes()
+    rng = np.random.default_rng(13)
+    target = tmp_path / "fuzz.npz"
+    outcomes = {"loaded": 0, "refused": 0}
+    for trial in range(300):
+        data = bytearray(raw)
+        for pos in rng.integers(0, len(raw), size=int(rng.integers(1, 4))):
+            data[pos] ^= int(rng.integers(1, 256))
+        if trial % 3 == 0:
+            data = data[: int(rng.integers(0, len(raw)))]
+        target.write_bytes(bytes(data))
+        try:
+            ex = Explanation.load(target)
+        except InputError as e:
+            assert str(target) in str(e) and "\n" not in str(e)
+            outcomes["refused"] += 1
+        else:
+            assert ex.masks.shape[0] == ex.saliency.shape[0] == len(ex.target)
+            outcomes["loaded"] += 1
+    assert outcomes["refused"] > 100

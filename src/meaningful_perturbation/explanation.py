@@ -274,7 +274,8 @@ class _MemberReader:
                     raise ValueError("data continues past the declared size")
         except InputError:
             raise
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, SyntaxError, zlib.error) as e:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, SyntaxError, zlib.error,
+                NotImplementedError, RuntimeError) as e:  # unknown compression, encrypted member
             raise InputError(f"{label} is unreadable (truncated or corrupt: {_one_line(e)})") from None
         arr = np.frombuffer(buf, dtype=dtype)
         if not dtype.isnative:
