@@ -196,8 +196,9 @@ def load_image(
             (Pillow's ``Image.draft``: DCT-domain scaling, a fraction of the memory and time of
             a full decode); other formats (which cannot reduce while decoding) are
             box-averaged by the largest integer factor that still covers it right after
-            decoding, before any conversion (grey, RGB, RGBA, 32-bit and float modes; palette
-            images and colour-keyed transparency are kept at full size). The full size is
+            decoding, before any conversion (grey, RGB, RGBA, CMYK, 32-bit and float modes;
+            palette, 1-bit and 16-bit images and colour-keyed transparency are read at full
+            size). The full size is
             recorded under ``image.info[ORIGINAL_SIZE_KEY]`` so
             :func:`~meaningful_perturbation.io.preprocess` maps back to the original.
             ``None`` (default): always full size.
@@ -289,8 +290,9 @@ def load_image(
             ) from exc
 
 
-# Modes whose pixels can be box-averaged by Image.reduce (palette indices cannot).
-_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "I", "F"})
+# Modes whose pixels Image.reduce can box-average (palette indices must not be averaged;
+# Pillow cannot reduce 1-bit and 16-bit modes).
+_REDUCIBLE_MODES = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr", "I", "F"})
 
 
 def _reduction_for(
