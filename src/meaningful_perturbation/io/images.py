@@ -3,7 +3,8 @@
 :func:`expand_images` turns files, folders and globs into a list of paths;
 :func:`load_image` reads one file into an 8-bit RGB (or, with ``channels=1``, grey)
 :class:`PIL.Image.Image`, refusing
-broken or hostile files (missing, empty, not an image, decompression bombs, truncated data)
+broken or hostile files (missing, empty, not an image, decompression bombs, truncated data,
+float pixels that are NaN or infinite)
 with a one-line :class:`~meaningful_perturbation.errors.InputError` naming the file.
 
 Example:
