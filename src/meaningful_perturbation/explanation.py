@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,10 +17,18 @@ import torch
 from ._atomic import atomic_open
 from .errors import InputError
 
-__all__ = ["Explanation"]
+__all__ = ["MAX_LOAD_BYTES", "Explanation"]
 
 _FORMAT = "meaningful-perturbation/explanation"
 _VERSION = 1
+
+#: Default limit of :meth:`Explanation.load` on the array data it reads: 1 GiB, ~50x a batch of
+#: 64 images x 3 areas at 224 x 224 (float32 masks are 38.5 MB). Checked from the ``.npy``
+#: headers and the zip directory before any array is allocated.
+MAX_LOAD_BYTES = 1 << 30
+
+# Kinds of model head an explanation records (core/head.py HEADS without "auto").
+_HEADS = ("logits", "probabilities", "sigmoid", "sigmoid-probabilities")
 
 
 @dataclass
@@ -116,32 +127,214 @@ class Explanation:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Explanation":
-        """Read a file written by :meth:`save` (``allow_pickle=False``)."""
+    def load(cls, path: str | os.PathLike, *, max_bytes: int = MAX_LOAD_BYTES) -> "Explanation":
+        """Read a file written by :meth:`save`, checking it before trusting it.
+
+        Only the members the format defines are read — ``__meta__``, ``saliency``, ``masks``
+        and the ``history/<name>`` and ``scores/<name>`` arrays the metadata lists; anything
+        else in the archive is never decompressed. Each array's ``.npy`` header is read
+        first and checked (numeric dtype, the shape the format expects, data size equal to
+        what the zip directory declares, the total within ``max_bytes``) before its data is
+        allocated, so a forged header or a highly compressed member cannot exhaust memory.
+        No pickle is ever loaded.
+
+        Expected contents: metadata a UTF-8 JSON object (``format``, ``version``, ``method``
+        str, ``target`` one list of int class indices per image, ``config`` and ``extra``
+        objects, ``head`` one of the model-head kinds, ``history`` and ``scores`` lists of
+        names); ``saliency`` float ``(N, H, W)``; ``masks`` float ``(N, K, H, W)``; each history
+        array float ``(steps, N, K')``; each scores array float with first dimension ``N``.
+
+        Args:
+            path: the ``.npz`` file.
+            max_bytes: the most bytes of array data read (default :data:`MAX_LOAD_BYTES`,
+                1 GiB); raise it for a trusted file with very large batches.
+
+        Returns:
+            The :class:`Explanation`, arrays on the CPU.
+
+        Raises:
+            InputError: the file is missing, not a zip / ``.npz`` file, truncated or corrupt,
+                not an explanation, or any member is missing, malformed, of the wrong dtype or
+                shape, or too large; the message names the path and the member.
+        """
         path = Path(path)
+        where = f"path: '{path}'"
+        if not path.exists():
+            raise InputError(f"path: no explanation file at '{path}'")
+        if path.is_dir():
+            raise InputError(f"{where} is a folder, not an explanation .npz file")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-        except FileNotFoundError:
-            raise InputError(f"path: no explanation file at '{path}'") from None
-        except (ValueError, OSError) as e:
-            raise InputError(f"path: '{path}' is not a readable explanation .npz file ({e})") from None
-        if "__meta__" not in data:
-            raise InputError(f"path: '{path}' is an .npz file but not an explanation (no metadata entry)")
-        meta = json.loads(bytes(data["__meta__"]).decode("utf-8"))
-        if meta.get("format") != _FORMAT:
-            raise InputError(f"path: '{path}' has format {meta.get('format')!r}, expected {_FORMAT!r}")
+            zf = zipfile.ZipFile(path)
+        except PermissionError:
+            raise InputError(f"{where}: cannot read the file (permission denied)") from None
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
+            raise InputError(
+                f"{where} is not a readable explanation .npz file (not a zip archive, or "
+                f"truncated or empty: {_one_line(e)})"
+            ) from None
+        with zf:
+            reader = _MemberReader(zf, where, int(max_bytes))
+            if "__meta__.npy" not in reader.infos:
+                raise InputError(f"{where} is an .npz file but not an explanation (no metadata entry)")
+            meta = _parse_meta(reader.read("__meta__", kinds="u", ndim=1), where)
+            sal = reader.read("saliency", kinds="f", ndim=3, what="(N, H, W)")
+            n, h, w = sal.shape
+            masks = reader.read("masks", kinds="f", ndim=4, what=f"(N, K, H, W) = ({n}, K, {h}, {w})",
+                                match={0: n, 2: h, 3: w})
+            if len(meta["target"]) != n:
+                raise InputError(
+                    f"{where}: metadata 'target' has {len(meta['target'])} entries but the "
+                    f"saliency has {n} images"
+                )
+            history = {
+                k: torch.from_numpy(reader.read(f"history/{k}", kinds="f", ndim=3,
+                                                what=f"(steps, N, K) with N = {n}", match={1: n}))
+                for k in meta["history"]
+            }
+            scores = {
+                k: torch.from_numpy(reader.read(f"scores/{k}", kinds="f", ndim=None,
+                                                what=f"(N, ...) with N = {n}", match={0: n}))
+                for k in meta["scores"]
+            }
         return cls(
-            saliency=torch.from_numpy(data["saliency"]),
-            masks=torch.from_numpy(data["masks"]),
+            saliency=torch.from_numpy(sal),
+            masks=torch.from_numpy(masks),
             target=meta["target"],
-            history={k: torch.from_numpy(data[f"history/{k}"]) for k in meta["history"]},
-            scores={k: torch.from_numpy(data[f"scores/{k}"]) for k in meta["scores"]},
+            history=history,
+            scores=scores,
             method=meta["method"],
             config=meta["config"],
-            extra=meta.get("extra", {}),
-            head=str(meta.get("head", "logits")),
+            extra=meta["extra"],
+            head=meta["head"],
         )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+class _MemberReader:
+    """Reads single ``.npy`` members of an open zip, header first, within a byte budget."""
+
+    def __init__(self, zf: zipfile.ZipFile, where: str, budget: int) -> None:
+        self.zf = zf
+        self.where = where
+        self.budget = budget
+        self.infos = {info.filename: info for info in zf.infolist()}
+
+    def read(
+        self, key: str, *, kinds: str, ndim: int | None, what: str = "", match: dict[int, int] | None = None
+    ) -> np.ndarray:
+        where = self.where
+        info = self.infos.get(f"{key}.npy")
+        if info is None:
+            raise InputError(f"{where}: member {key!r} is missing (the metadata refers to it)")
+        label = f"{where}: member {key!r}"
+        try:
+            with self.zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"unsupported .npy format version {version}")
+                header_len = f.tell()
+                sizes = (1,) if kinds == "u" else (2, 4, 8)
+                if dtype.hasobject or dtype.kind not in kinds or dtype.itemsize not in sizes:
+                    expected = "uint8 bytes" if kinds == "u" else "a float array"
+                    raise InputError(f"{label} has dtype {dtype}, expected {expected}")
+                if ndim is not None and len(shape) != ndim:
+                    raise InputError(f"{label} has shape {tuple(shape)}, expected {what or f'{ndim} dimensions'}")
+                if ndim is None and len(shape) < 1:
+                    raise InputError(f"{label} has shape {tuple(shape)}, expected {what}")
+                for axis, size in (match or {}).items():
+                    if shape[axis] != size:
+                        raise InputError(f"{label} has shape {tuple(shape)}, expected {what}")
+                nbytes = math.prod(shape) * dtype.itemsize
+                if nbytes != info.file_size - header_len:
+                    raise InputError(
+                        f"{label} is corrupt: its header declares shape {tuple(shape)} "
+                        f"({nbytes} bytes) but the archive holds {info.file_size - header_len} bytes"
+                    )
+                if nbytes > self.budget:
+                    raise InputError(
+                        f"{label} needs {nbytes} bytes, over the {self.budget} still allowed by "
+                        f"max_bytes (Explanation.load max_bytes=...; raise it for a trusted file)"
+                    )
+                self.budget -= nbytes
+                buf = bytearray(nbytes)
+                view = memoryview(buf)
+                got = 0
+                while got < nbytes:
+                    k = f.readinto(view[got:])
+                    if not k:
+                        raise EOFError(f"data ends after {got} of {nbytes} bytes")
+                    got += k
+                if f.read(1):  # reaching the end also makes zipfile check the CRC
+                    raise ValueError("data continues past the declared size")
+        except InputError:
+            raise
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, SyntaxError, zlib.error,
+                NotImplementedError, RuntimeError) as e:  # unknown compression, encrypted member
+            raise InputError(f"{label} is unreadable (truncated or corrupt: {_one_line(e)})") from None
+        arr = np.frombuffer(buf, dtype=dtype)
+        if not dtype.isnative:
+            arr = arr.astype(dtype.newbyteorder("="))
+        return arr.reshape(shape, order="F" if fortran else "C")
+
+
+_META_TYPES = {"method": str, "target": list, "config": dict, "history": list, "scores": list}
+
+
+def _parse_meta(raw: np.ndarray, where: str) -> dict[str, Any]:
+    try:
+        meta = json.loads(raw.tobytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise InputError(f"{where}: metadata is not UTF-8 text ({_one_line(e)})") from None
+    except ValueError as e:
+        raise InputError(f"{where}: metadata is not valid JSON ({_one_line(e)})") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{where}: metadata is a JSON {type(meta).__name__}, expected an object")
+    if meta.get("format") != _FORMAT:
+        raise InputError(f"{where} has format {meta.get('format')!r}, expected {_FORMAT!r}")
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= _VERSION:
+        raise InputError(f"{where} has format version {version!r}; this library reads 1 to {_VERSION}")
+    for key, typ in _META_TYPES.items():
+        if key not in meta:
+            raise InputError(f"{where}: metadata has no {key!r} entry")
+        if not isinstance(meta[key], typ):
+            raise InputError(
+                f"{where}: metadata {key!r} is a {type(meta[key]).__name__}, expected a {typ.__name__}"
+            )
+    meta.setdefault("extra", {})
+    if not isinstance(meta["extra"], dict):
+        raise InputError(f"{where}: metadata 'extra' is a {type(meta['extra']).__name__}, expected a dict")
+    meta.setdefault("head", "logits")  # files written before heads existed
+    if meta["head"] not in _HEADS:
+        raise InputError(f"{where}: metadata 'head' is {meta['head']!r}, expected one of {', '.join(_HEADS)}")
+    for key in ("history", "scores"):
+        names = meta[key]
+        if not all(isinstance(k, str) and k for k in names) or len(set(names)) != len(names):
+            raise InputError(f"{where}: metadata {key!r} must list distinct non-empty names, got {names!r}")
+    target = meta["target"]
+    ok = all(
+        isinstance(t, list) and t and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in t)
+        for t in target
+    )
+    if not ok:
+        raise InputError(
+            f"{where}: metadata 'target' must be one non-empty list of class indices (int >= 0) "
+            f"per image, got {_short(target)}"
+        )
+    return meta
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _slice_extra(extra: dict[str, Any], idx: slice, n: int) -> dict[str, Any]:

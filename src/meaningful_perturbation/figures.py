@@ -43,7 +43,11 @@ def _as_numpy(a: Any) -> np.ndarray:
 def _normalise(saliency: np.ndarray) -> np.ndarray:
     s = np.nan_to_num(saliency.astype(np.float64), nan=0.0)
     lo, hi = float(s.min()), float(s.max())
-    return (s - lo) / (hi - lo) if hi > lo else np.zeros_like(s)
+    if not hi > lo:
+        return np.zeros_like(s)
+    s -= lo  # in place: this map may be image-sized
+    s /= hi - lo
+    return s
 
 
 def overlay(rgb: Any, saliency: Any, *, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
@@ -63,10 +67,22 @@ def overlay(rgb: Any, saliency: Any, *, alpha: float = 0.5, cmap: str = "jet") -
     if rgb.shape[:2] != s.shape:
         raise ValueError(f"overlay: image is {rgb.shape[:2]} but saliency is {s.shape}")
     mpl = _matplotlib()
-    colours = mpl.colormaps[cmap](_normalise(s))[..., :3]
-    base = rgb.astype(np.float64) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float64)
-    out = (1.0 - alpha) * base + alpha * colours
-    return (np.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    # float32 and in place (~35 bytes per pixel at the peak instead of ~115 with float64 and
+    # matplotlib's RGBA output): the colour map is looked up the way Colormap.__call__ does
+    # (index = floor(v * N), 1.0 -> N - 1) in a float32 copy of its table.
+    cm = mpl.colormaps[cmap]
+    lut = (cm(np.arange(cm.N))[:, :3] * 255.0).astype(np.float32)  # (N, 3), 0-255
+    idx = _normalise(s).astype(np.float32)
+    idx *= cm.N
+    np.clip(idx, 0, cm.N - 1, out=idx)
+    colours = lut[idx.astype(np.uint16)]  # (H, W, 3) float32
+    del idx
+    colours *= np.float32(alpha)
+    scale = 1.0 - alpha if rgb.dtype == np.uint8 else 255.0 * (1.0 - alpha)
+    colours += np.multiply(rgb, np.float32(scale), dtype=np.float32)
+    np.clip(colours, 0.0, 255.0, out=colours)
+    colours += 0.5
+    return colours.astype(np.uint8)
 
 
 def save_overlay(path: str | os.PathLike, rgb: Any, saliency: Any, *, alpha: float = 0.5) -> Path:

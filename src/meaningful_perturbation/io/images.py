@@ -3,7 +3,8 @@
 :func:`expand_images` turns files, folders and globs into a list of paths;
 :func:`load_image` reads one file into an 8-bit RGB (or, with ``channels=1``, grey)
 :class:`PIL.Image.Image`, refusing
-broken or hostile files (missing, empty, not an image, decompression bombs, truncated data)
+broken or hostile files (missing, empty, not an image, decompression bombs, truncated data,
+float pixels that are NaN or infinite)
 with a one-line :class:`~meaningful_perturbation.errors.InputError` naming the file.
 
 Example:
@@ -24,7 +25,7 @@ import glob
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -33,6 +34,7 @@ from meaningful_perturbation.errors import ConfigError, InputError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "ORIGINAL_SIZE_KEY",
     "IMAGE_EXTENSIONS",
     "convert_channels",
     "expand_images",
@@ -52,7 +54,15 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 DEFAULT_MAX_PIXELS = 178_956_970
 
 
+#: ``image.info`` key under which :func:`load_image` records, for an image decoded at a reduced
+#: size (``min_size``), ``((H0, W0), (h, w))``: the full upright size and the size decoded.
+#: :func:`~meaningful_perturbation.io.preprocess` uses ``(H0, W0)`` as the original size while
+#: the image still has size ``(h, w)`` (a later resize or crop makes it ignore the record).
+ORIGINAL_SIZE_KEY = "meaningful_perturbation.original_size"
+
 _GLOB_CHARS = frozenset("*?[")
+# EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _UINT16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 
@@ -143,6 +153,7 @@ def load_image(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     background: tuple[int, int, int] = (255, 255, 255),
     channels: int = 3,
+    min_size: Callable[[tuple[int, int]], tuple[int, int]] | None = None,
 ) -> Image.Image:
     """Read an image file into an 8-bit RGB (or grey) image, refusing broken or hostile files.
 
@@ -160,13 +171,14 @@ def load_image(
       is scaled to 8 bits as ``round(v / 257)`` (65535 -> 255). 32-bit integer (I) images are
       kept if they lie in [0, 255], scaled by 1/257 if they lie in [0, 65535], and stretched
       min..max to 0..255 otherwise; float (F) images are read as [0, 1] or [0, 255] when they
-      fit, and stretched otherwise.
+      fit, and stretched otherwise; a float image with any NaN or infinite pixel is refused.
     - **Palette** (P) and **CMYK** (e.g. Adobe CMYK JPEG) are converted by Pillow.
     - Multi-frame files (GIF, TIFF) give their first frame.
 
     Refused with :class:`InputError` (one line naming the file): missing files, folders,
     empty (0-byte) files, files that are not images (e.g. text named ``.jpg``), images with
     more than ``max_pixels`` pixels (decided from the header, before any pixel is decoded),
+    float images with NaN or infinite pixels,
     and truncated or corrupt data (a full decode is forced; ``ImageFile.LOAD_TRUNCATED_IMAGES``
     is never enabled here — if other code in the process enabled it, Pillow fills truncated
     images silently and this check cannot see it).
@@ -178,6 +190,19 @@ def load_image(
             always applies as well.
         background: RGB colour (0-255) that transparent pixels are composited over.
         channels: 3 for RGB (default), 1 for grey (ITU-R 601-2 luma).
+        min_size: decode at the size the caller needs (reduce on decode): called with the
+            image's full upright ``(height, width)`` (from the header, after EXIF
+            orientation), it returns the ``(height, width)`` the caller needs at least. A
+            JPEG is then decoded at the largest 1/2, 1/4 or 1/8 scale that still covers it
+            (Pillow's ``Image.draft``: DCT-domain scaling, a fraction of the memory and time of
+            a full decode); other formats (which cannot reduce while decoding) are
+            box-averaged by the largest integer factor that still covers it right after
+            decoding, before any conversion (grey, RGB, RGBA, CMYK, 32-bit and float modes;
+            palette, 1-bit and 16-bit images and colour-keyed transparency are read at full
+            size). The full size is
+            recorded under ``image.info[ORIGINAL_SIZE_KEY]`` so
+            :func:`~meaningful_perturbation.io.preprocess` maps back to the original.
+            ``None`` (default): always full size.
 
     Returns:
         A fully loaded ``PIL.Image.Image`` in mode ``"RGB"`` (``"L"`` with ``channels=1``),
@@ -231,6 +256,10 @@ def load_image(
                 f"max_pixels={max_pixels} (decompression-bomb guard; raise max_pixels if you "
                 f"trust the file)"
             )
+        plan = _reduction_for(image, min_size)
+        full_hw = plan[0] if plan is not None else None
+        if plan is not None and image.format == "JPEG":
+            image.draft(None, plan[1])  # decode at 1/2, 1/4 or 1/8 scale (DCT scaling)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
@@ -241,14 +270,51 @@ def load_image(
                 raise InputError(
                     f"{name}: image data is truncated or corrupt ({_one_line(exc)})"
                 ) from exc
+        if plan is not None and image.mode in _REDUCIBLE_MODES and "transparency" not in image.info:
+            # Formats that cannot reduce while decoding: box-average right after decoding,
+            # before any conversion or copy is made at full size.
+            factor = min(image.width // plan[1][0], image.height // plan[1][1])
+            if factor >= 2:
+                image = image.reduce(factor)
         upright = _apply_exif_orientation(image, name)
         try:
-            return convert_channels(upright, channels, background)
+            result = convert_channels(upright, channels, background)
+            if full_hw is not None and full_hw != (result.height, result.width):
+                result.info[ORIGINAL_SIZE_KEY] = (full_hw, (result.height, result.width))
+            return result
+        except InputError as exc:  # e.g. a float image with NaN / inf pixels
+            raise InputError(f"{name}: refused, {exc}") from exc
         except (ValueError, OSError) as exc:
             raise InputError(
                 f"{name}: cannot convert image mode {image.mode!r} to "
                 f"{'grey' if channels == 1 else 'RGB'} ({_one_line(exc)})"
             ) from exc
+
+
+# Modes whose pixels Image.reduce can box-average (palette indices must not be averaged;
+# Pillow cannot reduce 1-bit and 16-bit modes).
+_REDUCIBLE_MODES = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr", "I", "F"})
+
+
+def _reduction_for(
+    image: Image.Image, min_size: Callable[[tuple[int, int]], tuple[int, int]] | None
+) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """``(full upright (height, width), needed stored (width, height))`` when the caller's
+    ``min_size`` allows at least a 1/2 reduction, else ``None``."""
+    if min_size is None:
+        return None
+    width, height = image.size
+    try:
+        orientation = int(image.getexif().get(0x0112, 1))
+    except Exception:  # unreadable EXIF: exif_transpose will warn and ignore it too
+        orientation = 1
+    swapped = orientation in _SWAPPING_ORIENTATIONS
+    full_hw = (width, height) if swapped else (height, width)
+    need_h, need_w = (max(1, int(v)) for v in min_size(full_hw))
+    request = (need_h, need_w) if swapped else (need_w, need_h)  # stored (width, height)
+    if request[0] * 2 > width or request[1] * 2 > height:
+        return None  # not even a 1/2 reduction would cover it
+    return full_hw, request
 
 
 def _one_line(exc: BaseException) -> str:
@@ -278,6 +344,7 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
 
     Raises:
         ValueError: Pillow cannot convert the mode (e.g. LAB).
+        InputError: a float (mode ``"F"``) image with NaN or infinite pixels (a ValueError too).
     """
     mode = image.mode
     if mode in _ALPHA_MODES or (mode in ("P", "L", "RGB") and "transparency" in image.info):
@@ -336,16 +403,29 @@ def _check_channels(channels: int) -> None:
 
 
 def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
-    data = values.astype(np.float64)
+    # float32 and in place: one 4-byte copy per pixel, not several float64 ones (a 12000 x
+    # 12000 float image would otherwise need ~5 GB). float32 keeps 24 bits, far more than the
+    # 8 the result has.
+    data = np.array(values, dtype=np.float32)
+    if data.size and mode == "F":
+        bad = data.size - int(np.count_nonzero(np.isfinite(data)))
+        if bad:
+            raise InputError(
+                f"float image (mode 'F') has {bad} NaN or infinite pixel value(s) out of "
+                f"{data.size}; expected finite values"
+            )
     lo, hi = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
     if mode in _UINT16_MODES:
-        scaled = data / 257.0
+        data /= 257.0
     elif mode == "F" and lo >= 0.0 and hi <= 1.0:
-        scaled = data * 255.0
+        data *= 255.0
     elif lo >= 0.0 and hi <= 255.0:
-        scaled = data
+        pass
     elif mode == "I" and lo >= 0.0 and hi <= 65535.0:
-        scaled = data / 257.0
+        data /= 257.0
     else:
-        scaled = (data - lo) * (255.0 / max(hi - lo, 1e-12))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        data -= lo
+        data *= 255.0 / max(hi - lo, 1e-12)
+    np.rint(data, out=data)
+    np.clip(data, 0, 255, out=data)
+    return data.astype(np.uint8)

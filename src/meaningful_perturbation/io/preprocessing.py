@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from meaningful_perturbation.errors import ConfigError, InputError
-from meaningful_perturbation.io.images import convert_channels
+from meaningful_perturbation.io.images import ORIGINAL_SIZE_KEY, convert_channels
 
 __all__ = [
     "CHANNEL_COUNTS",
@@ -38,11 +38,15 @@ __all__ = [
     "GREY_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MAX_INPUT_SIDE",
+    "MAX_RESIZED_PIXELS",
     "Geometry",
     "Preprocessing",
+    "bounded_size",
     "check_stats",
     "denormalize",
     "map_to_original",
+    "needed_size",
     "preprocess",
     "resolve_preprocessing",
     "stats_for_channels",
@@ -71,6 +75,19 @@ def _luma(values: tuple[float, ...]) -> float:
 #: channels correlate strongly, so it is close). Used when a 1-channel model states none.
 GREY_MEAN: tuple[float] = (_luma(IMAGENET_MEAN),)
 GREY_STD: tuple[float] = (_luma(IMAGENET_STD),)
+
+#: Largest model input side (``input_size``) and ``resize`` accepted, checked before anything
+#: is allocated. Common image models take 224-518 px, detection / segmentation backbones up to
+#: ~1536 px; 4096 leaves room above those while one (3, 4096, 4096) float32 input is 201 MB and
+#: the optimisation holds ~10 such tensors (image, perturbed image, blurred copy, mask,
+#: gradients) — already ~2 GB. 100,000 would need ~120 GB per tensor.
+MAX_INPUT_SIDE = 4096
+
+#: Largest image (height x width) :func:`preprocess` resizes to before cropping: 2**26 = 67.1 M
+#: pixels (201 MB as 8-bit RGB, 268 MB as the float32 canvas of :func:`map_to_original`). Only a
+#: very elongated image (e.g. 1 x 100,000 px covering a 224 x 224 crop) or a huge ``resize``
+#: reaches it; refused before the resize is allocated.
+MAX_RESIZED_PIXELS = 1 << 26
 
 # ImageNet evaluation recipe (torchvision reference scripts): resize the short side to 256,
 # centre-crop 224, i.e. crop_pct = 224 / 256 = 0.875.
@@ -133,9 +150,13 @@ class Preprocessing:
         set_ = object.__setattr__  # frozen: normalise in place once, at construction
         set_(self, "input_size", _check_input_size(self.input_size))
         if self.resize is not None:
-            if isinstance(self.resize, bool) or not _is_int(self.resize) or int(self.resize) < 1:
+            if (
+                isinstance(self.resize, bool) or not _is_int(self.resize)
+                or not 1 <= int(self.resize) <= MAX_INPUT_SIDE
+            ):
                 raise ConfigError(
-                    f"Preprocessing.resize: expected a positive int or None, got {self.resize!r}"
+                    f"Preprocessing.resize: expected a positive int up to {MAX_INPUT_SIDE} "
+                    f"(MAX_INPUT_SIDE) or None, got {self.resize!r}"
                 )
             set_(self, "resize", int(self.resize))
         if self.crop not in ("center", "none"):
@@ -201,16 +222,20 @@ def _is_int(value: Any) -> bool:
     )
 
 
-def _check_input_size(value: Any) -> int | tuple[int, int]:
+def _check_input_size(value: Any, label: str = "Preprocessing.input_size") -> int | tuple[int, int]:
+    def side(v: Any) -> bool:
+        return _is_int(v) and not isinstance(v, bool) and 1 <= int(v) <= MAX_INPUT_SIDE
+
     if _is_int(value) and not isinstance(value, bool):
-        if int(value) >= 1:
+        if side(value):
             return int(value)
     elif isinstance(value, (tuple, list)) and len(value) == 2:
-        if all(_is_int(v) and not isinstance(v, bool) and int(v) >= 1 for v in value):
+        if all(side(v) for v in value):
             h, w = (int(v) for v in value)
             return h if h == w else (h, w)
     raise ConfigError(
-        f"Preprocessing.input_size: expected a positive int or (height, width), got {value!r}"
+        f"{label}: expected a positive int or (height, width), each side from 1 to "
+        f"{MAX_INPUT_SIDE} (MAX_INPUT_SIDE, checked before allocating), got {value!r}"
     )
 
 
@@ -338,6 +363,16 @@ def _merge(
         )
     if _is_int(given.get("resize")) and int(given["resize"]) == 0:
         given["resize"] = None
+    for key in ("input_size", "resize"):
+        if key in given and (names or {}).get(key):
+            label = (names or {})[key]
+            if key == "input_size":
+                _check_input_size(given[key], label)
+            elif given[key] is not None and _is_int(given[key]) and int(given[key]) > MAX_INPUT_SIDE:
+                raise ConfigError(
+                    f"{label}: expected at most {MAX_INPUT_SIDE} (MAX_INPUT_SIDE, checked before "
+                    f"allocating), got {given[key]!r}"
+                )
     if "input_size" in given and "resize" not in given and base.resize is not None:
         new_size = _check_input_size(given["input_size"])
         ratio = base.resize / min(base.size)
@@ -408,10 +443,13 @@ def preprocess(image: Image.Image, prep: Preprocessing) -> tuple[torch.Tensor, G
         ``(x, geometry)``: ``x`` is a ``(C, H, W)`` float32 tensor with ``C = prep.channels``,
         ``x[c] = (pixel / 255 - mean[c]) / std[c]``, with ``(H, W) = prep.size``;
         ``geometry`` records the original size, the resize and the crop box for
-        :func:`map_to_original`.
+        :func:`map_to_original`. For an image that :func:`load_image` decoded reduced
+        (``min_size``), the original size is the full file's (``image.info[ORIGINAL_SIZE_KEY]``).
 
     Raises:
-        InputError: ``image`` is not a PIL image or is empty.
+        InputError: ``image`` is not a PIL image or is empty; the resize before the crop
+            would exceed :data:`MAX_RESIZED_PIXELS` (checked before allocating it); a float
+            image with NaN or infinite values.
 
     Example:
         >>> from PIL import Image
@@ -423,9 +461,20 @@ def preprocess(image: Image.Image, prep: Preprocessing) -> tuple[torch.Tensor, G
         raise InputError(f"preprocess: expected a PIL.Image.Image, got {type(image).__name__}")
     if image.width < 1 or image.height < 1:
         raise InputError(f"preprocess: image is empty ({image.width}x{image.height})")
-    rgb = convert_channels(image, prep.channels)  # "RGB" or "L"
-    geometry = _plan((rgb.height, rgb.width), prep)
+    original = (image.height, image.width)
+    record = image.info.get(ORIGINAL_SIZE_KEY)  # decoded reduced by load_image(min_size=...)
+    if isinstance(record, tuple) and len(record) == 2 and tuple(record[1]) == original:
+        original = (int(record[0][0]), int(record[0][1]))
+    geometry = _plan(original, prep)
     rh, rw = geometry.resized_size
+    if rh * rw > MAX_RESIZED_PIXELS:  # before the resize (or a mode conversion) allocates it
+        raise InputError(
+            f"preprocess: a {image.width}x{image.height} image (width x height) would be resized "
+            f"to {rw}x{rh} = {rw * rh} pixels before the {prep.size[1]}x{prep.size[0]} crop, "
+            f"over MAX_RESIZED_PIXELS={MAX_RESIZED_PIXELS}; the image is too elongated for this "
+            f"input size, or resize={prep.resize} is too large"
+        )
+    rgb = convert_channels(image, prep.channels)  # "RGB" or "L"
     if (rh, rw) != (rgb.height, rgb.width):
         rgb = rgb.resize((rw, rh), resample=_RESAMPLE[prep.interpolation])
     top, left, h, w = geometry.crop_box
@@ -441,8 +490,38 @@ def preprocess(image: Image.Image, prep: Preprocessing) -> tuple[torch.Tensor, G
     return (x - mean) / std, geometry
 
 
+def needed_size(original_size: tuple[int, int], prep: Preprocessing) -> tuple[int, int]:
+    """The ``(height, width)`` :func:`preprocess` resizes an image of ``original_size`` to
+    before cropping: what :func:`~meaningful_perturbation.io.load_image` must decode at least
+    (its ``min_size``) for the model input to be computed exactly as from the full image.
+
+    Example:
+        >>> needed_size((3000, 4000), Preprocessing())
+        (256, 341)
+    """
+    return _plan((int(original_size[0]), int(original_size[1])), prep).resized_size
+
+
+def bounded_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """``size`` ``(height, width)`` scaled down (aspect ratio kept, rounded, at least 1 px) so
+    its longer side is at most ``max_side``; unchanged when it already fits.
+
+    Used for figures of very large images (see :func:`map_to_original` ``size=``).
+
+    Example:
+        >>> bounded_size((12000, 6000), 2048), bounded_size((300, 200), 2048)
+        ((2048, 1024), (300, 200))
+    """
+    h, w = (int(v) for v in size)
+    if max(h, w) <= max_side:
+        return (h, w)
+    scale = max_side / max(h, w)
+    return (max(1, int(round(h * scale))), max(1, int(round(w * scale))))
+
+
 def map_to_original(
-    saliency: torch.Tensor, geometry: Geometry, *, fill: float = 0.0
+    saliency: torch.Tensor, geometry: Geometry, *, fill: float = 0.0,
+    size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Put a saliency map computed on the model input back onto the original image.
 
@@ -456,9 +535,13 @@ def map_to_original(
         saliency: ``(H, W)`` or ``(K, H, W)`` map with ``(H, W)`` equal to the crop size.
         geometry: returned by :func:`preprocess` for the same image.
         fill: value outside the crop.
+        size: output ``(height, width)`` instead of ``geometry.original_size`` — the original
+            image seen at another resolution (e.g. :func:`bounded_size` of it, so the figure
+            of a 12000 x 12000 image does not need a 576 MB float map). Default: the original
+            size.
 
     Returns:
-        Tensor ``(H0, W0)`` or ``(K, H0, W0)`` with ``(H0, W0) = geometry.original_size``,
+        Tensor ``(H0, W0)`` or ``(K, H0, W0)`` with ``(H0, W0) = size or geometry.original_size``,
         float32 (float64 if ``saliency`` is float64), on the device of ``saliency``.
 
     Raises:
@@ -486,7 +569,9 @@ def map_to_original(
     maps = saliency.detach().unsqueeze(0) if squeeze else saliency.detach()
     maps = maps.to(torch.float64 if maps.dtype == torch.float64 else torch.float32)
     rh, rw = geometry.resized_size
-    H0, W0 = geometry.original_size
+    H0, W0 = geometry.original_size if size is None else (int(size[0]), int(size[1]))
+    if H0 < 1 or W0 < 1:
+        raise InputError(f"map_to_original: size must be positive (height, width), got {size!r}")
     canvas = maps.new_zeros((1, maps.shape[0], rh, rw))
     canvas[0, :, top : top + h, left : left + w] = torch.nan_to_num(maps, nan=0.0)
     if (rh, rw) != (H0, W0):
