@@ -126,31 +126,6 @@ def _panel_tiles(ex: Any, x: torch.Tensor, k: int) -> tuple[torch.Tensor | None,
     return img, mask, *labels
 
 
-#: Longest side of ``<stem>_overlay.png``: larger images are shown scaled down (aspect ratio
-#: kept) so the overlay's memory (~100 bytes per pixel while blending) stays bounded; 2048 px is
-#: more than a screen shows. The saliency in ``<stem>.npz`` is unaffected (model input size).
-OVERLAY_MAX_SIDE = 2048
-
-
-def _decode_size(original_hw: tuple[int, int], prep: Any) -> tuple[int, int]:
-    """What the model input and the overlay need of an image: JPEGs are decoded reduced to it."""
-    from ..io import bounded_size, needed_size
-
-    (rh, rw), (oh, ow) = needed_size(original_hw, prep), bounded_size(original_hw, OVERLAY_MAX_SIDE)
-    return (max(rh, oh), max(rw, ow))
-
-
-def _overlay_image(image: Any) -> Any:
-    from PIL import Image
-
-    from ..io import bounded_size
-
-    h, w = bounded_size((image.height, image.width), OVERLAY_MAX_SIDE)
-    if (h, w) == (image.height, image.width):
-        return image
-    return image.resize((w, h), resample=Image.Resampling.BILINEAR, reducing_gap=3.0)
-
-
 def _to_hwc_uint8(img: torch.Tensor) -> np.ndarray:
     if img.shape[0] == 1:  # a grey input is shown as grey RGB
         img = img.expand(3, -1, -1)
@@ -160,7 +135,7 @@ def _to_hwc_uint8(img: torch.Tensor) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     from .. import explain as explain_fn
     from .. import figures
-    from ..io import denormalize, expand_images, load_image, map_to_original, preprocess
+    from ..io import decode_size, denormalize, expand_images, load_image, map_to_original, overlay_base, preprocess
     from ..methods.common import input_stats_overrides
     from ..models import CLI_OPTION_NAMES, load_model, resolve_model_preprocessing
 
@@ -205,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(list(zip(paths, stems)), desc="images", unit="img", disable=not interactive)
     for path, stem in bar:
         try:
-            image = load_image(path, min_size=lambda hw: _decode_size(hw, prep))
+            image = load_image(path, min_size=lambda hw: decode_size(hw, prep))
         except InputError as e:
             failures += 1
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -215,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         x, geometry = preprocess(image, prep)
         # Overlays at a bounded resolution (OVERLAY_MAX_SIDE): keep a small uint8 copy and drop
         # the full image, so a 12000 x 12000 input never gets a full-size float map or blend.
-        image = _overlay_image(image)
+        image = overlay_base(image)
         xb = x.unsqueeze(0).to(device)
         logits, head = clean_scores(loaded.model, xb, settings.head)
         target = target_from_option(settings.target, logits.cpu(), class_names)

@@ -519,6 +519,28 @@ def bounded_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     return (max(1, int(round(h * scale))), max(1, int(round(w * scale))))
 
 
+#: Longest side of the overlay figures (``mperturb explain``'s ``<stem>_overlay.png``, the
+#: runner's ``items/<id>_overlay.png``): larger images are shown scaled down (aspect ratio kept)
+#: so the overlay's memory (~100 bytes per pixel while blending) stays bounded; 2048 px is more
+#: than a screen shows. Saliency files are unaffected (model input size).
+OVERLAY_MAX_SIDE = 2048
+
+
+def decode_size(original_size: tuple[int, int], prep: Preprocessing) -> tuple[int, int]:
+    """What the model input and a bounded overlay need of an image of ``original_size``
+    ``(height, width)``: the ``min_size`` to decode it at (see :func:`~.images.load_image`)."""
+    (rh, rw), (oh, ow) = needed_size(original_size, prep), bounded_size(original_size, OVERLAY_MAX_SIDE)
+    return (max(rh, oh), max(rw, ow))
+
+
+def overlay_base(image: Image.Image) -> Image.Image:
+    """``image`` scaled down to at most :data:`OVERLAY_MAX_SIDE` per side (unchanged when it fits)."""
+    h, w = bounded_size((image.height, image.width), OVERLAY_MAX_SIDE)
+    if (h, w) == (image.height, image.width):
+        return image
+    return image.resize((w, h), resample=Image.Resampling.BILINEAR, reducing_gap=3.0)
+
+
 def map_to_original(
     saliency: torch.Tensor, geometry: Geometry, *, fill: float = 0.0,
     size: tuple[int, int] | None = None,

@@ -269,25 +269,34 @@ def _box_mask(box: Sequence[float], size_hw: tuple[int, int]) -> np.ndarray:
     return m
 
 
-def _item_metrics(sal: torch.Tensor, item: Item, gt_mask: np.ndarray | None, opts: RunOptions) -> dict[str, Any]:
+def _item_metrics(
+    sal: torch.Tensor, item: Item, gt_mask: np.ndarray | None, opts: RunOptions, original_size: tuple[int, int]
+) -> dict[str, Any]:
+    """Metrics of one item. ``sal`` lies on the original image, at its size or scaled down to
+    at most ``io.OVERLAY_MAX_SIDE`` per side (bounded memory): boxes and the pointing tolerance,
+    given in original pixels, are scaled with it, and ``gt_mask`` is at ``sal``'s size."""
     from ..metrics import energy_in_box, energy_in_mask, pointing_game, scaled_tolerance
 
     out: dict[str, Any] = {}
     h, w = sal.shape
+    H, W = original_size
+    sy, sx = h / H, w / W
     s = sal.float()[None]
     gt = gt_mask
-    if gt is None and item.box is not None:
-        gt = _box_mask(item.box, (h, w))
+    box = None if item.box is None else [item.box[0] * sx, item.box[1] * sy, item.box[2] * sx, item.box[3] * sy]
+    if gt is None and box is not None:
+        gt = _box_mask(box, (h, w))
     if "energy" in opts.metrics:
-        if item.box is not None:
-            out["energy_box"] = float(energy_in_box(s, torch.tensor([item.box], dtype=torch.float64))[0])
+        if box is not None:
+            out["energy_box"] = float(energy_in_box(s, torch.tensor([box], dtype=torch.float64))[0])
         if gt_mask is not None:
             out["energy_mask"] = float(energy_in_mask(s, torch.from_numpy(gt_mask)[None])[0])
     if "pointing" in opts.metrics and gt is not None:
-        tol = opts.pointing_tolerance if opts.pointing_tolerance is not None else scaled_tolerance((h, w))
+        tol = opts.pointing_tolerance if opts.pointing_tolerance is not None else scaled_tolerance((H, W))
         # Any tolerance beyond the image diagonal hits wherever the maximum is: same result,
         # no overflow for huge values.
-        res = pointing_game(s, torch.from_numpy(gt)[None], tolerance=min(float(tol), math.hypot(h, w) + 1.0))
+        used = min(float(tol) * min(sy, sx), math.hypot(h, w) + 1.0)
+        res = pointing_game(s, torch.from_numpy(gt)[None], tolerance=used)
         out["pointing_hit"] = float(res.hits[0]) if bool(res.valid[0]) else None
         out["pointing_tolerance_px"] = round(float(tol), 3)
     return out
@@ -332,7 +341,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
     """
     from .. import explain as explain_fn
     from .. import figures
-    from ..io import load_image, map_to_original, preprocess
+    from ..io import decode_size, load_image, map_to_original, overlay_base, preprocess
     from ..methods.common import input_stats_overrides
     from ..methods.registry import get_method, resolve_config
     from ..models import CLI_OPTION_NAMES, load_model, resolve_model_preprocessing
@@ -493,8 +502,9 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
                 it = r["item"]
                 try:
                     one = ex[k]
-                    sal_orig = map_to_original(one.saliency[0].float(), r["geometry"])
-                    metrics = _item_metrics(sal_orig, it, r["gt_mask"], opts) if opts.metrics else {}
+                    original_size = tuple(r["geometry"].original_size)
+                    sal_orig = map_to_original(one.saliency[0].float(), r["geometry"], size=r["shown"])
+                    metrics = _item_metrics(sal_orig, it, r["gt_mask"], opts, original_size) if opts.metrics else {}
                     scores = {name: v[0].tolist() for name, v in one.scores.items()}
                 except Exception as e:
                     fail(it, "metrics", _message(e))
@@ -555,15 +565,20 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
                     fail(it, "source", it.error)
                     continue
                 try:
-                    image = load_image(it.path)
+                    # Decoded at what the model input and a bounded overlay need (JPEG draft,
+                    # early box reduction); figures and metrics at most OVERLAY_MAX_SIDE a side.
+                    image = load_image(it.path, min_size=lambda hw: decode_size(hw, prep))
                     x, geometry = preprocess(image, prep)
+                    image = overlay_base(image)
+                    shown = (image.height, image.width)
                     gt_mask = None
                     if it.mask is not None and opts.metrics:
-                        gt_mask = _load_mask(it.mask, tuple(geometry.original_size))
+                        gt_mask = _load_mask(it.mask, shown)
                 except (MeaningfulPerturbationError, OSError, ValueError) as e:
                     fail(it, "load", _message(e))
                     continue
-                ready.append({"item": it, "image": image, "x": x, "geometry": geometry, "gt_mask": gt_mask})
+                ready.append({"item": it, "image": image, "x": x, "geometry": geometry, "gt_mask": gt_mask,
+                              "shown": shown})
             if ready:
                 run_batch(ready)
         bar.close()
