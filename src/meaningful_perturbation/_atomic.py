@@ -18,7 +18,6 @@ import os
 from pathlib import Path
 from typing import IO, Iterator
 
-from ._terminal import escape_text
 from .errors import InputError, MeaningfulPerturbationError
 
 __all__ = ["atomic_path", "atomic_open", "atomic_write_text", "os_error_text", "os_errors_as", "on_path",
@@ -90,7 +89,8 @@ def os_error_text(e: OSError, action: str = "cannot write", name: str | None = N
     """
     reason = e.strerror or str(e) or type(e).__name__
     files = [f for f in (e.filename, getattr(e, "filename2", None)) if f is not None]
-    where = " -> ".join(repr(escape_text(os.fsdecode(f) if isinstance(f, bytes) else f)) for f in files)
+    # repr() quotes the name and escapes its control characters (as escape_text does).
+    where = " -> ".join(repr(os.fsdecode(f) if isinstance(f, (bytes, os.PathLike)) else str(f)) for f in files)
     text = f"{action} {where}: {reason}" if where else f"{action}: {reason}"
     hint = _HINTS.get(e.errno) if name else None
     return f"{text}; {hint.format(name=name)}" if hint else text
