@@ -130,7 +130,7 @@ def _load(paths: list[str], methods: list[str] | None = None) -> Any:
             if methods and m not in methods:
                 continue
             if m in seen:
-                print(f"mperturb benchmark: note: {m!r} taken from {seen[m]}, not {p}", file=sys.stderr)
+                print(escape_text(f"mperturb benchmark: note: {m!r} taken from {seen[m]}, not {p}"), file=sys.stderr)
                 continue
             seen[m] = p
             keep.append(m)
@@ -162,15 +162,32 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark described by ``args``; returns the exit status.
 
     Bad settings (``--device`` this machine lacks, ``--seed`` outside ``[0, 2**64 - batches]``,
-    unknown methods, unreadable ``--from`` files) and failing writes into ``--out`` raise the
-    project's errors, which :func:`meaningful_perturbation.cli.main` prints as one
-    ``mperturb: error: ...`` line (exit 2).
+    unknown methods, unreadable ``--from`` files) and failing writes into ``--out`` print one
+    ``mperturb: error: ...`` line and return 2. ``--out`` is created before the work starts
+    (so an unusable folder fails at once) and removed again if the benchmark then fails
+    before writing anything into it.
     """
+    from ..errors import MeaningfulPerturbationError
+    from . import _error
+
+    out = Path(args.out)
+    created = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
+    try:
+        return _run(args, out)
+    except MeaningfulPerturbationError as e:
+        for p in created:  # only the empty folders this call made
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        return _error(str(e) or type(e).__name__)
+
+
+def _run(args: argparse.Namespace, out: Path) -> int:
     from .._atomic import os_errors_as
     from .._runtime import check_device, check_seed
     from ..evaluation import run_benchmark
 
-    out = Path(args.out)
     from_files = getattr(args, "from_files", None)
     if not from_files:
         check_device(args.device, "--device")
