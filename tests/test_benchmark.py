@@ -339,7 +339,7 @@ def test_cli_from_saved_files_rereports_without_running(tmp_path, capsys) -> Non
     (tmp_path / "bad.json").write_text("{not json")
     args = _parser().parse_args(["benchmark", "--from", str(tmp_path / "bad.json"), "--out", str(tmp_path / "o2"), "-q"])
     assert run(args) == 2
-    assert "bad.json is not JSON" in capsys.readouterr().err
+    assert "bad.json' is not JSON" in capsys.readouterr().err  # the name quoted (and escaped) by repr
     assert not (tmp_path / "o2").exists()
 
 

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import torch
 
+from ._runtime import check_seed
 from ._validate import check_images
 from .core.frozen import frozen
 from .core.head import check_head_option
@@ -48,7 +49,8 @@ def explain(
             the batch), or an ``(N, classes)`` multi-hot 0/1 label matrix (bool, int or
             float), read as the classes marked 1. A class may appear once per image.
         method: a name from :func:`meaningful_perturbation.methods`.
-        seed: seed of every random draw (jitter, noise); same seed → identical masks.
+        seed: seed of every random draw (jitter, noise); same seed → identical masks. An int
+            in ``[-2**63, 2**64)`` (what ``torch.Generator.manual_seed`` takes).
         head: how the model's output is read as class scores: ``"auto"`` (default: one
             column → ``"sigmoid"``, rows of non-negative values summing to 1 →
             ``"probabilities"``, otherwise ``"logits"``), ``"logits"`` (softmax),
@@ -75,8 +77,9 @@ def explain(
 
     Raises:
         InputError: bad ``x`` (not a finite floating ``(N, C, H, W)`` tensor, or a dtype
-            other than the four above), ``target`` or ``seed``; or the model fails on ``x``
-            whose dtype differs from the model's parameters'.
+            other than the four above), ``target`` or ``seed`` (an int in the 64-bit range
+            [-2**63, 2**64)); or the model fails on ``x`` whose dtype differs from the model's
+            parameters'.
         ConfigError: unknown ``method``, setting or ``head``, or a ``head`` the output's
             values contradict.
         ModelError: the model fails, returns something other than one row of class scores
@@ -97,8 +100,7 @@ def explain(
     cfg = resolve_config(spec, overrides)
     x = check_images(x).detach()
     work = working_dtype(x.dtype)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InputError(f"seed: expected an int, got {seed!r}")
+    check_seed(seed, "seed", InputError)  # a 64-bit generator seed, [-2**63, 2**64)
     check_head_option(head)
     bar = None
     if progress:

@@ -4,6 +4,14 @@ when installed).
 Exit status: 0 success; 1 some images could not be read (the others were done); 2 a usage or
 library error (one line ``mperturb: error: ...`` on stderr, no traceback); 130 interrupted.
 
+Errors: the subcommands turn every fault they know of into the project's own exception
+(:mod:`meaningful_perturbation.errors`) at its source, naming the option and the fix.
+:func:`main` prints those as one line, with control characters escaped (file names can hold
+ANSI escapes or newlines). As a last resort an ``OSError`` that no subcommand converted (a
+file-system fault of the user's environment: disk full, permission denied, read-only
+folder) is printed the same way, naming its file, exit 2. Anything else is a bug of the
+package and keeps its traceback.
+
 Example:
     >>> from meaningful_perturbation.cli import main
     >>> main(["methods"])  # doctest: +SKIP
@@ -20,6 +28,8 @@ import sys
 import warnings
 from typing import Sequence
 
+from .._atomic import os_error_text
+from .._terminal import escape_text
 from ..errors import MeaningfulPerturbationError, MeaningfulPerturbationWarning
 
 __all__ = ["main", "build_parser"]
@@ -105,13 +115,20 @@ def _show_project_warnings_as_lines() -> None:
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
         if not issubclass(category, MeaningfulPerturbationWarning):
             return default(message, category, filename, lineno, file, line)
-        text = " ".join(str(message).split())
+        text = escape_text(" ".join(str(message).split()))
         if text not in seen:
             seen.add(text)
             print(f"mperturb: warning: {text}", file=sys.stderr)
 
     warnings.showwarning = show
     warnings.simplefilter("always", MeaningfulPerturbationWarning)
+
+
+def _error(message: str) -> int:
+    """Print ``mperturb: error: <message>`` as one line (whitespace runs joined, control
+    characters escaped) on stderr; returns 2."""
+    print(f"mperturb: error: {escape_text(' '.join(message.split()))}", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,15 +147,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             _show_project_warnings_as_lines()
             return int(func(args) or 0)
     except MeaningfulPerturbationError as e:
-        msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"mperturb: error: {msg}", file=sys.stderr)
-        return 2
+        return _error(str(e) or type(e).__name__)
     except BrokenPipeError:  # e.g. `mperturb methods | head`
         try:
             sys.stdout = open(os.devnull, "w")
         except OSError:
             pass
         return 0
+    except OSError as e:  # last resort: a file-system fault no subcommand converted
+        return _error(os_error_text(e, "cannot use"))
     except KeyboardInterrupt:
         print("mperturb: interrupted", file=sys.stderr)
         return 130

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 from .._atomic import atomic_write_text
+from .._terminal import escape_text
 
 __all__ = ["add_parser", "run", "DEFAULT_OUT"]
 
@@ -106,19 +107,21 @@ def _load(paths: list[str], methods: list[str] | None = None) -> Any:
 
     A method found in several files is taken from the first of them, with a note on stderr.
     """
+    from .._atomic import os_errors_as
     from ..errors import ConfigError
     from ..evaluation import BenchmarkResult
 
     results = []
     for p in paths:
         try:
-            data = json.loads(Path(p).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"--from: {p} is not JSON ({e})") from None
+            with os_errors_as("--from", "cannot read"):
+                data = json.loads(Path(p).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--from: {p!r} is not JSON ({e})") from None
         try:
             results.append(BenchmarkResult.from_json(data))
         except ConfigError as e:
-            raise ConfigError(f"--from: {p}: {e}") from None
+            raise ConfigError(f"--from: {p!r}: {e}") from None
     seen: dict[str, str] = {}  # method -> the file it is taken from
     picked = []
     for p, res in zip(paths, results):
@@ -127,7 +130,7 @@ def _load(paths: list[str], methods: list[str] | None = None) -> Any:
             if methods and m not in methods:
                 continue
             if m in seen:
-                print(f"mperturb benchmark: note: {m!r} taken from {seen[m]}, not {p}", file=sys.stderr)
+                print(escape_text(f"mperturb benchmark: note: {m!r} taken from {seen[m]}, not {p}"), file=sys.stderr)
                 continue
             seen[m] = p
             keep.append(m)
@@ -156,35 +159,63 @@ def report_markdown(result: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark described by ``args``; returns the exit status (2 on bad settings)."""
+    """Run the benchmark described by ``args``; returns the exit status.
+
+    Bad settings (``--device`` this machine lacks, ``--seed`` outside ``[0, 2**64 - batches]``,
+    unknown methods, unreadable ``--from`` files) and failing writes into ``--out`` print one
+    ``mperturb: error: ...`` line and return 2. ``--out`` is created before the work starts
+    (so an unusable folder fails at once) and removed again if the benchmark then fails
+    before writing anything into it.
+    """
     from ..errors import MeaningfulPerturbationError
+    from . import _error
+
+    out = Path(args.out)
+    created = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
+    try:
+        return _run(args, out)
+    except MeaningfulPerturbationError as e:
+        for p in created:  # only the empty folders this call made
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        return _error(str(e) or type(e).__name__)
+
+
+def _run(args: argparse.Namespace, out: Path) -> int:
+    from .._atomic import os_errors_as
+    from .._runtime import check_device, check_seed
     from ..evaluation import run_benchmark
 
-    try:
-        if getattr(args, "from_files", None):
-            result = _load(args.from_files, _split_methods(args.methods))
-        else:
-            result = run_benchmark(
-                n=args.n,
-                methods=_split_methods(args.methods),
-                size=args.size,
-                steps_scale=args.steps_scale,
-                seed=args.seed,
-                batch_size=getattr(args, "batch_size", 16),
-                curve_steps=getattr(args, "curve_steps", 100),
-                device=args.device,
-                progress=not args.quiet,
-            )
-        out = Path(args.out)
+    from_files = getattr(args, "from_files", None)
+    if not from_files:
+        check_device(args.device, "--device")
+        n, batch = args.n, getattr(args, "batch_size", 16)
+        span = -(-n // batch) if isinstance(n, int) and isinstance(batch, int) and n > 0 and batch > 0 else 1
+        check_seed(args.seed, "--seed", low=0, span=span)  # the draw needs >= 0; batch b uses seed + b
+    with os_errors_as("--out", "cannot create folder", on=out):  # before hours of work
         out.mkdir(parents=True, exist_ok=True)
-    except (MeaningfulPerturbationError, OSError) as e:
-        print(f"mperturb benchmark: error: {e}", file=sys.stderr)
-        return 2
+    if from_files:
+        result = _load(from_files, _split_methods(args.methods))
+    else:
+        result = run_benchmark(
+            n=args.n,
+            methods=_split_methods(args.methods),
+            size=args.size,
+            steps_scale=args.steps_scale,
+            seed=args.seed,
+            batch_size=getattr(args, "batch_size", 16),
+            curve_steps=getattr(args, "curve_steps", 100),
+            device=args.device,
+            progress=not args.quiet,
+        )
     table = result.to_markdown()
     md = report_markdown(result)
-    atomic_write_text(out / "benchmark.json", json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
-    atomic_write_text(out / "benchmark.md", md)
+    with os_errors_as("--out", on=out):
+        atomic_write_text(out / "benchmark.json", json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
+        atomic_write_text(out / "benchmark.md", md)
     print(table, end="")
     if not args.quiet:
-        print(f"wrote {out / 'benchmark.json'} and {out / 'benchmark.md'}", file=sys.stderr)
+        print(escape_text(f"wrote {out / 'benchmark.json'} and {out / 'benchmark.md'}"), file=sys.stderr)
     return 0

@@ -4,6 +4,13 @@ Per image ``<stem>`` (the file name without extension, made safe for a file name
 folder receives ``<stem>_overlay.png``, ``<stem>_panel.png``, ``<stem>.npz`` and
 ``<stem>_summary.json``; the folder also gets ``config.json``. Existing files are never
 replaced without ``--overwrite``.
+
+Every file is written atomically. A write that fails (disk full, permission denied,
+read-only file system, a file where a folder should be) stops the command with one
+``--out: cannot write '<file>': <reason>; <fix>`` error (:class:`InputError`), no temporary
+file is left behind, and the files of the image in progress that did not exist before it are
+removed, so an image's outputs are all there or none of the new ones are. File names are
+printed with control characters escaped.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ import torch
 from ..errors import InputError
 from ..targets import clean_scores, target_from_option
 from .options import RunSettings, add_method_options, add_model_options, build_run_settings, method_overrides
-from .._atomic import atomic_write_text
+from .._atomic import atomic_write_text, error_files, on_path, os_error_text
+from .._terminal import escape_text
 
 __all__ = ["add_parser", "run", "safe_stem"]
 
@@ -133,6 +141,27 @@ def _to_hwc_uint8(img: torch.Tensor) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``mperturb explain``; an ``OSError`` on a file under ``--out`` becomes one
+    :class:`InputError` naming the file and the fix (see the module docstring)."""
+    state: dict[str, list[Path]] = {"new": []}
+    try:
+        return _run(args, state)
+    except OSError as e:
+        for p in state["new"]:  # this image's files that did not exist before it
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:
+                pass
+        out = Path(args.out)
+        files = error_files(e)
+        if any(on_path(f, out) for f in files):
+            creating = not out.is_dir() or any(f == out for f in files)
+            raise InputError("--out: " + os_error_text(e, "cannot create folder" if creating else "cannot write",
+                                                      "--out")) from e
+        raise
+
+
+def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
     from .. import explain as explain_fn
     from .. import figures
     from ..io import decode_size, denormalize, expand_images, load_image, map_to_original, overlay_base, preprocess
@@ -183,9 +212,9 @@ def run(args: argparse.Namespace) -> int:
             image = load_image(path, min_size=lambda hw: decode_size(hw, prep))
         except InputError as e:
             failures += 1
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            print(f"mperturb: skipping {path}: {msg}" if str(path) not in msg else f"mperturb: skipping: {msg}",
-                  file=sys.stderr)
+            msg = " ".join(str(e).split()) or type(e).__name__
+            line = f"mperturb: skipping {path}: {msg}" if str(path) not in msg else f"mperturb: skipping: {msg}"
+            print(escape_text(line), file=sys.stderr)
             continue
         x, geometry = preprocess(image, prep)
         # Overlays at a bounded resolution (OVERLAY_MAX_SIDE): keep a small uint8 copy and drop
@@ -201,7 +230,8 @@ def run(args: argparse.Namespace) -> int:
         )
         seconds = time.perf_counter() - t0
         sal = ex.saliency[0].float()
-        # Files.
+        # Files (on a write error, run() removes those of this image that are new).
+        state["new"] = [p for p in (out / f"{stem}{suf}" for suf in OUTPUT_SUFFIXES) if not p.exists()]
         ex.save(out / f"{stem}.npz")
         original = np.asarray(image, dtype=np.uint8)
         sal_orig = map_to_original(sal, geometry, size=original.shape[:2])
@@ -219,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
             out / f"{stem}_panel.png",
             original=_to_hwc_uint8(shown), saliency=sal.numpy(), perturbed=perturbed,
             preserved=_to_hwc_uint8(preserved), history=history, labels=(perturbed_label, kept_label),
-            title=f"{path.name}: {settings.method}, target {', '.join(names)}",
+            title=escape_text(f"{path.name}: {settings.method}, target {', '.join(names)}"),
         )
         scores = {k: v[0].tolist() for k, v in ex.scores.items()}
         _write_json(out / f"{stem}_summary.json", {
@@ -239,10 +269,11 @@ def run(args: argparse.Namespace) -> int:
         })
         clean = scores.get("clean")
         masked = scores.get("masked")
-        say(f"{path}: target {', '.join(names)}"
+        say(escape_text(f"{path}: target {', '.join(names)}"
             + (f", p clean {clean:.3f}" if isinstance(clean, float) else "")
             + (f", masked {masked[0]:.3f}" if isinstance(masked, list) and masked else "")
-            + f" ({seconds:.1f}s) -> {out / stem}_*")
+            + f" ({seconds:.1f}s) -> {out / stem}_*"))
+        state["new"] = []
     bar.close()
     if failures:
         print(f"mperturb: {failures} of {len(paths)} image(s) could not be read", file=sys.stderr)

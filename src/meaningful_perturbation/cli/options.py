@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._runtime import check_device, check_seed
 from ..core.head import HEADS
 from ..errors import ConfigError, InputError
 from ..methods.registry import config_as_dict, get_method, parse_setting, resolve_config
@@ -108,7 +109,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         "trust_remote_code (trusted files only; see docs/security.md)")
     g.add_argument("--unsafe-pickle", dest="trust_code", action="store_true",
                    help=argparse.SUPPRESS)  # deprecated alias of --trust-code
-    g.add_argument("--device", default="cpu", metavar="DEVICE", help="cpu, cuda, cuda:1, ... (default cpu)")
+    g.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help="cpu, cuda, cuda:1, mps (default cpu); checked against this build and machine first")
     p = parser.add_argument_group("preprocessing overrides (default: the model's own)")
     p.add_argument("--input-size", type=_size, default=None, metavar="N|HxW", help="model input size")
     p.add_argument("--resize", type=int, default=None, metavar="N",
@@ -143,7 +145,8 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
                    help="any config field; VALUE parsed as JSON when possible (repeatable)")
     g.add_argument("--config", default=None, metavar="FILE",
                    help="JSON object of config overrides (applied before --set)")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="random seed, an int in [-2**63, 2**64) (default 0)")
     g.add_argument("--head", default="auto", choices=HEADS,
                    help="how the model's output is read: logits (softmax), probabilities (the model ends in a "
                         "softmax), sigmoid (multi-label or one-column binary logits), sigmoid-probabilities; "
@@ -199,8 +202,12 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
     """Validate the parsed options into a :class:`RunSettings`.
 
     Raises:
-        ConfigError / InputError: unknown method or setting, bad ``--set``/``--config``.
+        ConfigError / InputError: unknown method or setting, bad ``--set``/``--config``,
+            a ``--device`` this build or machine lacks, a ``--seed`` outside ``[-2**63, 2**64)``.
     """
+    device = getattr(args, "device", "cpu") or "cpu"
+    check_device(device, "--device")
+    seed = check_seed(int(getattr(args, "seed", 0) or 0), "--seed")
     overrides: dict[str, Any] = {}
     if getattr(args, "config", None):
         overrides.update(_read_config_file(args.config))
@@ -228,13 +235,13 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
         model=getattr(args, "model", None) or "demo",
         weights=getattr(args, "weights", None),
         trust_code=bool(getattr(args, "trust_code", False)),
-        device=getattr(args, "device", "cpu") or "cpu",
+        device=device,
         preprocessing=prep,
         method=method,
         target=parse_target(getattr(args, "target", None)),
         overrides={k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
         config=config_as_dict(cfg),
-        seed=int(getattr(args, "seed", 0) or 0),
+        seed=seed,
         head=getattr(args, "head", None) or "auto",
     )
 

@@ -1,4 +1,10 @@
-"""``mperturb report DIR``: write a static, offline ``report.html`` for a ``mperturb run`` folder."""
+"""``mperturb report DIR``: write a static, offline ``report.html`` for a ``mperturb run`` folder.
+
+``--output FILE`` may name a file in a folder that does not exist yet: the missing folders
+are created (as ``--out`` folders are). A failing write (disk full, permission denied, a file
+where a folder should be, ``FILE`` being a folder) is one ``--output: ...`` error naming the
+file and the reason, exit 2, and leaves no partial file.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Write a self-contained HTML report (inline CSS/JS, works offline from file://).",
     )
     p.add_argument("dir", metavar="DIR", help="output folder of `mperturb run`")
-    p.add_argument("--output", default=None, metavar="FILE", help="report file (default DIR/report.html)")
+    p.add_argument("--output", default=None, metavar="FILE",
+                   help="report file (default DIR/report.html); missing folders above it are created")
     p.add_argument("--embed", action="store_true",
                    help="embed the images as data URIs (one portable file) instead of relative links")
     p.set_defaults(func=run)
@@ -23,12 +30,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runner import merge_results, write_report
     from pathlib import Path
 
+    from .._atomic import os_errors_as
+    from .._terminal import escape_text
+    from ..errors import InputError
+    from ..runner import merge_results, write_report
+
     out = Path(args.dir)
+    name = "--output" if args.output is not None else "DIR"
+    target = Path(args.output) if args.output is not None else out / "report.html"
+    if target.is_dir():
+        raise InputError(f"{name}: {str(target)!r} is a folder; give the report's file name, "
+                         f"e.g. {str(target / 'report.html')!r}")
     if out.is_dir() and any(out.glob("results.rank*.jsonl")):
-        merge_results(out)  # a distributed run that stopped before its merge
-    path = write_report(out, path=args.output, embed=args.embed)
-    print(path)
+        with os_errors_as("DIR", on=out):
+            merge_results(out)  # a distributed run that stopped before its merge
+    if out.is_dir() and args.output is not None:
+        with os_errors_as(name, "cannot create folder", on=target.parent):
+            target.parent.mkdir(parents=True, exist_ok=True)
+    with os_errors_as(name, on=target):
+        path = write_report(out, path=args.output, embed=args.embed)
+    print(escape_text(path))
     return 0

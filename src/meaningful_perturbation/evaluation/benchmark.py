@@ -443,9 +443,11 @@ def run_benchmark(
         :class:`BenchmarkResult`.
 
     Raises:
-        ConfigError: a bad setting or an unknown method.
+        ConfigError: a bad setting or an unknown method; ``seed`` outside
+            ``[0, 2**64 - number of batches]``; a ``device`` this build or machine lacks.
     """
     from .. import metrics as M
+    from .._runtime import check_device, check_seed
     from ..api import explain
     from ..data import make_shape_evidence
     from ..methods.registry import get_method, resolve_config
@@ -455,8 +457,8 @@ def run_benchmark(
     size = _check_int(size, "size", 32)
     batch_size = _check_int(batch_size, "batch_size", 1)
     curve_steps = _check_int(curve_steps, "curve_steps", 1)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed: expected an int, got {seed!r}")
+    # The draw needs seed >= 0; batch b is explained with seed + b (a 64-bit generator seed).
+    seed = check_seed(seed, "seed", low=0, span=-(-n // batch_size))
     if isinstance(steps_scale, bool) or not isinstance(steps_scale, (int, float)) or not (
         math.isfinite(steps_scale) and steps_scale > 0
     ):
@@ -483,10 +485,7 @@ def run_benchmark(
         if m in variants:
             raise ConfigError(f"methods: {m!r} given twice in {methods}")
         variants[m] = (name, overrides)
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ConfigError(f"device: {e}") from e
+    device = check_device(device, "device")  # unknown / absent / meta devices refused up front
 
     if model is None:
         from ..demo import DEMO_PREPROCESSING, load_demo_model

@@ -170,10 +170,9 @@ def load_model(
         )
     if not source.takes_argument and sep:
         raise ConfigError(f"model spec {spec!r}: {prefix!r} takes no argument, use {prefix!r}")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"load_model: invalid device {device!r} ({exc})") from exc
+    from .._runtime import check_device
+
+    dev = check_device(device, "device")  # unknown, meta, absent cuda/mps: a ConfigError naming it
     request = LoadRequest(
         spec=spec,
         weights=Path(weights).expanduser() if weights is not None else None,
