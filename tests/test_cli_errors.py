@@ -42,7 +42,7 @@ def setup(tmp_path):
 
 def _explain(setup, out, *extra):
     spec, img = setup
-    return main(["explain", str(img), "--model", spec, "--method", "gradient", "--out", str(out), "-q", *extra])
+    return main(["explain", str(img), "--model", spec, "--trust-code", "--method", "gradient", "--out", str(out), "-q", *extra])
 
 
 def _one_error(capsys, *needles):
@@ -247,7 +247,7 @@ def test_file_names_printed_escaped(setup, tmp_path, capsys):
     folder.mkdir()
     Image.open(img).save(folder / f"{NASTY}.png")
     (folder / f"{NASTY}2.png").write_bytes(b"not an image")
-    rc = main(["explain", str(folder), "--model", spec, "--method", "gradient", "--out", str(tmp_path / "o")])
+    rc = main(["explain", str(folder), "--model", spec, "--trust-code", "--method", "gradient", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 1
     assert "\x1b" not in err and "\nforged" not in err
@@ -256,6 +256,6 @@ def test_file_names_printed_escaped(setup, tmp_path, capsys):
     # An error naming a file with control characters is escaped too.
     blocker = tmp_path / NASTY
     blocker.write_text("x")
-    assert main(["explain", str(img), "--model", spec, "--out", str(blocker / "o")]) == 2
+    assert main(["explain", str(img), "--model", spec, "--trust-code", "--out", str(blocker / "o")]) == 2
     line = _one_error(capsys, "red\\x1b[31m\\nforged line")
     assert "\x1b" not in line
