@@ -61,18 +61,18 @@ _SOURCES: tuple[_Source, ...] = (
     ), hub.load_hf),
     _Source("torchscript", True, ModelSpecInfo(
         "torchscript:FILE",
-        "TorchScript archive (torch.jit.save); optional preprocessing.json extra file",
-        "torchscript:model.pt",
+        "TorchScript archive (torch.jit.save); optional preprocessing.json extra file; runs code: needs --trust-code",
+        "torchscript:model.pt --trust-code",
     ), local.load_torchscript),
     _Source("export", True, ModelSpecInfo(
         "export:FILE",
-        "torch.export archive (torch.export.save); optional preprocessing.json extra file",
-        "export:model.pt2",
+        "torch.export archive (torch.export.save); optional preprocessing.json extra file; runs code: needs --trust-code",
+        "export:model.pt2 --trust-code",
     ), local.load_export),
     _Source("python", True, ModelSpecInfo(
         "python:FILE.py:FACTORY",
-        "import FILE.py and call FACTORY() -> nn.Module or (nn.Module, preprocessing dict)",
-        "python:my_model.py:build",
+        "import FILE.py and call FACTORY() -> nn.Module or (nn.Module, preprocessing dict); runs code: needs --trust-code",
+        "python:my_model.py:build --trust-code",
     ), local.load_python),
 )  # fmt: skip
 _BY_PREFIX = {s.prefix: s for s in _SOURCES}
