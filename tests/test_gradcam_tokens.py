@@ -134,8 +134,16 @@ def test_class_token_model_uses_the_input_of_the_last_block():
     assert str(err.value).startswith(
         "layer: the class score depends on 'blocks.2' only through its 3 class/register token(s), not its patch "
         "tokens (a class-token classifier after the last block reads only the class token), so Grad-CAM there is "
-        "zero everywhere; name the block before it"
+        "zero everywhere; name 'blocks.1' or 'blocks.2.norm1' (the block before it, or the last block's input norm"
     )
+    # A name relative to a wrapper's inner model resolves when unambiguous (the CLI wraps HF
+    # models as `.model`), and an integer child index of a Sequential is a name.
+    wrapped = torch.nn.Sequential(model)
+    ex = mp.explain(wrapped, x, method="gradcam", layer="blocks.2.norm1")
+    assert ex.extra["layer"] == "0.blocks.2.norm1"
+    with pytest.raises(mp.ConfigError, match=r"layer: the model has no submodule 'blocks.9'; layers with a 4-D "
+                                             r"output include .*; blocks include .*'0.blocks.2'"):
+        mp.explain(wrapped, x, method="gradcam", layer="blocks.9")
 
 
 def test_same_result_alone_and_in_a_batch():

@@ -87,6 +87,9 @@ class GradCamConfig:
     score: str = "logit"  # y_c "before the softmax" (Selvaraju et al. 2017 §3)
 
     def validate(self) -> None:
+        if isinstance(self.layer, int) and not isinstance(self.layer, bool) and self.layer >= 0:
+            # `--set layer=3` arrives as the JSON number 3: an nn.Sequential child's name.
+            object.__setattr__(self, "layer", str(self.layer))
         if self.layer is not None and (not isinstance(self.layer, str) or not self.layer):
             raise ConfigError(f"layer: expected a submodule name such as 'features.29' or None (automatic), got {self.layer!r}")
         if not isinstance(self.relu, bool):
@@ -355,14 +358,42 @@ def find_layer(model: nn.Module, x: torch.Tensor) -> str:
     return name
 
 
+def _block_names(model: nn.Module, limit: int = 4) -> str:
+    """The last few transformer/residual blocks (children of a Sequential/ModuleList that have
+    children of their own), for hints."""
+    names = [n for n, m in model.named_modules() if n and _is_block(model, n, m)]
+    return ", ".join(repr(n) for n in names[-limit:])
+
+
 def _resolve_layer(model: nn.Module, x: torch.Tensor, name: str | None) -> tuple[str, nn.Module]:
+    """``name`` → ``(full name, module)``. A name relative to a wrapped model is accepted when
+    exactly one submodule ends with it: the command line wraps Hugging Face models (their
+    modules are ``model.<name>``), so ``vit.layers.3`` finds ``model.vit.layers.3``."""
     if name is None:
         name = find_layer(model, x[:1])
-    try:
-        return name, model.get_submodule(name)
-    except AttributeError:
-        pass
-    raise ConfigError(f"layer: the model has no submodule {name!r}; layers with a 4-D output include {_layer_names(_probe(model, x[:1]))}")
+    modules = dict(model.named_modules())
+    if name in modules and name != "":
+        return name, modules[name]
+    suffix = [n for n in modules if n.endswith("." + name)]
+    if len(suffix) == 1:
+        return suffix[0], modules[suffix[0]]
+    blocks = _block_names(model)
+    raise ConfigError(
+        f"layer: the model has no submodule {name!r}"
+        + (f" (it ends {len(suffix)} names: {', '.join(map(repr, suffix[:4]))}; give more of it)" if suffix else "")
+        + f"; layers with a 4-D output include {_layer_names(_probe(model, x[:1]))}"
+        + (f"; blocks include {blocks}" if blocks else "")
+    )
+
+
+def _first_layer_of(model: nn.Module, block: str) -> str | None:
+    """The first leaf inside ``block`` that a forward pass reaches first: its input norm in a
+    pre-norm transformer block."""
+    module = model.get_submodule(block)
+    for n, m in module.named_modules():
+        if n and not any(True for _ in m.children()):
+            return f"{block}.{n}"
+    return None
 
 
 # ---------------------------------------------------------------------------- Grad-CAM
@@ -444,11 +475,15 @@ def _run(ctx: Context, cfg: GradCamConfig) -> Explanation:
             layout["tokens"] = found
         grid, prefix = layout["tokens"]
         if not bool(g[:, prefix:].ne(0).any()) and bool(g[:, :prefix].ne(0).any()):
+            blocks = [n for n, m in model.named_modules() if n and _is_block(model, n, m)]
+            before = blocks[blocks.index(name) - 1] if name in blocks and blocks.index(name) > 0 else None
+            first = _first_layer_of(model, name) if name in blocks else None
+            hint = " or ".join(repr(n) for n in (before, first) if n) or "the block before it"
             raise ConfigError(
                 f"layer: the class score depends on {name!r} only through its {prefix} class/register token(s), "
                 "not its patch tokens (a class-token classifier after the last block reads only the class token), "
-                "so Grad-CAM there is zero everywhere; name the block before it, or the first layer of the last "
-                "block (its input norm, e.g. timm 'blocks.11.norm1', HF 'vit.encoder.layer.11.layernorm_before')"
+                f"so Grad-CAM there is zero everywhere; name {hint} (the block before it, or the last block's "
+                "input norm: timm 'blocks.<last>.norm1', transformers '<...>.layer(s).<last>.layernorm_before')"
             )
         return _as_map(a, grid, prefix), _as_map(g, grid, prefix)
 
