@@ -328,8 +328,14 @@ def test_occlusion_equals_hand_computed_score_drop():
         expected = _hand_occlusion(x[i], regions[i], window, stride)
         assert torch.allclose(ex.saliency[i].double(), expected, atol=1e-5)
     assert ex.extra == {"window": [4, 4], "stride": [2, 2]}
-    both = mp.explain(model, x[:1], target=[[0, 1]], method="occlusion", **common)
-    assert torch.allclose(both.saliency[0], ex.saliency[0] + mp.explain(model, x[:1], target=1, method="occlusion", **common).saliency[0], atol=1e-5)
+    both = mp.explain(model, x[:1], target=[[0, 1]], method="occlusion", head="sigmoid", **common)
+    # With two classes [[0, 1]] is the multi-hot label "class 1", and both classes are the
+    # multi-hot [[1, 1]]; a set of every class needs a sigmoid head (a softmax refuses it).
+    one = mp.explain(model, x[:1], target=1, method="occlusion", head="sigmoid", **common)
+    assert both.target == [[1]] and torch.allclose(both.saliency, one.saliency)
+    pair = mp.explain(model, x[:1], target=[[1, 1]], method="occlusion", head="sigmoid", **common)
+    assert pair.target == [[0, 1]]
+    assert torch.allclose(pair.saliency[0], ex.saliency[0] + one.saliency[0], atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------- RISE

@@ -7,6 +7,7 @@ import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -192,19 +193,70 @@ def test_multi_hot_targets_in_every_dtype_and_form():
     expected = [[2, 7, 13, 17], [5]]
     for t in (labels, labels.long(), labels.bool(), labels.tolist(), [r.int().tolist() for r in labels]):
         assert resolve_target(t, logits) == expected
-    # Index forms still read as indices; 0/1 rows that are valid class lists stay class lists
-    # (two classes), unless bool / float say "labels".
+    # Index forms still read as indices; an (N, classes) 0/1 matrix is multi-hot in every
+    # dtype, also with two classes ([[1, 0]] is class 0, not "classes 1 and 0").
     assert resolve_target(torch.tensor([[2, 7], [5, 6]]), logits) == [[2, 7], [5, 6]]
-    assert resolve_target([[0, 1]], torch.zeros(1, 2)) == [[0, 1]]
-    assert resolve_target(torch.tensor([[0, 1]]), torch.zeros(1, 2)) == [[0, 1]]
-    assert resolve_target(torch.tensor([[0.0, 1.0]]), torch.zeros(1, 2)) == [[1]]
-    assert resolve_target(torch.tensor([[True, True]]), torch.zeros(1, 2)) == [[0, 1]]
+    two = torch.zeros(1, 2)
+    for t in ([[1, 0]], torch.tensor([[1, 0]]), torch.tensor([[1.0, 0.0]]), torch.tensor([[True, False]])):
+        assert resolve_target(t, two) == [[0]]
+    assert resolve_target(torch.tensor([[1, 1]]), two, head=Head("sigmoid")) == [[0, 1]]
+    assert resolve_target(torch.tensor([[0]]), torch.zeros(1, 1)) == [[0]]  # one column: its class list
+    # NumPy forms.
+    assert resolve_target(np.int64(3), logits) == [[3], [3]]
+    assert resolve_target(np.array([1, 4]), logits) == [[1], [4]]
+    assert resolve_target(labels.numpy(), logits) == expected
     assert resolve_target([1, 0], logits) == [[1], [0]]
     with pytest.raises(InputError, match=r"target: row 1 of the multi-hot matrix has no positive class"):
         resolve_target(torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]), torch.zeros(2, 3))
     with pytest.raises(InputError, match=r"target: expected an integer tensor of class indices or an \(2, 22\) "
                                          r"multi-hot 0/1 matrix, got tensor of shape \(2, 22\) and dtype torch.float32"):
         resolve_target(labels * 0.5, logits)
+
+
+def test_a_class_set_of_every_class_under_a_softmax_is_refused_and_top_k_stops_short():
+    with pytest.raises(InputError, match=r"target: image 0's class list holds all 2 classes of the model; under a "
+                                         r"softmax head their probabilities sum to 1 whatever the input"):
+        resolve_target(torch.tensor([[1, 1]]), torch.zeros(1, 2))
+    with pytest.raises(InputError, match="holds all 3 classes"):
+        resolve_target([[0, 1, 2]], torch.zeros(1, 3), head=Head("probabilities"))
+    assert resolve_target([[0, 1, 2]], torch.zeros(1, 3), head=Head("sigmoid")) == [[0, 1, 2]]
+    # paper-loc's top-5 on a 3-class model: the top 2 (a set of all 3 would be constant).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    x = torch.randn(1, 3, 16, 16)
+    ex = mp.explain(model, x, method="paper-loc", steps=2)
+    assert len(ex.target[0]) == 2 and float(ex.scores["clean"][0]) < 1 - 1e-4
+    # A softmax over one column is refused as an explicit head.
+    with pytest.raises(ConfigError, match=r"head: 'logits' reads the outputs with a softmax, but the model has one "
+                                          r"output column"):
+        mp.explain(QuadrantDetector(), _quadrant_image(), head="logits", steps=2)
+
+
+def test_multi_hot_target_on_a_detected_softmax_head_warns():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 6))
+    labels = torch.tensor([[0.0, 1.0, 0.0, 1.0, 0.0, 0.0]])
+    with pytest.warns(HeadWarning, match=r"head: a multi-hot target with several classes per image, but the model's "
+                                         r"output was read as logits"):
+        mp.explain(model, torch.randn(1, 3, 16, 16), target=labels, steps=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", HeadWarning)
+        mp.explain(model, torch.randn(1, 3, 16, 16), target=labels, steps=2, head="sigmoid")
+
+
+def test_a_declared_multilabel_hf_config_is_read_with_a_sigmoid():
+    class HFLike(nn.Module):
+        def __init__(self, problem):
+            super().__init__()
+            self.config = type("C", (), {"problem_type": problem})()
+            self.fc = nn.Linear(3, 4)
+
+        def forward(self, x):
+            return self.fc(x.mean((2, 3)))
+
+    x = torch.randn(1, 3, 8, 8)
+    assert mp.explain(HFLike("multi_label_classification"), x, method="occlusion").head == "sigmoid"
+    assert mp.explain(HFLike("single_label_classification"), x, method="occlusion").head == "logits"
 
 
 def test_repeated_classes_are_refused():
@@ -266,6 +318,15 @@ def build():
     return Net(), {"input_size": 32, "resize": 32}
 """
 
+MULTILABEL_FACTORY = """
+import torch
+def build():
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 6))
+    return m, {"input_size": 32, "resize": 32}
+"""
+
 ONE_COLUMN_FACTORY = """
 import torch
 class Det(torch.nn.Module):
@@ -288,6 +349,26 @@ def images(tmp_path):
         arr = (torch.rand(40, 40, 3, generator=g) * 255).to(torch.uint8).numpy()
         Image.fromarray(arr).save(d / f"im{i}.png")
     return d
+
+
+def test_cli_and_manifest_targets_of_several_classes(tmp_path, images, capsys):
+    f = tmp_path / "ml.py"
+    f.write_text(MULTILABEL_FACTORY)
+    out = tmp_path / "out"
+    rc = main(["explain", str(images / "im0.png"), "--model", f"python:{f}:build", "--trust-code", "--steps", "2",
+               "--out", str(out), "-q", "--head", "sigmoid", "--target", "1,3"])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((out / "im0_summary.json").read_text())
+    assert summary["target"] == [1, 3] and summary["head"] == "sigmoid"
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"path": str(images / "im0.png"), "target": [2, 4]}) + "\n"
+                        + json.dumps({"path": str(images / "im1.png"), "target": "0,5"}) + "\n")
+    rc = main(["run", str(manifest), "--model", f"python:{f}:build", "--trust-code", "--steps", "2", "--out",
+               str(tmp_path / "r"), "-q", "--head", "sigmoid"])
+    assert rc == 0, capsys.readouterr().err
+    rows = sorted((json.loads(line) for line in (tmp_path / "r" / "results.jsonl").read_text().splitlines()),
+                  key=lambda r: r["path"])
+    assert [r["target"] for r in rows] == [[2, 4], [0, 5]]
 
 
 @pytest.mark.parametrize("command", ["explain", "run"])

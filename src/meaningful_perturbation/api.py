@@ -118,7 +118,7 @@ def explain(
     try:
         with frozen(model):
             logits, model_head = clean_scores(model, x, head)
-            rows = resolve_target(target, logits, getattr(cfg, "top_k", 1))
+            rows = resolve_target(target, logits, getattr(cfg, "top_k", 1), model_head)
             generator = torch.Generator(device="cpu")
             generator.manual_seed(seed)
             ctx = Context(

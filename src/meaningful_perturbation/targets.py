@@ -12,15 +12,17 @@ runner, so each reads a model's output and a target the same way:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from ._validate import describe
-from .core.head import Head, model_output, resolve_head
-from .errors import ConfigError, InputError, ModelError
+from .core.head import LOGITS, Head, declared_head, model_output, resolve_head
+from .errors import ConfigError, HeadWarning, InputError, ModelError
 
-__all__ = ["clean_scores", "resolve_target", "target_from_option", "TARGET_FORMS"]
+__all__ = ["clean_scores", "resolve_target", "target_from_option", "top_classes", "TARGET_FORMS"]
 
 TARGET_FORMS = (
     "None, an int, an (N,) integer tensor, a list of N class lists, "
@@ -53,19 +55,32 @@ def clean_scores(model: Callable, x: torch.Tensor, head: Any = "auto") -> tuple[
         except Exception as e:
             raise _forward_error(model, x, e) from e
     out = model_output(out, x.shape[0], where="on the clean images").float()
-    return out, resolve_head(head, out)
+    return out, resolve_head(head, out, declared=declared_head(model))
 
 
 def _is_multi_hot(rows: list[list[Any]], classes: int, *, indices_possible: bool = True) -> bool:
-    """Rows of ``classes`` entries, all 0 or 1. Where the entries could also be class indices
-    (integers), only a matrix that cannot be index lists counts: with 3+ classes a 0/1 row
-    repeats a class; with 1 or 2 classes some row must repeat one (``[0, 1]`` stays classes 0
-    and 1)."""
+    """Rows of ``classes`` entries, all 0 or 1: a multi-hot label matrix, whatever the dtype.
+    The one exception is a one-column model given integer rows ``[[0]]``: that is the class
+    list of its only class."""
     if not rows or not all(len(r) == classes for r in rows) or not all(v in (0, 1) for r in rows for v in r):
         return False
-    if not indices_possible:
-        return True
-    return any(len(set(r)) < len(r) for r in rows)
+    return not (indices_possible and classes == 1)
+
+
+def _softmax(head: Head) -> bool:
+    return not head.multilabel
+
+
+def top_classes(scores: torch.Tensor, k: int, head: Head = LOGITS) -> list[list[int]]:
+    """The ``k`` highest-scoring classes of each row of ``scores`` ``(N, classes)``.
+
+    Under a softmax head (``logits`` / ``probabilities``) at most ``classes - 1`` are taken:
+    the probabilities of every class sum to 1 whatever the input, so a set of all classes
+    explains nothing (``paper-loc``'s top-5 of a 5-class model is its top-4).
+    """
+    classes = int(scores.shape[1])
+    k = min(int(k), classes - 1 if _softmax(head) and classes > 1 else classes)
+    return scores.topk(max(k, 1), dim=1).indices.tolist()
 
 
 def _multi_hot_rows(rows: list[list[Any]]) -> list[list[int]]:
@@ -81,7 +96,7 @@ def _multi_hot_rows(rows: list[list[Any]]) -> list[list[int]]:
     return out
 
 
-def resolve_target(target: Any, logits: torch.Tensor, top_k: int = 1) -> list[list[int]]:
+def resolve_target(target: Any, logits: torch.Tensor, top_k: int = 1, head: Head = LOGITS) -> list[list[int]]:
     """Normalise ``target`` into one list of distinct class indices per image.
 
     Args:
@@ -90,11 +105,14 @@ def resolve_target(target: Any, logits: torch.Tensor, top_k: int = 1) -> list[li
             (several classes per image, their scores summed), or a multi-hot label matrix:
             an ``(N, classes)`` tensor or list of lists whose entries are all 0 or 1 (bool,
             integer or float, as a multi-label data set stores them), read as the classes
-            marked 1. Integer 0/1 rows that are also valid class lists (only possible with
-            one or two classes: ``[[0, 1]]``) are read as class lists; pass bool or float
-            labels to mean multi-hot there.
+            marked 1 (so with two classes ``[[0, 1]]`` is class 1; both classes are
+            ``[[1, 1]]``). NumPy integers and arrays are accepted like tensors.
         logits: clean ``(N, classes)`` model output.
-        top_k: classes taken when ``target`` is None.
+        top_k: classes taken when ``target`` is None (see :func:`top_classes`).
+        head: the model's head. Under a softmax head a class list holding every class is
+            refused (its probability is 1 whatever the input), and a multi-hot target of
+            several classes warns when ``head`` was detected (a multi-label model needs
+            ``head="sigmoid"``).
 
     Raises:
         InputError: naming ``target``: wrong type, a float tensor that is not multi-hot, a
@@ -103,8 +121,14 @@ def resolve_target(target: Any, logits: torch.Tensor, top_k: int = 1) -> list[li
     """
     n, classes = logits.shape
     if target is None:
-        k = min(int(top_k), classes)
-        return logits.topk(k, dim=1).indices.tolist()
+        return top_classes(logits, top_k, head)
+    if isinstance(target, np.ndarray):
+        if target.dtype == object:
+            raise InputError(f"target: expected a numeric array, got a NumPy array of dtype object")
+        target = torch.from_numpy(np.ascontiguousarray(target))
+    elif isinstance(target, np.generic):
+        target = target.item()
+    multi_hot = False
     if isinstance(target, bool):
         raise InputError(f"target: expected {TARGET_FORMS}, got {describe(target)}")
     if isinstance(target, int):
@@ -116,7 +140,7 @@ def resolve_target(target: Any, logits: torch.Tensor, top_k: int = 1) -> list[li
             and target.shape[1] == classes
             and _is_multi_hot(target.tolist(), classes, indices_possible=integer_index)
         ):
-            rows = _multi_hot_rows(target.tolist())
+            rows, multi_hot = _multi_hot_rows(target.tolist()), True
         elif target.is_floating_point() or target.dtype == torch.bool:
             raise InputError(
                 f"target: expected an integer tensor of class indices or an ({n}, {classes}) multi-hot 0/1 matrix, "
@@ -131,13 +155,14 @@ def resolve_target(target: Any, logits: torch.Tensor, top_k: int = 1) -> list[li
         else:
             raise InputError(f"target: expected shape (N,), (N, T) or ({n}, {classes}) multi-hot, got {tuple(target.shape)}")
     elif isinstance(target, Sequence) and not isinstance(target, str):
-        raw = [r.tolist() if isinstance(r, torch.Tensor) else r for r in target]
+        raw = [r.tolist() if isinstance(r, (torch.Tensor, np.ndarray)) else r for r in target]
+        raw = [r.item() if isinstance(r, np.generic) else r for r in raw]
         if all(isinstance(r, Sequence) and not isinstance(r, str) for r in raw) and _is_multi_hot(
             [list(r) for r in raw], classes, indices_possible=all(
                 isinstance(v, int) and not isinstance(v, bool) for r in raw for v in r
             )
         ):
-            rows = _multi_hot_rows([list(r) for r in raw])
+            rows, multi_hot = _multi_hot_rows([list(r) for r in raw]), True
         else:
             rows = []
             for r in raw:
@@ -163,32 +188,59 @@ def resolve_target(target: Any, logits: torch.Tensor, top_k: int = 1) -> list[li
         if len(set(r)) != len(r):
             dup = next(c for c in r if r.count(c) > 1)
             raise InputError(
-                f"target: class {dup} appears {r.count(dup)} times in the class list of image {i}; list each class "
-                "once (a multi-hot label vector must have one entry per class of the model)"
+                f"target: class {dup} appears {r.count(dup)} times in the class list of image {i}; list each class once"
             )
+        if _softmax(head) and classes > 1 and len(r) == classes:
+            raise InputError(
+                f"target: image {i}'s class list holds all {classes} classes of the model; under a softmax head their "
+                "probabilities sum to 1 whatever the input, so there is nothing to explain: list fewer classes, or "
+                "pass head='sigmoid' if the classes are independent (multi-label)"
+            )
+    if multi_hot and head.detected and _softmax(head) and any(len(r) > 1 for r in rows):
+        warnings.warn(
+            f"head: a multi-hot target with several classes per image, but the model's output was read as "
+            f"{head.kind} (softmax: the classes' probabilities compete and are summed); if the model is multi-label, "
+            "pass head='sigmoid' (or 'sigmoid-probabilities' if it applies the sigmoid itself)",
+            HeadWarning,
+            stacklevel=3,
+        )
     return rows
 
 
 def target_from_option(
-    option: Any, scores: torch.Tensor, class_names: Sequence[str] | None, *, name: str = "--target"
+    option: Any,
+    scores: torch.Tensor,
+    class_names: Sequence[str] | None,
+    *,
+    name: str = "--target",
+    head: Head = LOGITS,
 ) -> list[list[int]] | None:
     """The command line's target for one image → ``[[classes]]`` (``None`` = the method's default).
 
     Args:
-        option: ``None``, ``"top1"``, ``"top5"``, a class index (int) or a class name
-            (case-insensitive).
+        option: ``None``, ``"top1"``, ``"top5"``, a class index (int), a class name
+            (case-insensitive), or a list of indices / names (several classes, their scores
+            summed; ``--target 2,7`` on the command line).
         scores: ``(1, outputs)`` clean model output of the image (ranks ``top1``/``top5``).
         class_names: the model's class names, if any.
+        head: the model's head (``top5`` takes at most ``classes - 1`` under a softmax).
 
     Raises:
-        ConfigError: an index out of range or an unknown class name, naming ``name``.
+        ConfigError: an index out of range, an unknown class name or a class listed twice,
+            naming ``name``.
     """
     n_classes = int(scores.shape[-1])
     if option is None:
         return None
     if option in ("top1", "top5"):
-        k = min(1 if option == "top1" else 5, n_classes)
-        return [scores[0].topk(k).indices.tolist()]
+        return [top_classes(scores[:1], 1 if option == "top1" else 5, head)[0]]
+    if isinstance(option, (list, tuple)):
+        row = [target_from_option(o, scores, class_names, name=name, head=head)[0][0] for o in option]
+        if not row:
+            raise ConfigError(f"{name}: expected at least one class, got an empty list")
+        if len(set(row)) != len(row):
+            raise ConfigError(f"{name}: a class is listed twice in {list(option)!r}; list each class once")
+        return [row]
     if isinstance(option, int):
         if not 0 <= option < n_classes:
             raise ConfigError(f"{name}: class index {option} out of range for a model with {n_classes} classes")

@@ -42,7 +42,8 @@ class RunSettings:
         preprocessing: overrides for :func:`~meaningful_perturbation.io.resolve_preprocessing`
             (only the ones given).
         method: preset name.
-        target: ``None`` (method default), ``"top1"``, ``"top5"``, an int or a class name.
+        target: ``None`` (method default), ``"top1"``, ``"top5"``, an int, a class name, or
+            a list of ints / names (several classes, their scores summed).
         overrides: method config overrides (``--config`` < ``--set`` < ``--steps``/``--areas``).
         config: the resolved method config as a plain dict.
         seed: random seed.
@@ -56,7 +57,7 @@ class RunSettings:
     device: str = "cpu"
     preprocessing: dict[str, Any] = field(default_factory=dict)
     method: str = "paper"
-    target: str | int | None = None
+    target: str | int | list[str | int] | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -135,8 +136,9 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("method")
     g.add_argument("--method", default="paper", metavar="NAME",
                    help="preset (see `mperturb methods`); default paper")
-    g.add_argument("--target", default=None, metavar="CLASS|top1|top5",
-                   help="class index or name, top1, or top5 (5 top classes, scores summed); "
+    g.add_argument("--target", default=None, metavar="CLASS[,CLASS...]|top1|top5",
+                   help="class index or name, several separated by commas (scores summed, e.g. 2,7 for a "
+                        "multi-label model), top1, or top5 (5 top classes, scores summed); "
                         "default: the method's own (top-1; top-5 for paper-loc)")
     g.add_argument("--areas", type=float, nargs="+", default=None, metavar="A",
                    help="mask areas (extremal)")
@@ -185,13 +187,24 @@ def _read_config_file(path: str) -> dict[str, Any]:
     return data
 
 
-def parse_target(text: str | None) -> str | int | None:
-    """``None`` / ``top1`` / ``top5`` / an int / a class name (kept as str)."""
+def parse_target(text: str | None) -> str | int | list[str | int] | None:
+    """``None`` / ``top1`` / ``top5`` / an int / a class name (kept as str) / several of
+    them separated by commas (a list: the classes' scores are summed).
+
+    Example:
+        >>> parse_target("2,7"), parse_target("tabby"), parse_target("top5")
+        ([2, 7], 'tabby', 'top5')
+    """
     if text is None:
         return None
     t = text.strip()
     if t.lower() in ("top1", "top5"):
         return t.lower()
+    if "," in t:
+        parts = [p.strip() for p in t.strip("[]").split(",")]
+        if not all(parts):
+            raise ConfigError(f"--target: expected classes separated by commas, got {text!r}")
+        return [parse_target(p) for p in parts]  # type: ignore[misc]
     try:
         return int(t)
     except ValueError:

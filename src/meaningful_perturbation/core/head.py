@@ -44,7 +44,7 @@ import torch
 
 from ..errors import ConfigError, HeadWarning, ModelError
 
-__all__ = ["HEADS", "Head", "model_output", "resolve_head", "check_head_option", "LOGITS"]
+__all__ = ["HEADS", "Head", "model_output", "resolve_head", "declared_head", "check_head_option", "LOGITS"]
 
 HEADS = ("auto", "logits", "probabilities", "sigmoid", "sigmoid-probabilities")
 
@@ -186,7 +186,20 @@ def check_head_option(head: Any, name: str = "head") -> str:
     return head
 
 
-def resolve_head(head: Any, out: torch.Tensor, *, name: str = "head") -> Head:
+def declared_head(model: Any) -> str | None:
+    """What a model says of its own head, where it says it: a Hugging Face config's
+    ``problem_type`` (``"multi_label_classification"`` → ``"sigmoid"``,
+    ``"single_label_classification"`` → ``"logits"``), also on a wrapper's ``.model``."""
+    for m in (model, getattr(model, "model", None)):
+        problem = getattr(getattr(m, "config", None), "problem_type", None)
+        if problem == "multi_label_classification":
+            return "sigmoid"
+        if problem == "single_label_classification":
+            return "logits"
+    return None
+
+
+def resolve_head(head: Any, out: torch.Tensor, *, name: str = "head", declared: str | None = None) -> Head:
     """The :class:`Head` for option ``head`` given the clean output ``out`` ``(N, outputs)``.
 
     ``"auto"`` applies the detection rule of the module docstring; an explicit kind is checked
@@ -194,6 +207,10 @@ def resolve_head(head: Any, out: torch.Tensor, *, name: str = "head") -> Head:
     or do not sum to 1, ``"sigmoid-probabilities"`` on values outside [0, 1]: a
     :class:`~meaningful_perturbation.errors.ConfigError`), so a wrong choice cannot silently
     give wrong probabilities.
+
+    ``declared`` (see :func:`declared_head`) settles ``"auto"`` where the model states its
+    head: a multi-label model is read with a sigmoid, a single-label one as logits (a softmax
+    model's probabilities are still recognised as such).
 
     Warns:
         HeadWarning: when ``"auto"`` had to choose on values that would also fit another head.
@@ -215,8 +232,18 @@ def resolve_head(head: Any, out: torch.Tensor, *, name: str = "head") -> Head:
             f"{name}: 'sigmoid-probabilities' needs outputs in [0, 1], got values from {float(z.min()):.4g} "
             f"to {float(z.max()):.4g}; use head='sigmoid' if the outputs are logits"
         )
+    if head in ("logits", "probabilities") and cols == 1:
+        raise ConfigError(
+            f"{name}: {head!r} reads the outputs with a softmax, but the model has one output column (a softmax of "
+            "one column is 1 whatever the input); use head='sigmoid' (or 'sigmoid-probabilities' if the model "
+            "applies the sigmoid itself)"
+        )
     if head != "auto":
         return Head(head, detected=False)
+    if declared == "sigmoid":
+        return Head("sigmoid", detected=True)  # HF multi-label models return logits (BCEWithLogitsLoss)
+    if declared == "logits" and cols > 1:
+        return Head("probabilities" if sums_to_one else "logits", detected=True)
     if cols == 1:
         if in_unit:
             warnings.warn(

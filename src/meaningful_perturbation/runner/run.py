@@ -302,9 +302,15 @@ def _item_metrics(
     return out
 
 
-def _resolve_label(label: Any, n_classes: int, class_names: Sequence[str] | None) -> int | None:
+def _resolve_label(label: Any, n_classes: int, class_names: Sequence[str] | None) -> int | list[int] | None:
+    """A manifest/folder label → a class index, or a list of them (a multi-label row)."""
     if label is None:
         return None
+    if isinstance(label, list):
+        row = [_resolve_label(v, n_classes, class_names) for v in label]
+        if not row or len(set(row)) != len(row):
+            raise InputError(f"target: expected distinct classes, got {label!r}")
+        return row  # type: ignore[return-value]
     if isinstance(label, int):
         if not 0 <= label < n_classes:
             raise InputError(f"target {label} out of range for a model with {n_classes} classes")
@@ -312,6 +318,8 @@ def _resolve_label(label: Any, n_classes: int, class_names: Sequence[str] | None
     names = [n.lower() for n in class_names or ()]
     if str(label).lower() in names:
         return names.index(str(label).lower())
+    if not class_names:
+        raise InputError(f"target: {str(label)!r} is not a class index, and the model has no class names")
     raise InputError(f"unknown class name {str(label)!r} (the model's classes: {', '.join(list(class_names or ())[:10])})")
 
 
@@ -345,7 +353,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
     from ..methods.common import input_stats_overrides
     from ..methods.registry import get_method, resolve_config
     from ..models import CLI_OPTION_NAMES, load_model, resolve_model_preprocessing
-    from ..targets import clean_scores, target_from_option
+    from ..targets import clean_scores, target_from_option, top_classes
 
     validate_options(opts)
     out = Path(opts.out)
@@ -451,11 +459,11 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
                 try:
                     label = _resolve_label(it.label, n_classes, class_names)
                     if settings.target is not None:
-                        tgt = target_from_option(settings.target, logits[k : k + 1], class_names)[0]
+                        tgt = target_from_option(settings.target, logits[k : k + 1], class_names, head=head)[0]
                     elif label is not None:
-                        tgt = [label]
+                        tgt = label if isinstance(label, list) else [label]
                     else:
-                        tgt = logits[k].topk(min(top_k, n_classes)).indices.tolist()
+                        tgt = top_classes(logits[k : k + 1], top_k, head)[0]
                 except (InputError, ConfigError) as e:
                     fail(it, "target", str(e))
                     continue
@@ -536,7 +544,9 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
                     "target_names": [_name(c, class_names) for c in tgt],
                     "class_name": ", ".join(_name(c, class_names) for c in tgt),
                     "label": r["label"],
-                    "label_name": None if r["label"] is None else _name(r["label"], class_names),
+                    "label_name": None if r["label"] is None else (
+                        ", ".join(_name(c, class_names) for c in r["label"]) if isinstance(r["label"], list)
+                        else _name(r["label"], class_names)),
                     "predicted": r["pred"],
                     "predicted_name": _name(r["pred"], class_names),
                     "scores": scores,

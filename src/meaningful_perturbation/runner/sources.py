@@ -56,7 +56,7 @@ class Item:
     id: str
     path: Path
     rel: str
-    label: int | str | None = None
+    label: int | str | list[int | str] | None = None
     box: tuple[float, float, float, float] | None = None
     mask: Path | None = None
     error: str | None = None
@@ -121,9 +121,17 @@ def _parse_box(value: Any, where: str) -> tuple[float, float, float, float] | No
     return nums  # type: ignore[return-value]
 
 
-def _parse_target(value: Any) -> int | str | None:
+def _parse_target(value: Any) -> int | str | list[int | str] | None:
+    """A manifest ``target``: an index, a class name, or several of them (a JSON list, or a
+    string with commas) for a multi-label row."""
     if value is None:
         return None
+    if isinstance(value, list) or (isinstance(value, str) and "," in value):
+        parts = value if isinstance(value, list) else value.strip().strip("[]").split(",")
+        row = [_parse_target(p) for p in parts]
+        if not row or any(v is None or isinstance(v, list) for v in row):
+            raise InputError(f"target: expected a class index or name, or a list of them, got {value!r}")
+        return row  # type: ignore[return-value]
     if isinstance(value, bool):
         raise InputError(f"target: expected a class index or name, got {value!r}")
     if isinstance(value, int):
