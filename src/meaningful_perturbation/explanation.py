@@ -293,15 +293,15 @@ def _parse_meta(raw: np.ndarray, where: str) -> dict[str, Any]:
         meta = json.loads(raw.tobytes().decode("utf-8"))
     except UnicodeDecodeError as e:
         raise InputError(f"{where}: metadata is not UTF-8 text ({_one_line(e)})") from None
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nesting too deep
         raise InputError(f"{where}: metadata is not valid JSON ({_one_line(e)})") from None
     if not isinstance(meta, dict):
         raise InputError(f"{where}: metadata is a JSON {type(meta).__name__}, expected an object")
     if meta.get("format") != _FORMAT:
-        raise InputError(f"{where} has format {meta.get('format')!r}, expected {_FORMAT!r}")
+        raise InputError(f"{where} has format {_short(meta.get('format'))}, expected {_FORMAT!r}")
     version = meta.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= _VERSION:
-        raise InputError(f"{where} has format version {version!r}; this library reads 1 to {_VERSION}")
+        raise InputError(f"{where} has format version {_short(version)}; this library reads 1 to {_VERSION}")
     for key, typ in _META_TYPES.items():
         if key not in meta:
             raise InputError(f"{where}: metadata has no {key!r} entry")

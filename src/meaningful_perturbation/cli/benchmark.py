@@ -116,7 +116,7 @@ def _load(paths: list[str], methods: list[str] | None = None) -> Any:
         try:
             with os_errors_as("--from", "cannot read"):
                 data = json.loads(Path(p).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise ConfigError(f"--from: {p!r} is not JSON ({e})") from None
         try:
             results.append(BenchmarkResult.from_json(data))

@@ -177,7 +177,7 @@ def _read_config_file(path: str) -> dict[str, Any]:
         raise InputError(f"--config: cannot read {path!r} ({e.strerror or e})") from None
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise ConfigError(f"--config: {path!r} is not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config: {path!r} must hold a JSON object of config fields, got {type(data).__name__}")

@@ -110,7 +110,7 @@ def parse_setting(item: str) -> tuple[str, Any] | None:
         return None
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         value = raw
     return key.replace("-", "_"), value
 

@@ -260,7 +260,7 @@ def read_preprocessing_json_declared(
     text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     try:
         values = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InputError(f"{source}: {PREPROCESSING_EXTRA_FILE} is not valid JSON ({exc})") from exc
     where = f"{source}: {PREPROCESSING_EXTRA_FILE}"
     return preprocessing_from_mapping(values, source=where), declared_channels(values, source=where)

@@ -399,7 +399,7 @@ def _hf_remote_code(source: str, is_dir: bool, kwargs: dict[str, Any]) -> str | 
         return None
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None  # transformers reports a broken config
     auto_map = data.get("auto_map") if isinstance(data, dict) else None
     if not auto_map:

@@ -179,7 +179,7 @@ def _check_safetensors_header(p: Path) -> None:
         text = fh.read(n)
     try:
         header = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise _bad_safetensors(name, f"header is not JSON: {one_line(exc)}") from exc
     if not isinstance(header, dict):
         raise _bad_safetensors(name, f"header is a JSON {type(header).__name__}, expected an object")

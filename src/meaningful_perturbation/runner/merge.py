@@ -114,7 +114,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             continue
         try:
             obj = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             continue
         if isinstance(obj, dict) and isinstance(obj.get("id"), str):
             out.append(obj)
@@ -147,7 +147,7 @@ def _marker_tag(out: Path) -> str:
 
     try:
         data = json.loads((out / CONTROL / MARKER).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return ""
     tag = data.get("tag") if isinstance(data, dict) else None
     return tag if isinstance(tag, str) and tag.startswith("mpr-") and tag[4:].isalnum() else ""

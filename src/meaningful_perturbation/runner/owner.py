@@ -133,7 +133,7 @@ def _foreign_names(out: Path, limit: int = 5) -> list[str]:
 def _read_marker(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise InputError(f"--out: cannot read the run marker {str(path)!r} ({e}); move the folder away "
                          "or delete the marker if this is no longer a run") from None
     ok = (isinstance(data, dict) and data.get("format") == MARKER_FORMAT and isinstance(data.get("tag"), str)
@@ -150,7 +150,7 @@ def _read_marker(path: Path) -> dict[str, Any]:
 def _is_legacy_settings(path: Path) -> bool:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return False
     return isinstance(data, dict) and data.get("format") == SETTINGS_FORMAT
 
@@ -250,5 +250,5 @@ def _describe_holder(fd: int) -> str:
         os.lseek(fd, 0, os.SEEK_SET)
         info = json.loads(os.read(fd, 4096).decode("utf-8"))
         return f"pid {int(info['pid'])} on host {str(info.get('host'))!r}, started {info.get('started')}"
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
         return "pid unknown: the lock file is being written"

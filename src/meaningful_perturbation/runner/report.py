@@ -177,6 +177,10 @@ def _src(out: Path, rel: str | None, embed: bool, base: str = "") -> str | None:
     return quote(f"{base}{rel}", safe="/")
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def render_report(out: str | os.PathLike[str], *, embed: bool = False, n_boot: int = 1000, base: str = "") -> str:
     """The HTML text of the report of run folder ``out`` (links prefixed with ``base``)."""
     from ..metrics import bootstrap_ci
@@ -186,10 +190,11 @@ def render_report(out: str | os.PathLike[str], *, embed: bool = False, n_boot: i
     failures = read_jsonl(out / FAILURES)
     try:
         settings = json.loads((out / "settings.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         settings = {}
-    compared = settings.get("compared") or {}
-    s = compared.get("settings") or {}
+    # A tampered settings.json: any part that is not an object reads as missing.
+    compared = _mapping(_mapping(settings).get("compared"))
+    s = _mapping(compared.get("settings"))
     columns = collect_columns(results)
 
     parts: list[str] = []
@@ -202,7 +207,7 @@ def render_report(out: str | os.PathLike[str], *, embed: bool = False, n_boot: i
     add(f"<h1>mperturb run report: <span class=\"path\">{_e(out.name)}</span></h1>")
     add("<p>")
     add(f"method <b>{_e(s.get('method'))}</b>, model <b>{_e(s.get('model'))}</b>, "
-        f"steps {_e((compared.get('config') or {}).get('steps', '–'))}, seed {_e(s.get('seed'))}, "
+        f"steps {_e(_mapping(compared.get('config')).get('steps', '–'))}, seed {_e(s.get('seed'))}, "
         f"target {_e(s.get('target') if s.get('target') is not None else 'source label / method default')}; "
         f"source <span class=\"path\">{_e(compared.get('source'))}</span> ({_e(compared.get('source_type'))}).")
     add("</p>")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -114,6 +115,8 @@ def _parse_box(value: Any, where: str) -> tuple[float, float, float, float] | No
         nums = tuple(float(p) for p in parts)
     except (TypeError, ValueError):
         raise InputError(f"{where}: box must hold 4 numbers, got {value!r}") from None
+    except OverflowError:  # a JSON integer beyond float range (e.g. 10**400)
+        raise InputError(f"{where}: box coordinates must be finite numbers, got {value!r}") from None
     if len(nums) == 4 and not all(math.isfinite(v) for v in nums):
         raise InputError(f"{where}: box coordinates must be finite numbers, got {value!r}")
     if len(nums) != 4 or not (nums[2] > nums[0] and nums[3] > nums[1]):
@@ -150,19 +153,30 @@ def _parse_target(value: Any) -> int | str | list[int | str] | None:
 def _manifest_rows(source: Path, kind: str) -> list[tuple[int, dict[str, Any] | str]]:
     """``(line number, row)`` pairs; a row that cannot be read is its error message instead."""
     try:
-        text = source.read_text(encoding="utf-8-sig")
+        # Bytes decoded as they are (no newline translation): a quoted CSV field may hold a
+        # newline or carriage return, a JSON string any character but those two.
+        text = source.read_bytes().decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"SOURCE: cannot read manifest {str(source)!r} ({e})") from None
     rows: list[tuple[int, dict[str, Any] | str]] = []
     if kind == "csv":
-        reader = csv.DictReader(text.splitlines())
-        if not reader.fieldnames or "path" not in [f.strip() for f in reader.fieldnames]:
-            raise InputError(f"SOURCE: CSV manifest {str(source)!r} needs a header row with a 'path' column")
-        for lineno, row in enumerate(reader, start=2):
-            clean = {(k or "").strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
-            rows.append((lineno, {k: v for k, v in clean.items() if v not in (None, "")}))
+        # The csv module splits records itself (str.splitlines would also split at \x1c-\x1e,
+        # \x85, \u2028 ... inside fields, and lose newlines inside quoted fields).
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            fieldnames = reader.fieldnames
+            if not fieldnames or "path" not in [f.strip() for f in fieldnames]:
+                raise InputError(f"SOURCE: CSV manifest {str(source)!r} needs a header row with a 'path' column")
+            for row in reader:
+                lineno = reader.line_num  # the line the record ends on
+                clean = {(k or "").strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
+                rows.append((lineno, {k: v for k, v in clean.items() if v not in (None, "")}))
+        except csv.Error as e:  # e.g. a NUL character, a field over the csv module's size limit
+            raise InputError(f"SOURCE: CSV manifest {str(source)!r} line {reader.line_num}: {e}") from None
     else:
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        # JSON Lines: records end at "\n" only (RFC 8259 strings may hold U+2028 and friends).
+        for lineno, line in enumerate(text.split("\n"), start=1):
+            line = line.removesuffix("\r")
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
             try:
