@@ -164,11 +164,21 @@ def _hf_progress(enabled: bool) -> Iterator[None]:
         return
     was_disabled = are_progress_bars_disabled()
     disable_progress_bars()
+    tf_logging = None
+    try:
+        from transformers.utils import logging as tf_logging  # its own "Loading weights" bar
+
+        tf_bar = tf_logging.is_progress_bar_enabled()
+        tf_logging.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - transformers absent or without these switches
+        tf_logging = None
     try:
         yield
     finally:
         if not was_disabled:
             enable_progress_bars()
+        if tf_logging is not None and tf_bar:
+            tf_logging.enable_progress_bar()
 
 
 def _split_none(arg: str) -> tuple[str, bool]:
