@@ -252,10 +252,57 @@ def test_file_names_printed_escaped(setup, tmp_path, capsys):
     assert rc == 1
     assert "\x1b" not in err and "\nforged" not in err
     assert err.count("red\\x1b[31m\\nforged line") == 2  # the per-image line and the skipping line
-    assert len(err.splitlines()) == 3  # + the "1 of 2 image(s)" summary
+    assert len(err.splitlines()) == 4  # + the "1 of 2 image(s)" summary and the --device auto note
+    assert err.splitlines()[0].startswith("mperturb: note: device ")
     # An error naming a file with control characters is escaped too.
     blocker = tmp_path / NASTY
     blocker.write_text("x")
-    assert main(["explain", str(img), "--model", spec, "--trust-code", "--out", str(blocker / "o")]) == 2
+    assert main(["explain", str(img), "--model", spec, "--trust-code", "--device", "cpu", "--out", str(blocker / "o")]) == 2
     line = _one_error(capsys, "red\\x1b[31m\\nforged line")
     assert "\x1b" not in line
+
+
+# -- --device auto ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cuda, mps, chosen, why", [
+    (True, True, "cuda", "CUDA is available"),
+    (False, True, "mps", "MPS is available"),
+    (False, False, "cpu", "no CUDA or MPS device"),
+])
+def test_device_auto_is_the_default_and_said_once(monkeypatch, capsys, cuda, mps, chosen, why):
+    import argparse
+
+    from meaningful_perturbation import _runtime
+    from meaningful_perturbation.cli.options import add_method_options, add_model_options, build_run_settings
+
+    monkeypatch.setattr(_runtime, "_count", lambda kind: {"cpu": 1, "cuda": int(cuda), "mps": int(mps)}.get(kind, 0))
+    monkeypatch.delenv("RANK", raising=False)
+    parser = argparse.ArgumentParser()
+    add_model_options(parser)
+    add_method_options(parser)
+    parser.add_argument("-q", "--quiet", action="store_true")
+    args = parser.parse_args([])
+    assert args.device == "auto"
+    assert build_run_settings(args).device == chosen
+    assert capsys.readouterr().err == f"mperturb: note: device {chosen} (--device auto: {why})\n"
+    assert build_run_settings(parser.parse_args(["-q"])).device == chosen
+    assert capsys.readouterr().err == ""  # -q: silent
+    assert build_run_settings(parser.parse_args(["--device", "cpu"])).device == "cpu"
+    assert capsys.readouterr().err == ""  # an explicit device is not announced
+    monkeypatch.setenv("RANK", "1")
+    build_run_settings(args)
+    assert capsys.readouterr().err == ""  # under torchrun only rank 0 speaks
+    assert check_device("auto") == torch.device(chosen)
+
+
+def test_device_auto_under_torchrun_is_the_local_rank(monkeypatch):
+    from meaningful_perturbation import _runtime
+    from meaningful_perturbation.runner.dist import DistContext, local_device
+
+    ctx = DistContext(rank=3, world_size=4, local_rank=1)
+    monkeypatch.setattr(_runtime, "_count", lambda kind: {"cpu": 1, "cuda": 2}.get(kind, 0))
+    assert local_device("auto", ctx) == "cuda:1"
+    assert local_device("cuda", ctx) == "cuda:1"  # what the CLI resolves auto to
+    assert local_device("auto", DistContext()) == "cuda"
+    monkeypatch.setattr(_runtime, "_count", lambda kind: 1 if kind == "cpu" else 0)
+    assert local_device("auto", ctx) == "cpu"

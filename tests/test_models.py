@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from meaningful_perturbation.errors import ConfigError, InputError, ModelError
+from meaningful_perturbation.errors import ConfigError, InputError, MeaningfulPerturbationWarning, ModelError
 from meaningful_perturbation.io import IMAGENET_MEAN, Preprocessing
 from meaningful_perturbation.models import (
     PREPROCESSING_EXTRA_FILE,
@@ -177,8 +177,15 @@ def test_python_factory_with_preprocessing_dict(factory_file):
 
 
 def test_python_factory_plain_module_gets_imagenet_defaults(factory_file):
-    loaded = load_model(f"python:{factory_file}:build_plain", trust_code=True)
-    assert loaded.preprocessing == Preprocessing()
+    with pytest.warns(MeaningfulPerturbationWarning) as caught:
+        loaded = load_model(f"python:{factory_file}:build_plain", trust_code=True)
+    assert loaded.preprocessing == Preprocessing(assumed=True)  # ImageNet, marked as a guess
+    assert [str(w.message) for w in caught] == [
+        f"model spec 'python:{factory_file}:build_plain': the model does not state its preprocessing "
+        "(the factory returned no preprocessing); assumed short side resized to 256, centre crop 224x224, "
+        "mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225), bilinear; if it was trained otherwise, "
+        "set --input-size, --resize, --mean and --std (Python API: resolve_preprocessing)"
+    ]
     assert loaded.class_names is None
 
 
@@ -291,7 +298,8 @@ def test_torchscript_roundtrip_with_preprocessing(tmp_path):
     assert torch.allclose(loaded.model(X), net(X), atol=1e-6)
     plain = tmp_path / "plain.pt"
     torch.jit.save(torch.jit.script(net), str(plain))
-    assert load_model(f"torchscript:{plain}", trust_code=True).preprocessing == Preprocessing()
+    with pytest.warns(MeaningfulPerturbationWarning, match=r"\(no preprocessing.json in the archive\); assumed short side"):
+        assert load_model(f"torchscript:{plain}", trust_code=True).preprocessing == Preprocessing(assumed=True)
 
 
 def test_torchscript_refuses_a_state_dict(tmp_path):
@@ -347,21 +355,60 @@ def _tiny_vit_folder(path: Path, with_processor: bool = True) -> Path:
     return path
 
 
+def _no_network(monkeypatch):
+    """Make any HTTP request by huggingface_hub fail loudly (a local load must not make one)."""
+    import huggingface_hub.file_download as fd
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network used: {args[:2]}")
+
+    for name in ("get_hf_file_metadata", "http_get", "_request_wrapper"):
+        if hasattr(fd, name):
+            monkeypatch.setattr(fd, name, refuse)
+
+
 def test_hf_local_folder(tmp_path, offline_env):
     folder = _tiny_vit_folder(tmp_path / "vit")
-    loaded = load_model(f"hf:{folder}")
+    _no_network(offline_env)
+    loaded = load_model(f"hf:{folder}")  # downloads on by default, yet a folder is read locally
     assert loaded.class_names == ("cat", "dog", "bird")
     prep = loaded.preprocessing
-    assert (prep.size, prep.crop, prep.mean) == ((32, 32), "none", (0.5, 0.5, 0.5))
+    assert (prep.size, prep.crop, prep.mean, prep.assumed) == ((32, 32), "none", (0.5, 0.5, 0.5), False)
     logits = loaded.model(torch.randn(2, 3, 32, 32))
     assert isinstance(logits, torch.Tensor) and logits.shape == (2, 3)
-    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
+    assert "HF_HUB_OFFLINE" not in os.environ and "TRANSFORMERS_OFFLINE" not in os.environ  # left alone
 
 
-def test_hf_without_processor_config_uses_model_config(tmp_path, offline_env):
+def test_hf_without_processor_config_says_what_was_assumed(tmp_path, offline_env):
     folder = _tiny_vit_folder(tmp_path / "vit", with_processor=False)
-    prep = load_model(f"hf:{folder}").preprocessing
-    assert prep.size == (32, 32) and prep.mean == IMAGENET_MEAN
+    with pytest.warns(MeaningfulPerturbationWarning) as caught:
+        prep = load_model(f"hf:{folder}").preprocessing
+    assert prep.size == (32, 32) and prep.mean == IMAGENET_MEAN and prep.crop == "none"
+    assert prep.assumed is True and prep.to_dict()["assumed"] is True  # recorded in every summary
+    assert [str(w.message) for w in caught] == [
+        f"model spec 'hf:{folder}': the model does not state its preprocessing (no "
+        "preprocessor_config.json); assumed whole image resized to 32x32 (aspect ratio not kept), "
+        "mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225), bilinear; if it was trained "
+        "otherwise, set --input-size, --resize, --mean and --std (Python API: resolve_preprocessing)"
+    ]
+
+
+def test_hf_cli_prints_the_assumed_preprocessing_and_records_it(tmp_path, offline_env, capsys):
+    from PIL import Image
+
+    from meaningful_perturbation.cli import main
+
+    folder = _tiny_vit_folder(tmp_path / "vit", with_processor=False)
+    Image.new("RGB", (40, 30), (120, 60, 30)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    code = main(["explain", str(tmp_path / "a.png"), "--model", f"hf:{folder}", "--steps", "2",
+                 "--out", str(out), "--device", "cpu"])
+    assert code == 0
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if "does not state its preprocessing" in line]
+    assert len(notes) == 1 and notes[0].startswith(f"mperturb: warning: model spec 'hf:{folder}'")
+    summary = json.loads((out / "a_summary.json").read_text())
+    assert summary["preprocessing"]["assumed"] is True
 
 
 def test_hf_user_setting_is_respected(offline_env, tmp_path):
@@ -374,14 +421,71 @@ def test_hf_user_setting_is_respected(offline_env, tmp_path):
 
 def test_hf_missing_model_fails_fast(tmp_path, offline_env):
     pytest.importorskip("transformers")
+    offline_env.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(InputError, match="no usable model"):
         load_model(f"hf:{empty}")
-    with pytest.raises(InputError, match="local Hugging Face cache"):
+    with pytest.raises(InputError) as info:
+        load_model("hf:no-such-org-xyz/no-such-model-xyz", offline=True)
+    assert str(info.value) == (
+        "model spec 'hf:no-such-org-xyz/no-such-model-xyz': pretrained weights of the Hugging Face "
+        f"repo no-such-org-xyz/no-such-model-xyz are not in the Hugging Face cache ({_hf_cache()}; set "
+        "by HF_HOME or HF_HUB_CACHE) and downloads are off (--offline (Python API: offline=True)); run "
+        "once without --offline to download them, save it with model.save_pretrained(FOLDER) and use "
+        "hf:FOLDER, or pass a state-dict file with --weights FILE"
+    )
+    with pytest.raises(InputError, match=r"downloads are off \(HF_HUB_OFFLINE=1\); unset HF_HUB_OFFLINE to"):
+        offline_env.setenv("HF_HUB_OFFLINE", "1")
         load_model("hf:no-such-org-xyz/no-such-model-xyz")
     with pytest.raises(InputError, match="no such folder"):
         load_model(f"hf:{tmp_path / 'absent'}")
+
+
+def _hf_cache() -> str:
+    from meaningful_perturbation.models.hub import _hf_cache_dir
+
+    return _hf_cache_dir()
+
+
+def test_hf_downloads_by_default_and_none_gives_random_weights(tmp_path, offline_env):
+    """A hub id goes to transformers' from_pretrained without local_files_only (the library
+    downloads into HF_HOME); --offline adds local_files_only=True; ID:NONE builds from the
+    config alone, with random weights."""
+    transformers = pytest.importorskip("transformers")
+    folder = _tiny_vit_folder(tmp_path / "vit")
+    calls: list = []
+    auto = transformers.AutoModelForImageClassification
+    real_pretrained, real_config = auto.from_pretrained, transformers.AutoConfig.from_pretrained
+
+    def from_pretrained(source, **kwargs):
+        calls.append(("model", source, kwargs.get("local_files_only", False)))
+        return real_pretrained(str(folder), **kwargs)
+
+    def config_from_pretrained(source, **kwargs):
+        if source != str(folder):  # not transformers' own call on the stand-in folder
+            calls.append(("config", source, kwargs.get("local_files_only", False)))
+        return real_config(str(folder), **kwargs)
+
+    offline_env.setattr(auto, "from_pretrained", from_pretrained)
+    offline_env.setattr(transformers.AutoConfig, "from_pretrained", config_from_pretrained)
+    offline_env.setattr(
+        transformers.image_processing_utils.ImageProcessingMixin, "get_image_processor_dict",
+        classmethod(lambda cls, source, **kw: ({"size": {"height": 32, "width": 32}}, {})),
+    )  # fmt: skip
+    a = load_model("hf:org/tiny")
+    assert calls == [("model", "org/tiny", False)] and a.class_names == ("cat", "dog", "bird")
+    calls.clear()
+    load_model("hf:org/tiny", offline=True)
+    assert calls == [("model", "org/tiny", True)]
+    calls.clear()
+    torch.manual_seed(12345)  # not the seed the saved folder was initialised with
+    b = load_model("hf:org/tiny:NONE")
+    assert calls == [("config", "org/tiny", False)]  # the config only: no weights fetched
+    pa = dict(a.model.named_parameters())
+    pb = dict(b.model.named_parameters())
+    assert pa.keys() == pb.keys()
+    assert not torch.equal(pa["model.classifier.weight"], pb["model.classifier.weight"])
 
 
 def test_hf_preprocessing_from_convnext_style_config():
@@ -439,9 +543,8 @@ def test_torchvision_random_init_and_metadata(monkeypatch, tmp_path):
 def test_torchvision_missing_cache_fails_fast_and_weights_file_works(monkeypatch, tmp_path):
     pytest.importorskip("torchvision", reason="torchvision cannot be imported here")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(InputError, match="--weights"):
-        load_model("torchvision:resnet18")
+        load_model("torchvision:resnet18", offline=True)
     path = tmp_path / "resnet18.pt"
     torch.save(load_model("torchvision:resnet18:NONE").model.state_dict(), path)
     assert load_model("torchvision:resnet18", weights=path).preprocessing.resize == 256
@@ -452,7 +555,7 @@ def test_timm_missing_cache_fails_fast_and_weights_file_works(monkeypatch, tmp_p
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_cache"))
     with pytest.raises(InputError, match="--weights"):
-        load_model("timm:resnet18.a1_in1k")
+        load_model("timm:resnet18.a1_in1k", offline=True)
     path = tmp_path / "resnet18.safetensors"
     from safetensors.torch import save_file
 
@@ -468,6 +571,8 @@ def test_timm_missing_cache_fails_fast_and_weights_file_works(monkeypatch, tmp_p
 
 
 def _fake_torchvision(monkeypatch, captured: dict) -> None:
+    """torchvision's API as we call it; pretrained weights go through the real
+    ``torch.hub.load_state_dict_from_url``, as torchvision's ``Weights.get_state_dict`` does."""
     import enum
 
     class _Transforms:
@@ -490,9 +595,16 @@ def _fake_torchvision(monkeypatch, captured: dict) -> None:
         def transforms(self):
             return _Transforms()
 
-    def get_model(name, weights=None):
+        def get_state_dict(self, progress=True, check_hash=False):
+            return torch.hub.load_state_dict_from_url(self.url, progress=progress, check_hash=check_hash)
+
+    def get_model(name, weights=None, progress=True):
         captured["weights"] = weights
-        return tiny_net()
+        captured["force_weights_only"] = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+        net = tiny_net()
+        if weights is not None:
+            net.load_state_dict(weights.get_state_dict(progress=progress))
+        return net
 
     models = types.ModuleType("torchvision.models")
     models.list_models = lambda module=None: ["tiny"]
@@ -504,25 +616,98 @@ def _fake_torchvision(monkeypatch, captured: dict) -> None:
     monkeypatch.setitem(sys.modules, "torchvision.models", models)
 
 
-def test_torchvision_code_path_with_stand_in(monkeypatch, tmp_path):
-    captured: dict = {}
+@pytest.fixture()
+def tv_hub(monkeypatch, tmp_path):
+    """The torchvision stand-in, TORCH_HOME in tmp_path, and torch.hub's network call replaced
+    by one that records its arguments and writes a state dict (or fails, when told to)."""
+    captured: dict = {"downloads": [], "fail": None}
     _fake_torchvision(monkeypatch, captured)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    torch.manual_seed(7)
+    captured["state"] = {k: v.clone() for k, v in tiny_net().state_dict().items()}
+
+    def download_url_to_file(url, dst, hash_prefix=None, progress=True):
+        captured["downloads"].append((url, dst, progress))
+        if captured["fail"] is not None:
+            raise captured["fail"]
+        torch.save(captured["state"], dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download_url_to_file)
+    captured["cache"] = tmp_path / "torch_home" / "hub" / "checkpoints"
+    return captured
+
+
+def test_torchvision_offline_without_cache_names_the_torch_hub_cache(tv_hub):
+    cache = tv_hub["cache"]
     with pytest.raises(InputError) as info:
-        load_model("torchvision:tiny")
-    message = str(info.value)
-    assert "tiny-0123abcd.pth" in message and str(tmp_path / "hub" / "checkpoints") in message
-    assert "--weights" in message
-    cached = tmp_path / "hub" / "checkpoints" / "tiny-0123abcd.pth"
-    cached.parent.mkdir(parents=True)
-    cached.write_bytes(b"stand-in")
+        load_model("torchvision:tiny", offline=True)
+    assert str(info.value) == (
+        f"model spec 'torchvision:tiny': pretrained weights tiny-0123abcd.pth are not in the torch hub "
+        f"cache ({cache}; set by TORCH_HOME) and downloads are off (--offline (Python API: offline=True)); "
+        "run once without --offline to download them, put https://example.invalid/models/tiny-0123abcd.pth "
+        "into that folder, or pass a state-dict file with --weights FILE"
+    )
+    assert "HF_" not in str(info.value) and tv_hub["downloads"] == []  # never reached the network
+
+
+def test_torchvision_downloads_into_torch_home_like_torchvision(tv_hub, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a Hugging Face switch: not torchvision's business
+    monkeypatch.delenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", raising=False)
     loaded = load_model("torchvision:tiny")
+    target = tv_hub["cache"] / "tiny-0123abcd.pth"
+    assert tv_hub["downloads"] == [("https://example.invalid/models/tiny-0123abcd.pth", str(target), True)]
+    assert target.is_file() and tv_hub["force_weights_only"] == "1"  # read back weights-only
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ  # restored afterwards
+    for key, value in tv_hub["state"].items():
+        assert torch.equal(loaded.model.state_dict()[key], value)
+    # Cached now: offline works and nothing is fetched again.
+    again = load_model("torchvision:tiny", offline=True)
+    assert len(tv_hub["downloads"]) == 1
+    assert torch.equal(again.model.state_dict()["0.weight"], tv_hub["state"]["0.weight"])
+
+
+def test_torchvision_progress_follows_quiet(tv_hub):
+    load_model("torchvision:tiny", progress=False)
+    assert [d[2] for d in tv_hub["downloads"]] == [False]
+
+
+def test_torchvision_failed_download_is_one_clear_error(tv_hub):
+    import urllib.error
+
+    tv_hub["fail"] = urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    with pytest.raises(ModelError) as info:
+        load_model("torchvision:tiny")
+    assert str(info.value) == (
+        f"model spec 'torchvision:tiny': downloading pretrained weights tiny-0123abcd.pth into the torch "
+        f"hub cache ({tv_hub['cache']}) failed (URLError: <urlopen error [Errno -3] Temporary failure in "
+        "name resolution>); check the network connection, or pass a state-dict file with --weights FILE"
+    )
+
+
+def test_torchvision_cli_offline_flag(tv_hub, tmp_path, capsys):
+    from meaningful_perturbation.cli import main
+
+    from PIL import Image
+
+    Image.new("RGB", (30, 30)).save(tmp_path / "a.png")
+    code = main(["explain", str(tmp_path / "a.png"), "--model", "torchvision:tiny", "--offline",
+                 "--out", str(tmp_path / "o"), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and tv_hub["downloads"] == []
+    assert err[0].startswith("mperturb: error: model spec 'torchvision:tiny': pretrained weights "
+                             "tiny-0123abcd.pth are not in the torch hub cache")
+
+
+def test_torchvision_code_path_with_stand_in(tv_hub):
+    captured = tv_hub
+    loaded = load_model("torchvision:tiny", offline=False)
     assert captured["weights"] is not None
     prep = loaded.preprocessing
     assert (prep.size, prep.resize, prep.interpolation) == ((24, 24), 28, "bicubic")
     assert prep.class_names == ("x", "y", "z")
-    loaded = load_model("torchvision:tiny:NONE")
+    loaded = load_model("torchvision:tiny:NONE", offline=True)  # random weights: no cache needed
     assert captured["weights"] is None and loaded.class_names == ("x", "y", "z")
     with pytest.raises(ConfigError, match="IMAGENET1K_V1"):
         load_model("torchvision:tiny:V9")
@@ -531,20 +716,22 @@ def test_torchvision_code_path_with_stand_in(monkeypatch, tmp_path):
 
 
 def test_timm_code_path_with_stand_in(monkeypatch, tmp_path):
-    calls: dict = {}
+    calls: list = []
     timm = types.ModuleType("timm")
     timm.is_model = lambda name: name.split(".")[0] == "tiny"
     timm.list_models = lambda: ["tiny"]
 
-    def create_model(name, pretrained=False):
-        calls["pretrained"] = pretrained
+    def create_model(name, pretrained=False, **kwargs):
+        calls.append((name, pretrained, kwargs, os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")))
         return tiny_net()
 
+    progress: list = []
     timm.create_model = create_model
     timm.models = types.SimpleNamespace(
         get_pretrained_cfg=lambda name: types.SimpleNamespace(
             file=None, url=None, hf_hub_id="timm/tiny.test", hf_hub_filename=None
-        )
+        ),
+        set_pretrained_download_progress=lambda enable=True: progress.append(enable),
     )
     timm.data = types.SimpleNamespace(
         resolve_model_data_config=lambda model: {
@@ -558,14 +745,44 @@ def test_timm_code_path_with_stand_in(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     import huggingface_hub
 
-    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name, revision=None: None)
-    with pytest.raises(InputError, match="timm/tiny.test"):
+    cached: dict = {}
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
+                        lambda repo, name, revision=None: cached.get((repo, name)))
+    from meaningful_perturbation.models.hub import _hf_cache_dir
+
+    # Offline and not cached: refused before timm is asked for anything.
+    with pytest.raises(InputError) as info:
+        load_model("timm:tiny", offline=True)
+    assert str(info.value) == (
+        "model spec 'timm:tiny': pretrained weights of the Hugging Face repo timm/tiny.test are not in the "
+        f"Hugging Face cache ({_hf_cache_dir()}; set by HF_HOME or HF_HUB_CACHE) and downloads are off "
+        "(--offline (Python API: offline=True)); run once without --offline to download them, or pass a "
+        "state-dict file with --weights FILE"
+    )
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the user's own Hugging Face switch counts too
+    with pytest.raises(InputError, match=r"downloads are off \(HF_HUB_OFFLINE=1\); unset HF_HUB_OFFLINE to "):
         load_model("timm:tiny")
-    assert "pretrained" not in calls  # refused before timm tried to fetch anything
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert calls == []
+    # Online (the default): timm itself downloads, weights-only, with its progress bar.
+    load_model("timm:tiny")
+    assert calls == [("tiny", True, {}, "1")] and progress == [True]
+    load_model("timm:tiny", progress=False)
+    assert progress == [True, False]
+    # Offline with the file in the cache: timm is pointed at it, no hub lookup.
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"x")
+    cached[("timm/tiny.test", "model.safetensors")] = str(weights)
+    calls.clear()
+    load_model("timm:tiny", offline=True)
+    assert calls == [("tiny", True, {"pretrained_cfg_overlay": {"file": str(weights), "source": ""}}, "1")]
+    # Random weights and --weights FILE: pretrained=False.
+    calls.clear()
+    load_model("timm:tiny:NONE", offline=True)
     path = tmp_path / "w.pt"
     torch.save(tiny_net().state_dict(), path)
     loaded = load_model("timm:tiny", weights=path)
-    assert calls["pretrained"] is False
+    assert [c[1] for c in calls] == [False, False]
     assert (loaded.preprocessing.size, loaded.preprocessing.resize) == ((24, 24), 32)
     with pytest.raises(ConfigError, match="timm has no model"):
         load_model("timm:huge")

@@ -13,7 +13,7 @@ import torch
 
 from .errors import ConfigError, MeaningfulPerturbationError
 
-__all__ = ["available_devices", "check_device", "check_seed", "SEED_MIN", "SEED_MAX"]
+__all__ = ["AUTO", "auto_device", "available_devices", "check_device", "check_seed", "SEED_MIN", "SEED_MAX"]
 
 #: ``torch.Generator.manual_seed`` accepts the ints in ``[-2**63, 2**64)`` (a signed or an
 #: unsigned 64-bit value; negative seeds wrap to ``seed + 2**64``), torch 2.x.
@@ -55,9 +55,24 @@ def available_devices() -> list[str]:
     return out
 
 
+#: The device name that means "the best device here" (the CLI's default ``--device``).
+AUTO = "auto"
+
+
+def auto_device() -> str:
+    """What ``"auto"`` resolves to: ``"cuda"`` when a CUDA device is visible, else ``"mps"``
+    (Apple GPU), else ``"cpu"``. ``"cuda"`` carries no index, so it means the current CUDA
+    device (under torchrun, the runner maps it to ``cuda:LOCAL_RANK``)."""
+    for kind in ("cuda", "mps"):
+        if _count(kind):
+            return kind
+    return "cpu"
+
+
 def check_device(device: Any, name: str = "device", error: type[MeaningfulPerturbationError] = ConfigError) -> torch.device:
-    """``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, a ``torch.device``) as a
-    :class:`torch.device` this build and machine can compute on.
+    """``device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, a
+    ``torch.device``) as a :class:`torch.device` this build and machine can compute on.
+    ``"auto"`` is :func:`auto_device` (CUDA, else MPS, else CPU).
 
     Refused: strings torch does not parse, ``meta`` (holds no data) and other kinds without
     storage, kinds this build lacks (``cuda`` on a CPU-only wheel), kinds present in the build
@@ -70,11 +85,13 @@ def check_device(device: Any, name: str = "device", error: type[MeaningfulPertur
     """
     if isinstance(device, bool) or not isinstance(device, (str, torch.device)):
         raise error(f"{name}: expected a device name such as 'cpu' or 'cuda:0', got {device!r}")
+    if isinstance(device, str) and device.strip().lower() == AUTO:
+        return torch.device(auto_device())
     avail = ", ".join(available_devices())
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
-        raise error(f"{name}: {str(device)!r} is not a device name; available: {avail}") from None
+        raise error(f"{name}: {str(device)!r} is not a device name (or auto); available: {avail}") from None
     kind = dev.type
     if kind == "cpu":
         return dev

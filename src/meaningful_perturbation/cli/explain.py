@@ -183,7 +183,8 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
             "pass --overwrite to replace them or choose another --out"
         )
     loaded = load_model(
-        settings.model, weights=settings.weights, trust_code=settings.trust_code, device=settings.device
+        settings.model, weights=settings.weights, trust_code=settings.trust_code, device=settings.device,
+        offline=settings.offline, progress=not args.quiet,
     )
     # The model's own preprocessing with the overrides; its channel count checked by one pass.
     prep = resolve_model_preprocessing(

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._runtime import check_device, check_seed
+from .._runtime import AUTO, check_device, check_seed
 from ..core.head import HEADS
 from ..errors import ConfigError, InputError
 from ..methods.registry import config_as_dict, get_method, parse_setting, resolve_config
@@ -38,7 +40,10 @@ class RunSettings:
         weights: optional state-dict file.
         trust_code: allow model sources that can run code (``--trust-code``; see
             ``docs/security.md``).
-        device: ``cpu`` / ``cuda`` / ``cuda:1`` ...
+        device: ``cpu`` / ``cuda`` / ``cuda:1`` / ``mps`` ...; ``auto`` (the CLI default)
+            is resolved by :func:`build_run_settings` to ``cuda``, ``mps`` or ``cpu``.
+        offline: never use the network for model weights (``--offline``); not part of
+            :meth:`to_dict` (it does not change a result).
         preprocessing: overrides for :func:`~meaningful_perturbation.io.resolve_preprocessing`
             (only the ones given).
         method: preset name.
@@ -55,6 +60,7 @@ class RunSettings:
     weights: str | None = None
     trust_code: bool = False
     device: str = "cpu"
+    offline: bool = False
     preprocessing: dict[str, Any] = field(default_factory=dict)
     method: str = "paper"
     target: str | int | list[str | int] | None = None
@@ -97,7 +103,7 @@ def _size(text: str) -> int | tuple[int, int]:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """``--model --weights --trust-code --device`` and the preprocessing overrides
+    """``--model --weights --trust-code --offline --device`` and the preprocessing overrides
     (``--input-size --resize --channels --mean --std``)."""
     g = parser.add_argument_group("model")
     g.add_argument("--model", default=None, metavar="SPEC",
@@ -110,8 +116,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         "trust_remote_code (trusted files only; see docs/security.md)")
     g.add_argument("--unsafe-pickle", dest="trust_code", action="store_true",
                    help=argparse.SUPPRESS)  # deprecated alias of --trust-code
-    g.add_argument("--device", default="cpu", metavar="DEVICE",
-                   help="cpu, cuda, cuda:1, mps (default cpu); checked against this build and machine first")
+    g.add_argument("--offline", action="store_true",
+                   help="never download model weights: torchvision/timm/hf weights must already be in the "
+                        "library's cache (TORCH_HOME, HF_HOME); default: download them on first use, as the "
+                        "libraries do")
+    g.add_argument("--device", default=AUTO, metavar="DEVICE",
+                   help="auto, cpu, cuda, cuda:1, mps (default auto: CUDA if available, then MPS, else CPU); "
+                        "checked against this build and machine first")
     p = parser.add_argument_group("preprocessing overrides (default: the model's own)")
     p.add_argument("--input-size", type=_size, default=None, metavar="N|HxW", help="model input size")
     p.add_argument("--resize", type=int, default=None, metavar="N",
@@ -218,8 +229,11 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
         ConfigError / InputError: unknown method or setting, bad ``--set``/``--config``,
             a ``--device`` this build or machine lacks, a ``--seed`` outside ``[-2**63, 2**64)``.
     """
-    device = getattr(args, "device", "cpu") or "cpu"
-    check_device(device, "--device")
+    device = getattr(args, "device", None) or AUTO
+    resolved = check_device(device, "--device")
+    if device.strip().lower() == AUTO:
+        device = str(resolved)  # "cuda" (no index: under torchrun the runner adds LOCAL_RANK), "mps", "cpu"
+        _announce_device(device, quiet=bool(getattr(args, "quiet", False)))
     seed = check_seed(int(getattr(args, "seed", 0) or 0), "--seed")
     overrides: dict[str, Any] = {}
     if getattr(args, "config", None):
@@ -249,6 +263,7 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
         weights=getattr(args, "weights", None),
         trust_code=bool(getattr(args, "trust_code", False)),
         device=device,
+        offline=bool(getattr(args, "offline", False)),
         preprocessing=prep,
         method=method,
         target=parse_target(getattr(args, "target", None)),
@@ -257,6 +272,15 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
         seed=seed,
         head=getattr(args, "head", None) or "auto",
     )
+
+
+def _announce_device(device: str, *, quiet: bool) -> None:
+    """One stderr line naming the device ``--device auto`` chose (not with ``-q``; under
+    torchrun only rank 0 speaks)."""
+    if quiet or os.environ.get("RANK", "0") not in ("", "0"):
+        return
+    why = {"cuda": "CUDA is available", "mps": "MPS is available"}.get(device, "no CUDA or MPS device")
+    print(f"mperturb: note: device {device} (--device auto: {why})", file=sys.stderr)
 
 
 def method_overrides(settings: RunSettings) -> dict[str, Any]:

@@ -125,6 +125,9 @@ class Preprocessing:
         interpolation: ``"bilinear"`` or ``"bicubic"`` (Pillow resampling, antialiased).
         class_names: name of each output index, or ``None`` if unknown.
         channels: channels of the model input, 1 (grey) or 3 (RGB). Default 3.
+        assumed: ``True`` when the model did not state its preprocessing and this recipe
+            was assumed (e.g. a Hugging Face folder without ``preprocessor_config.json``);
+            recorded in every summary so a result can be traced to a guess. Default ``False``.
 
     Example:
         >>> Preprocessing(input_size=(32, 48), resize=None, crop="center").size
@@ -145,6 +148,7 @@ class Preprocessing:
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     class_names: tuple[str, ...] | None = None
     channels: int = 3
+    assumed: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise in place once, at construction
@@ -178,6 +182,8 @@ class Preprocessing:
         std = (GREY_STD if grey else IMAGENET_STD) if self.std is None else self.std
         set_(self, "mean", check_stats("Preprocessing.mean", mean, channels, positive=False))
         set_(self, "std", check_stats("Preprocessing.std", std, channels, positive=True))
+        if not isinstance(self.assumed, bool):
+            raise ConfigError(f"Preprocessing.assumed: expected True or False, got {self.assumed!r}")
         if self.class_names is not None:
             names = self.class_names
             if isinstance(names, str) or not all(isinstance(n, str) for n in names):

@@ -1,30 +1,13 @@
-"""Optional dependencies: import on demand, fail with a one-line install hint, stay offline."""
+"""Optional dependencies: import on demand, fail with a one-line install hint."""
 
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 
 from meaningful_perturbation.errors import ConfigError
 
-__all__ = ["OFFLINE_ENV", "require", "set_offline_defaults"]
-
-#: Environment variables that keep Hugging Face libraries from reaching the network. Set to
-#: ``"1"`` before a hub library is imported, unless the user already set them (so
-#: ``HF_HUB_OFFLINE=0`` re-enables downloads).
-OFFLINE_ENV: tuple[str, ...] = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-
-
-def set_offline_defaults() -> None:
-    """Set :data:`OFFLINE_ENV` to ``"1"`` where the user has not set them.
-
-    Hub libraries read these when imported, so call this before importing them. Weights are
-    then read from the local cache only: a missing file fails at once instead of hanging on
-    network retries.
-    """
-    for name in OFFLINE_ENV:
-        os.environ.setdefault(name, "1")
+__all__ = ["require"]
 
 
 def require(module: str, *, pip_name: str | None = None, needed_for: str) -> ModuleType:

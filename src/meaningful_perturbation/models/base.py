@@ -20,7 +20,7 @@ __all__ = [
     "LoadRequest",
     "LoadedModel",
     "declared_channels",
-    "downloads_allowed",
+    "hf_offline_variable",
     "existing_file",
     "finish",
     "one_line",
@@ -78,12 +78,17 @@ class LoadRequest:
             source (``--trust-code``): Python factories, TorchScript and ``torch.export``
             archives, pickled models and weights, Hugging Face ``trust_remote_code``.
         device: where the model must end up.
+        offline: never use the network (CLI ``--offline``): zoo weights must already be in
+            the library's own cache.
+        progress: let the model libraries show their download progress bars.
     """
 
     spec: str
     weights: Path | None
     trust_code: bool
     device: torch.device
+    offline: bool = False
+    progress: bool = True
 
     @property
     def unsafe_pickle(self) -> bool:
@@ -159,13 +164,23 @@ def one_line(exc: BaseException, limit: int = 200) -> str:
     return text or type(exc).__name__
 
 
-def downloads_allowed() -> bool:
-    """Whether the user explicitly allowed network downloads (``HF_HUB_OFFLINE=0``).
+#: Values Hugging Face libraries read as "on" for their offline variables
+#: (``huggingface_hub.constants._is_true``).
+_TRUE = ("1", "on", "yes", "true")
 
-    Offline is the default for every source; setting ``HF_HUB_OFFLINE`` to ``0``, ``false``,
-    ``no`` or ``off`` before loading lets the hub libraries download missing weights.
+
+def hf_offline_variable(*names: str) -> str | None:
+    """The first of ``names`` (default ``HF_HUB_OFFLINE``) the user set to an "on" value
+    (``1``, ``on``, ``yes``, ``true``), as ``"NAME=value"``, or ``None``.
+
+    Hugging Face libraries (transformers, and timm through ``huggingface_hub``) then refuse
+    the network themselves; the loaders check the cache first so the message is ours.
     """
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("0", "false", "no", "off")
+    for name in names or ("HF_HUB_OFFLINE",):
+        value = os.environ.get(name, "")
+        if value.strip().lower() in _TRUE:
+            return f"{name}={value.strip()}"
+    return None
 
 
 def existing_file(text: str, *, what: str, spec: str) -> Path:
@@ -247,7 +262,8 @@ def declared_channels(values: Any, *, source: str) -> str | None:
 
 
 def read_preprocessing_json(raw: str | bytes | None, *, source: str) -> Preprocessing:
-    """Decode the :data:`PREPROCESSING_EXTRA_FILE` payload of an archive (empty = defaults)."""
+    """Decode the :data:`PREPROCESSING_EXTRA_FILE` payload of an archive (empty = ImageNet
+    defaults, marked ``assumed``)."""
     return read_preprocessing_json_declared(raw, source=source)[0]
 
 
@@ -256,7 +272,7 @@ def read_preprocessing_json_declared(
 ) -> tuple[Preprocessing, str | None]:
     """:func:`read_preprocessing_json`, plus :func:`declared_channels` of the payload."""
     if not raw:
-        return Preprocessing(), None
+        return Preprocessing(assumed=True), None  # the archive states none: ImageNet assumed
     text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     try:
         values = json.loads(text)

@@ -1,16 +1,38 @@
-"""Models from model zoos: ``torchvision:NAME[:WEIGHTS]``, ``timm:NAME`` and ``hf:ID_OR_DIR``.
+"""Models from model zoos: ``torchvision:NAME[:WEIGHTS]``, ``timm:NAME[:NONE]`` and
+``hf:ID_OR_DIR[:NONE]``.
 
-Offline by default. Hugging Face libraries get ``HF_HUB_OFFLINE=1`` and
-``TRANSFORMERS_OFFLINE=1`` (unless the user set them) before they are imported; for
-torchvision and timm the local cache is checked *before* the model is built, so a missing
-file fails at once with its expected location and the ``--weights FILE`` alternative,
-instead of hanging on network retries. ``HF_HUB_OFFLINE=0`` allows downloads again.
+Pretrained weights are fetched exactly as each library fetches them on its own, into its own
+cache, with its own progress bar (on stderr; off with ``progress=False`` / CLI ``-q``):
+
+- torchvision: ``torchvision.models.get_model(name, weights=..., progress=...)``, i.e. the
+  weights enum's ``get_state_dict`` -> ``torch.hub.load_state_dict_from_url`` into
+  ``torch.hub.get_dir()/checkpoints`` (``$TORCH_HOME/hub/checkpoints``, default
+  ``~/.cache/torch/hub/checkpoints``);
+- timm: ``timm.create_model(name, pretrained=True)``: the Hugging Face hub cache
+  (``HF_HUB_CACHE``, default ``$HF_HOME/hub``) or, for older weights, the torch hub cache;
+- transformers: ``from_pretrained(ID)`` into the Hugging Face hub cache (``HF_HOME``).
+
+``offline=True`` (CLI ``--offline``) forbids the network: the cache is checked *before* the
+model is built, and a missing file fails at once naming that source's own cache folder and
+the variable that moves it (``TORCH_HOME`` for the torch hub cache, ``HF_HOME`` /
+``HF_HUB_CACHE`` for the Hugging Face one), instead of hanging on network retries. The user's
+own ``HF_HUB_OFFLINE=1`` (and ``TRANSFORMERS_OFFLINE=1`` for ``hf:``) works the same way for
+the Hugging Face sources. Local folders (``hf:FOLDER``) never touch the network.
+
+``NONE`` as the last part (``torchvision:resnet50:NONE``, ``timm:resnet50:NONE``,
+``hf:ORG/NAME:NONE``) builds the architecture with random weights: no weights are fetched
+(``hf:`` still needs the model's ``config.json``, from the cache or the hub).
+
+Zoo loads run inside :func:`~meaningful_perturbation.models.base.weights_only_loads`: every
+``torch.load`` is weights-only unless ``trust_code``, downloads included.
 
 The zoo's own preprocessing is translated to :class:`~meaningful_perturbation.io.Preprocessing`:
 torchvision weights' ``transforms()`` and ``meta["categories"]``; timm's pretrained data config
 (``input_size``, ``crop_pct``, ``crop_mode``, ``interpolation``, ``mean``, ``std``) and ImageNet
 class descriptions; Hugging Face image-processor config (``size``, ``crop_size``, ``crop_pct``,
-``image_mean``/``image_std``, ``resample``) and ``config.id2label``.
+``image_mean``/``image_std``, ``resample``) and ``config.id2label``. A Hugging Face model
+without ``preprocessor_config.json`` gets an *assumed* recipe (the config's ``image_size``,
+stretched, ImageNet mean/std), marked ``Preprocessing.assumed`` and announced by a warning.
 
 Input channels: torchvision classifiers take RGB (3); timm's data config states them as the
 first number of ``input_size`` ``(C, H, W)``; a transformers config as ``num_channels``.
@@ -21,12 +43,13 @@ for a ``num_channels=1`` model becomes ``(0.5,)``).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 from urllib.parse import urlparse
 
 import torch
@@ -40,12 +63,12 @@ from meaningful_perturbation.io.preprocessing import (
     Preprocessing,
     stats_for_channels,
 )
-from meaningful_perturbation.models._imports import require, set_offline_defaults
+from meaningful_perturbation.models._imports import require
 from meaningful_perturbation.models.base import (
     LoadedModel,
     LoadRequest,
-    downloads_allowed,
     finish,
+    hf_offline_variable,
     one_line,
     require_trust,
     weights_only_loads,
@@ -74,16 +97,96 @@ def _apply_weights(module: nn.Module, request: LoadRequest) -> None:
 
 
 def _torch_hub_checkpoint(url: str) -> Path:
-    """Where ``torch.hub.load_state_dict_from_url`` caches ``url``."""
+    """Where ``torch.hub.load_state_dict_from_url`` caches ``url`` (follows ``TORCH_HOME``)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
-def _missing_weights_error(spec: str, what: str, where: str, how: str) -> InputError:
+#: How each cache is named in messages, with the variables that move it.
+TORCH_CACHE = "the torch hub cache"
+TORCH_VARIABLE = "TORCH_HOME"
+HF_CACHE = "the Hugging Face cache"
+HF_VARIABLE = "HF_HOME or HF_HUB_CACHE"
+#: The switch that forbids downloads, as messages name it.
+OFFLINE_FLAG = "--offline (Python API: offline=True)"
+
+
+def _hf_cache_dir() -> str:
+    try:
+        import huggingface_hub.constants as constants
+
+        return str(constants.HF_HUB_CACHE)
+    except Exception:  # noqa: BLE001 - huggingface_hub missing: its documented default
+        home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+        return os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub")
+
+
+def _offline_reason(request: LoadRequest, *hf_variables: str) -> str | None:
+    """Why downloads are off for this load, or ``None`` when they are allowed: ``--offline``,
+    or (Hugging Face sources only, passing their variable names) the user's own
+    ``HF_HUB_OFFLINE=1``."""
+    if request.offline:
+        return OFFLINE_FLAG
+    return hf_offline_variable(*hf_variables) if hf_variables else None
+
+
+def _missing_weights_error(
+    spec: str, what: str, cache: str, where: str, variable: str, reason: str, how: str = ""
+) -> InputError:
+    """The one message for "weights not cached and downloads are off": names the source's
+    own cache, the variable that moves it, why downloads are off and how to get the weights."""
+    undo = "run once without --offline" if reason == OFFLINE_FLAG else f"unset {reason.split('=')[0]}"
     return InputError(
-        f"model spec {spec!r}: pretrained weights {what} are not in the local cache ({where}) "
-        f"and downloads are off; {how}, or pass a state-dict file with --weights FILE "
-        "(set HF_HUB_OFFLINE=0 to allow downloads)"
+        f"model spec {spec!r}: pretrained weights {what} are not in {cache} ({where}; set by "
+        f"{variable}) and downloads are off ({reason}); {undo} to download them"
+        f"{', ' + how if how else ''}, or pass a state-dict file with --weights FILE"
     )
+
+
+def _download_failed(spec: str, what: str, cache: str, where: str, exc: BaseException) -> ModelError:
+    return ModelError(
+        f"model spec {spec!r}: downloading pretrained weights {what} into {cache} ({where}) "
+        f"failed ({type(exc).__name__}: {one_line(exc)}); check the network connection, or "
+        "pass a state-dict file with --weights FILE"
+    )
+
+
+@contextlib.contextmanager
+def _hf_progress(enabled: bool) -> Iterator[None]:
+    """Hugging Face download bars as the user asked: left alone when ``enabled``, switched
+    off (and back on afterwards) when not."""
+    if enabled:
+        yield
+        return
+    try:
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    except Exception:  # noqa: BLE001 - no huggingface_hub: nothing to switch
+        yield
+        return
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    tf_logging = None
+    try:
+        from transformers.utils import logging as tf_logging  # its own "Loading weights" bar
+
+        tf_bar = tf_logging.is_progress_bar_enabled()
+        tf_logging.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - transformers absent or without these switches
+        tf_logging = None
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
+        if tf_logging is not None and tf_bar:
+            tf_logging.enable_progress_bar()
+
+
+def _split_none(arg: str) -> tuple[str, bool]:
+    """``NAME:NONE`` -> ``(NAME, True)`` (random weights); anything else -> ``(arg, False)``."""
+    head, sep, tail = arg.rpartition(":")
+    if sep and head and tail.upper() == "NONE":
+        return head, True
+    return arg, False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,9 +198,12 @@ def load_torchvision(arg: str, request: LoadRequest) -> LoadedModel:
     """``torchvision:NAME[:WEIGHTS]``: a torchvision classification model.
 
     ``WEIGHTS`` is a weights-enum member name (``DEFAULT`` when omitted, e.g.
-    ``IMAGENET1K_V1``) or ``NONE`` for random initialisation. With ``--weights FILE`` the
-    architecture is built without pretrained weights and filled from FILE; the
-    preprocessing and class names still come from the named (or default) weights.
+    ``IMAGENET1K_V1``) or ``NONE`` for random initialisation. Pretrained weights are fetched
+    by torchvision itself (``get_model(name, weights=..., progress=...)``) into the torch hub
+    cache (``$TORCH_HOME/hub/checkpoints``) unless ``request.offline``, which requires them
+    to be there already. With ``--weights FILE`` the architecture is built without
+    pretrained weights and filled from FILE; the preprocessing and class names still come
+    from the named (or default) weights.
     """
     name, _, weights_name = arg.partition(":")
     tvm = require("torchvision.models", pip_name="torchvision", needed_for=f"model spec {request.spec!r}")
@@ -127,16 +233,20 @@ def load_torchvision(arg: str, request: LoadRequest) -> LoadedModel:
         meta_weights = enum_cls["DEFAULT"] if "DEFAULT" in enum_cls.__members__ else enum_cls[members[0]]
 
     pretrained = None if random_init or request.weights is not None else meta_weights
-    if pretrained is not None and not downloads_allowed():
-        cached = _torch_hub_checkpoint(pretrained.url)
-        if not cached.is_file():
-            raise _missing_weights_error(
-                request.spec, cached.name, str(cached.parent), f"download {pretrained.url} into that folder"
-            )
+    cached = _torch_hub_checkpoint(pretrained.url) if pretrained is not None else None
+    fetching = cached is not None and not cached.is_file()
+    reason = _offline_reason(request)  # torchvision has no offline variable of its own
+    if fetching and reason is not None:
+        raise _missing_weights_error(
+            request.spec, cached.name, TORCH_CACHE, str(cached.parent), TORCH_VARIABLE, reason,
+            f"put {pretrained.url} into that folder",
+        )
     try:
         with weights_only_loads(request.trust_code):  # torch.hub reads with weights_only=False
-            model = tvm.get_model(name, weights=pretrained)
+            model = tvm.get_model(name, weights=pretrained, progress=request.progress)
     except (RuntimeError, OSError) as exc:
+        if fetching and not cached.is_file():  # the download itself failed
+            raise _download_failed(request.spec, cached.name, TORCH_CACHE, str(cached.parent), exc) from exc
         raise ModelError(f"model spec {request.spec!r}: building the model failed ({one_line(exc)})") from exc
     _apply_weights(model, request)
     prep = _torchvision_preprocessing(meta_weights)
@@ -178,27 +288,48 @@ def _torchvision_preprocessing(weights: Any) -> Preprocessing:
 
 
 def load_timm(arg: str, request: LoadRequest) -> LoadedModel:
-    """``timm:NAME``: a timm model (``NAME`` may carry a pretrained tag, ``resnet50.a1_in1k``).
+    """``timm:NAME[:NONE]``: a timm model (``NAME`` may carry a pretrained tag,
+    ``resnet50.a1_in1k``; ``:NONE`` means random weights, ``pretrained=False``).
 
-    With ``--weights FILE`` the model is created without pretrained weights and filled from
-    FILE. Preprocessing comes from the model's pretrained data config: short side resized
-    to ``floor(input / crop_pct)`` and centre-cropped (``crop_mode="squash"`` stretches the
-    whole image instead).
+    Pretrained weights are fetched by timm itself (``create_model(name, pretrained=True)``)
+    into the Hugging Face cache (or, for older weights, the torch hub cache). Offline
+    (``request.offline`` or the user's ``HF_HUB_OFFLINE=1``) the cached file is found first
+    and handed to timm as ``pretrained_cfg_overlay={"file": ...}``, so nothing reaches the
+    network. With ``--weights FILE`` the model is created without pretrained weights and
+    filled from FILE. Preprocessing comes from the model's pretrained data config: short side
+    resized to ``floor(input / crop_pct)`` and centre-cropped (``crop_mode="squash"``
+    stretches the whole image instead).
     """
-    set_offline_defaults()
     timm = require("timm", needed_for=f"model spec {request.spec!r}")
-    name = arg
+    name, random_init = _split_none(arg)
     if not timm.is_model(name):
         raise ConfigError(
             f"model spec {request.spec!r}: timm has no model {name!r}{_close(name, list(timm.list_models()))}"
         )
-    pretrained = request.weights is None
-    if pretrained and not downloads_allowed():
-        _check_timm_cache(timm, name, request.spec)
+    pretrained = request.weights is None and not random_init
+    kwargs: dict[str, Any] = {}
+    fetching: tuple[str, str, str] | None = None  # (what, cache, folder) of a download to come
+    if pretrained:
+        found, fetching = _timm_cached_weights(timm, name, request.spec)
+        reason = _offline_reason(request, "HF_HUB_OFFLINE")
+        if reason is not None:
+            if found is None and fetching is not None:
+                what, cache, where = fetching
+                variable = TORCH_VARIABLE if cache == TORCH_CACHE else HF_VARIABLE
+                raise _missing_weights_error(request.spec, what, cache, where, variable, reason)
+            if found is not None:  # timm reads the cached file itself, no hub lookup
+                kwargs["pretrained_cfg_overlay"] = {"file": str(found), "source": ""}
+        elif found is not None:
+            fetching = None
+        set_progress = getattr(getattr(timm, "models", None), "set_pretrained_download_progress", None)
+        if callable(set_progress):  # timm's torch-hub downloads are silent unless asked
+            set_progress(request.progress)
     try:
-        with weights_only_loads(request.trust_code):
-            model = timm.create_model(name, pretrained=pretrained)
+        with weights_only_loads(request.trust_code), _hf_progress(request.progress):
+            model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except Exception as exc:  # noqa: BLE001 - hub/network errors have many types
+        if fetching is not None and isinstance(exc, OSError):  # requests/urllib errors are OSErrors
+            raise _download_failed(request.spec, *fetching, exc) from exc
         raise ModelError(f"model spec {request.spec!r}: timm could not create it ({one_line(exc)})") from exc
     _apply_weights(model, request)
     prep = _timm_preprocessing(timm, model, request.spec)
@@ -209,23 +340,31 @@ def load_timm(arg: str, request: LoadRequest) -> LoadedModel:
     )
 
 
-def _check_timm_cache(timm: Any, name: str, spec: str) -> None:
+def _timm_cached_weights(timm: Any, name: str, spec: str) -> tuple[Path | None, tuple[str, str, str] | None]:
+    """Where timm's pretrained weights for ``name`` already are, and what a download would
+    fetch: ``(cached file or None, (what, cache, folder) or None)``. ``(None, None)`` when
+    this timm does not say (left to ``create_model``)."""
     try:
         cfg = timm.models.get_pretrained_cfg(name)
     except Exception:  # noqa: BLE001 - an old timm: let create_model decide
-        return
+        return None, None
     if cfg is None:
         raise InputError(
-            f"model spec {spec!r}: timm has no pretrained weights for {name!r}; pass --weights FILE"
+            f"model spec {spec!r}: timm has no pretrained weights for {name!r}; pass --weights FILE "
+            f"or use {spec}:NONE for random weights"
         )
     get = cfg.get if isinstance(cfg, Mapping) else (lambda key, default=None: getattr(cfg, key, default))
     if get("file"):
-        if not Path(get("file")).is_file():
-            raise _missing_weights_error(spec, str(get("file")), str(get("file")), "create that file")
-        return
+        path = Path(get("file"))
+        if not path.is_file():
+            raise InputError(
+                f"model spec {spec!r}: timm's pretrained config names the file {path}, which does "
+                "not exist; create it or pass a state-dict file with --weights FILE"
+            )
+        return path, None
     url = get("url")
     if url and _torch_hub_checkpoint(url).is_file():
-        return
+        return _torch_hub_checkpoint(url), None
     hub_id = get("hf_hub_id")
     if hub_id:
         hub = require("huggingface_hub", needed_for=f"model spec {spec!r}")
@@ -236,16 +375,12 @@ def _check_timm_cache(timm: Any, name: str, spec: str) -> None:
         for filename in dict.fromkeys(names):
             found = hub.try_to_load_from_cache(repo, filename, revision=revision or None)
             if isinstance(found, str) and Path(found).is_file():
-                return
-        cache = getattr(getattr(hub, "constants", None), "HF_HUB_CACHE", "~/.cache/huggingface/hub")
-        raise _missing_weights_error(
-            spec, f"of the Hugging Face repo {repo}", str(cache),
-            f"run `huggingface-cli download {repo}` where there is internet and copy the cache",
-        )  # fmt: skip
+                return Path(found), None
+        return None, (f"of the Hugging Face repo {repo}", HF_CACHE, _hf_cache_dir())
     if url:
         cached = _torch_hub_checkpoint(url)
-        how = f"download {url} into that folder"
-        raise _missing_weights_error(spec, cached.name, str(cached.parent), how)
+        return None, (cached.name, TORCH_CACHE, str(cached.parent))
+    return None, None
 
 
 def _unsupported_channels(spec: str, count: Any, where: str) -> ConfigError:
@@ -312,11 +447,21 @@ class HuggingFaceClassifier(nn.Module):
 
 
 def load_hf(arg: str, request: LoadRequest) -> LoadedModel:
-    """``hf:ID_OR_DIR``: a transformers image-classification model (hub id or local folder)."""
-    set_offline_defaults()
+    """``hf:ID_OR_DIR[:NONE]``: a transformers image-classification model (hub id or local
+    folder written by ``save_pretrained``).
+
+    A hub id is fetched by transformers itself (``from_pretrained``) into the Hugging Face
+    cache (``HF_HOME``) unless offline (``request.offline``, or the user's ``HF_HUB_OFFLINE=1``
+    / ``TRANSFORMERS_OFFLINE=1``): then only the cache is read (``local_files_only=True``). A
+    folder is always read locally. ``:NONE`` (or ``--weights FILE``) builds the model from
+    its ``config.json`` alone (``from_config``): random weights, nothing else fetched.
+    """
     transformers = require("transformers", needed_for=f"model spec {request.spec!r}")
     if not arg:
         raise ConfigError(f"model spec {request.spec!r}: expected hf:ORG/NAME or hf:FOLDER")
+    random_init = False
+    if not Path(arg).expanduser().exists():
+        arg, random_init = _split_none(arg)
     path = Path(arg).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -332,8 +477,9 @@ def load_hf(arg: str, request: LoadRequest) -> LoadedModel:
     elif arg.startswith((".", "/", "~", "\\")) or arg.count("/") > 1:
         raise InputError(f"{arg}: no such folder (model spec {request.spec!r})")
     else:
-        source = arg  # a hub id, looked up in the local cache
-    kwargs: dict[str, Any] = {} if downloads_allowed() else {"local_files_only": True}
+        source = arg  # a hub id: the Hugging Face cache, or a download
+    reason = None if path.is_dir() else _offline_reason(request, "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    kwargs: dict[str, Any] = {"local_files_only": True} if path.is_dir() or reason else {}
     remote = _hf_remote_code(source, path.is_dir(), kwargs)
     if remote is not None:
         require_trust(
@@ -341,17 +487,31 @@ def load_hf(arg: str, request: LoadRequest) -> LoadedModel:
             what="a Hugging Face model with custom code",
             why=f"its config.json names {remote}, which transformers imports with trust_remote_code",
         )
+    auto = transformers.AutoModelForImageClassification
     try:
-        with weights_only_loads(request.trust_code):
-            model = transformers.AutoModelForImageClassification.from_pretrained(
-                source, trust_remote_code=request.trust_code, **kwargs
-            )
+        with weights_only_loads(request.trust_code), _hf_progress(request.progress):
+            if random_init or request.weights is not None:
+                config = transformers.AutoConfig.from_pretrained(
+                    source, trust_remote_code=request.trust_code, **kwargs
+                )
+                model = auto.from_config(config, trust_remote_code=request.trust_code)
+            else:
+                model = auto.from_pretrained(source, trust_remote_code=request.trust_code, **kwargs)
     except OSError as exc:
-        where = f"folder {source}" if path.is_dir() else f"local Hugging Face cache (nor a folder {arg})"
+        if path.is_dir():
+            raise InputError(
+                f"model spec {request.spec!r}: no usable model in the folder {source} "
+                f"({one_line(exc)}); save it with model.save_pretrained(FOLDER)"
+            ) from exc
+        if reason is not None:
+            raise _missing_weights_error(
+                request.spec, f"of the Hugging Face repo {source}", HF_CACHE, _hf_cache_dir(),
+                HF_VARIABLE, reason, "save it with model.save_pretrained(FOLDER) and use hf:FOLDER",
+            ) from exc
         raise InputError(
-            f"model spec {request.spec!r}: no usable model in the {where} ({one_line(exc)}); "
-            "download it where there is internet (huggingface-cli download ORG/NAME) and copy "
-            "the cache, or save it with model.save_pretrained(FOLDER) and use hf:FOLDER"
+            f"model spec {request.spec!r}: could not get {source!r} from the Hugging Face hub into "
+            f"{HF_CACHE} ({_hf_cache_dir()}) ({one_line(exc)}); check the id (ORG/NAME, or a "
+            "folder written by save_pretrained) and the network connection"
         ) from exc
     except ValueError as exc:
         if "trust_remote_code" in str(exc) and not request.trust_code:  # custom code found late
@@ -478,6 +638,7 @@ def _hf_preprocessing(transformers: Any, source: str, config: Any, kwargs: dict[
         # No processor config: the model was trained on something; ImageNet stats are the
         # most common guess, and stretching keeps the whole image.
         return Preprocessing(
-            input_size=image_size, resize=None, crop="none", class_names=names, channels=channels
+            input_size=image_size, resize=None, crop="none", class_names=names, channels=channels,
+            assumed=True,
         )
     return Preprocessing(input_size=image_size, resize=None, crop="none", **common)

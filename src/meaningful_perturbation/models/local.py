@@ -229,6 +229,6 @@ def _split_factory_result(
         source = f"{request.spec}: {factory_name}() preprocessing"
         prep = preprocessing_from_mapping(info, source=source)
         return model, prep, declared_channels(info, source=f"{factory_name}() metadata")
-    return result, Preprocessing(), None
+    return result, Preprocessing(assumed=True), None  # the factory stated none
 
 

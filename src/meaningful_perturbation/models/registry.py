@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 import torch
 
-from meaningful_perturbation.errors import ConfigError
+from meaningful_perturbation.errors import ConfigError, MeaningfulPerturbationWarning
 from meaningful_perturbation.models import hub, local
-from meaningful_perturbation.io.preprocessing import resolve_preprocessing
+from meaningful_perturbation.io.preprocessing import Preprocessing, resolve_preprocessing
 from meaningful_perturbation.models.base import LoadedModel, LoadRequest, existing_file
 from meaningful_perturbation.models.channels import infer_channels
 
@@ -44,19 +45,20 @@ _SOURCES: tuple[_Source, ...] = (
     ), local.load_demo),
     _Source("torchvision", True, ModelSpecInfo(
         "torchvision:NAME[:WEIGHTS]",
-        "torchvision classification model; WEIGHTS = enum member (default DEFAULT) or NONE; "
-        "weights read from the torch hub cache only",
+        "torchvision classification model; WEIGHTS = enum member (default DEFAULT) or NONE "
+        "(random); weights downloaded into the torch hub cache ($TORCH_HOME) unless --offline",
         "torchvision:vgg19",
     ), hub.load_torchvision),
     _Source("timm", True, ModelSpecInfo(
-        "timm:NAME",
-        "timm model with its pretrained data config; weights from the local cache only",
+        "timm:NAME[:NONE]",
+        "timm model with its pretrained data config; NONE = random weights; weights downloaded "
+        "into the Hugging Face cache ($HF_HOME) unless --offline",
         "timm:resnet50.a1_in1k",
     ), hub.load_timm),
     _Source("hf", True, ModelSpecInfo(
-        "hf:ID_OR_DIR",
-        "Hugging Face transformers image classifier (hub id in the local cache, or a "
-        "save_pretrained folder); class names from id2label",
+        "hf:ID_OR_DIR[:NONE]",
+        "Hugging Face transformers image classifier (hub id, downloaded into $HF_HOME unless "
+        "--offline, or a save_pretrained folder); NONE = random weights; class names from id2label",
         "hf:google/vit-base-patch16-224",
     ), hub.load_hf),
     _Source("torchscript", True, ModelSpecInfo(
@@ -102,6 +104,8 @@ def load_model(
     trust_code: bool = False,
     device: str | torch.device = "cpu",
     unsafe_pickle: bool | None = None,
+    offline: bool = False,
+    progress: bool = True,
 ) -> LoadedModel:
     """Load a classifier and its preprocessing from a spec string.
 
@@ -109,10 +113,19 @@ def load_model(
     ``timm:NAME``, ``hf:ID_OR_DIR``, ``torchscript:FILE``, ``export:FILE``,
     ``python:FILE.py:FACTORY``.
 
-    Nothing is downloaded unless the user sets ``HF_HUB_OFFLINE=0``: zoo weights must already
-    be in the local cache (the error says which file, where, and suggests ``weights``).
-    ``HF_HUB_OFFLINE=1`` and ``TRANSFORMERS_OFFLINE=1`` are set in ``os.environ`` (unless
-    already set) before a Hugging Face library is imported.
+    ``torchvision:``, ``timm:`` and ``hf:`` download pretrained weights the way each library
+    does on its own, into its own cache (torch hub cache under ``TORCH_HOME``; Hugging Face
+    cache under ``HF_HOME`` / ``HF_HUB_CACHE``), with the library's progress bar. With
+    ``offline=True`` (or, for the Hugging Face sources, ``HF_HUB_OFFLINE=1``) nothing is
+    downloaded: the weights must be in that cache already, else an :class:`InputError` names
+    the file, the cache folder and its variable. ``demo`` and local files never use the
+    network. ``NAME:NONE`` builds any hub model with random weights.
+
+    A model that does not state its preprocessing (a Hugging Face model without
+    ``preprocessor_config.json``, an archive without ``preprocessing.json``, a ``python:``
+    factory returning only the module) gets an assumed recipe: ``preprocessing.assumed`` is
+    ``True`` and a :class:`~meaningful_perturbation.errors.MeaningfulPerturbationWarning`
+    says which size, resize mode and mean/std were assumed.
 
     Args:
         spec: the model spec.
@@ -127,8 +140,10 @@ def load_model(
             ``docs/security.md``. Safetensors weights, weights-only ``torch.load`` state
             dicts, ``demo``, torchvision/timm by name and plain Hugging Face models need no
             flag.
-        device: where to put the model.
+        device: where to put the model (``"auto"``: CUDA, else MPS, else CPU).
         unsafe_pickle: deprecated alias of ``trust_code`` (``True`` turns it on).
+        offline: never use the network (CLI ``--offline``).
+        progress: show the libraries' download progress bars (CLI: off with ``-q``).
 
     Returns:
         A :class:`LoadedModel`: ``model`` in eval mode on ``device``, mapping ``(N, C, H, W)``
@@ -178,11 +193,15 @@ def load_model(
         weights=Path(weights).expanduser() if weights is not None else None,
         trust_code=bool(trust_code or unsafe_pickle),
         device=dev,
+        offline=bool(offline),
+        progress=bool(progress),
     )
     if request.weights is not None:
         # Fail on a bad --weights path before any (possibly slow) model construction.
         existing_file(os.fspath(weights), what="weights file", spec=spec)  # type: ignore[arg-type]
     loaded = source.load(arg, request)
+    if loaded.preprocessing.assumed:
+        warnings.warn(MeaningfulPerturbationWarning(_assumed_note(spec, prefix, loaded.preprocessing)), stacklevel=2)
     if loaded.channels_declared:
         return loaded
     guess = infer_channels(loaded.model)  # metadata is silent: the layers' suggestion
@@ -193,3 +212,39 @@ def load_model(
     if channels != prep.channels:
         prep = resolve_preprocessing(prep, channels=channels)
     return dataclasses.replace(loaded, preprocessing=prep, channels_from=where)
+
+
+#: What each source lacked when its preprocessing had to be assumed.
+_MISSING_PREPROCESSING = {
+    "hf": "no preprocessor_config.json",
+    "torchscript": "no preprocessing.json in the archive",
+    "export": "no preprocessing.json in the archive",
+    "python": "the factory returned no preprocessing",
+}
+
+
+def describe_preprocessing(prep: Preprocessing) -> str:
+    """One phrase for a recipe: size, resize mode, mean/std, interpolation.
+
+    Example:
+        >>> describe_preprocessing(Preprocessing(input_size=32, resize=None, crop="none"))[:52]
+        'whole image resized to 32x32 (aspect ratio not kept)'
+    """
+    h, w = prep.size
+    if prep.crop == "none":
+        geometry = f"whole image resized to {h}x{w} (aspect ratio not kept)"
+    elif prep.resize is None:
+        geometry = f"resized to cover {h}x{w} (aspect ratio kept), centre crop {h}x{w}"
+    else:
+        geometry = f"short side resized to {prep.resize}, centre crop {h}x{w}"
+    stats = lambda v: "(" + ", ".join(f"{x:g}" for x in v) + ")"  # noqa: E731
+    return f"{geometry}, mean {stats(prep.mean)}, std {stats(prep.std)}, {prep.interpolation}"
+
+
+def _assumed_note(spec: str, prefix: str, prep: Preprocessing) -> str:
+    lacked = _MISSING_PREPROCESSING.get(prefix, "it states none")
+    return (
+        f"model spec {spec!r}: the model does not state its preprocessing ({lacked}); assumed "
+        f"{describe_preprocessing(prep)}; if it was trained otherwise, set --input-size, "
+        "--resize, --mean and --std (Python API: resolve_preprocessing)"
+    )

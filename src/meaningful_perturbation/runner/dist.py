@@ -93,7 +93,12 @@ def detect() -> DistContext:
 
 
 def local_device(device: str, ctx: DistContext) -> str:
-    """``cuda`` → ``cuda:LOCAL_RANK`` under torchrun; anything else unchanged."""
+    """``auto`` → its device here (``cuda``, ``mps`` or ``cpu``); ``cuda`` → ``cuda:LOCAL_RANK``
+    under torchrun; anything else unchanged."""
+    if device == "auto":
+        from .._runtime import auto_device
+
+        device = auto_device()
     if ctx.enabled and device == "cuda":
         return f"cuda:{ctx.local_rank}"
     return device

@@ -364,7 +364,8 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
     lock: FolderLock | None = None
     try:
         loaded = load_model(settings.model, weights=settings.weights, trust_code=settings.trust_code,
-                            device=device_name)
+                            device=device_name, offline=getattr(settings, "offline", False),
+                            progress=not opts.quiet)
         # The model's own preprocessing with the overrides; its channel count checked by one
         # forward pass, before any output is written.
         prep = resolve_model_preprocessing(
