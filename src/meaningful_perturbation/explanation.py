@@ -18,6 +18,7 @@ from ._atomic import atomic_open
 from .errors import InputError
 
 __all__ = [
+    "DEGENERATE_MIN_CHANGE",
     "DEGENERATE_SALIENCY_RANGE",
     "DEGENERATE_SCORE_FRACTION",
     "LOW_CONFIDENCE",
@@ -48,6 +49,9 @@ DEGENERATE_SCORE_FRACTION = 0.01
 #: is more likely absent than present. Chosen over "below 2/C" (twice chance), which for 1000
 #: ImageNet classes would flag only p < 0.002 and so almost never.
 LOW_CONFIDENCE = 0.5
+#: Changes of the target's probability smaller than this (0.1 percentage point, below the
+#: 3-decimal precision the CLI prints) count as no change in the degenerate checks.
+DEGENERATE_MIN_CHANGE = 1e-3
 #: The words every output uses for a degenerate explanation.
 NO_REGION_NOTE = "no region found that changes the score"
 
@@ -267,9 +271,9 @@ def degenerate_reason(ex: Explanation, i: int = 0) -> str | None:
     1. its saliency map is flat: ``max − min ≤`` :data:`DEGENERATE_SALIENCY_RANGE` (for a
        baseline, in arbitrary units: times the map's largest magnitude, or all zero);
     2. perturbing the *whole* image does not change the target's score
-       (``|clean − perturbed| ≤ 1e-4``): no region can;
+       (``|clean − perturbed| ≤`` :data:`DEGENERATE_MIN_CHANGE`): no region can;
     3. the learned mask moves the score by less than :data:`DEGENERATE_SCORE_FRACTION` of
-       ``|clean − perturbed|``: deletion game, ``|clean − masked|``; preservation game
+       ``|clean − perturbed|`` (or less than :data:`DEGENERATE_MIN_CHANGE`): deletion game, ``|clean − masked|``; preservation game
        (and extremal, every area), ``|masked − perturbed|``.
 
     Checks 2–3 need ``scores["clean"]``, ``["masked"]`` and ``["perturbed"]`` (the
@@ -296,16 +300,16 @@ def degenerate_reason(ex: Explanation, i: int = 0) -> str | None:
     perturbed = float(ex.scores["perturbed"][i].reshape(-1)[0])
     masked = ex.scores["masked"][i].reshape(-1).double()
     span = abs(clean - perturbed)
-    if span <= 1e-4:
+    if span <= DEGENERATE_MIN_CHANGE:
         return (f"{NO_REGION_NOTE} (perturbing the whole image changes it by {span:.2g}: "
                 f"p {clean:.3f} -> {perturbed:.3f})")
     if ex.config.get("game", "delete") == "delete":
         moved = float((masked - clean).abs().max())
     else:
         moved = float((masked - perturbed).abs().max())
-    if moved < DEGENERATE_SCORE_FRACTION * span:
-        return (f"{NO_REGION_NOTE} (the mask moves it by {moved:.2g}, under "
-                f"{DEGENERATE_SCORE_FRACTION:.0%} of the {span:.2g} the whole perturbation does)")
+    if moved < max(DEGENERATE_SCORE_FRACTION * span, DEGENERATE_MIN_CHANGE):
+        return (f"{NO_REGION_NOTE} (the mask moves it by {moved:.2g}; perturbing the whole "
+                f"image moves it by {span:.2g})")
     return None
 
 
