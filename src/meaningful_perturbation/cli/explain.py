@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..demo import DEMO_NOTE
 from ..explanation import LOW_CONFIDENCE, low_confidence
 from ..targets import clean_scores, target_from_option
 from .options import RunSettings, add_method_options, add_model_options, build_run_settings, method_overrides
@@ -186,16 +187,6 @@ def _panel_columns(ex: Any, x: torch.Tensor, names: list[str], to_image: Any) ->
         perturbed_label += f"\n{p} = {float(masked[0, 0]):.3f}"
     shown = to_image(x[0].cpu(), region[0].cpu().clamp(0, 1))
     return [(perturbed_label, None if img is None else to_image(img[0])), (region_label, shown)]
-
-
-#: Printed once when the shipped demo model makes a low-confidence prediction: it knows six
-#: synthetic shapes, not photographs.
-DEMO_NOTE = (
-    "mperturb: note: the default model (--model demo) is a 6-class shape classifier trained on "
-    "synthetic ShapeEvidence images like examples/; on other images its predictions are near "
-    "chance and their explanations mean little. For photographs pass an ImageNet model, e.g. "
-    "--model torchvision:resnet50 (see `mperturb models`)."
-)
 
 
 def _colorbar_label(ex: Any) -> str:
