@@ -194,6 +194,7 @@ def save_panel(
     note: str | None = None,
     colorbar_label: str = "saliency",
     min_side: int = MIN_TILE_SIDE,
+    history_title: str = "optimisation",
 ) -> Path:
     """Original | saliency (with colour bar) | image columns | loss and score over the steps.
 
@@ -212,7 +213,7 @@ def save_panel(
         value_range: ``(lo, hi)`` of the colour bar (``None``: the map's min-max).
         note: drawn over the saliency tile; a degenerate explanation passes its reason and a
             flat map (never stretched into a pattern).
-        colorbar_label: the colour bar's label.
+        colorbar_label: the colour bar's label; history_title: the title of the curves.
         min_side: image tiles are upscaled (nearest neighbour) to at least this many pixels
             a side, so a small input's perturbation stays visible.
 
@@ -252,7 +253,7 @@ def save_panel(
 
         ax.text(0.5, 0.5, textwrap.fill(note, 24), transform=ax.transAxes, ha="center", va="center",
                 fontsize=8, color="black", bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none"})
-    _plot_history(fig, grid, n_img, history)
+    _plot_history(fig, grid, n_img, history, history_title)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(left=0.02, right=0.97, top=0.74 if "\n" in title else 0.8, bottom=0.13)
@@ -261,7 +262,7 @@ def save_panel(
     return Path(path)
 
 
-def _plot_history(fig: Any, grid: Any, col: int, history: Mapping[str, Any] | None) -> None:
+def _plot_history(fig: Any, grid: Any, col: int, history: Mapping[str, Any] | None, title: str) -> None:
     curves = {k: _as_numpy(v).reshape(-1).astype(np.float64) for k, v in (history or {}).items()}
     curves = {k: v for k, v in curves.items() if v.size > 0}
     if not curves:
@@ -288,7 +289,7 @@ def _plot_history(fig: Any, grid: Any, col: int, history: Mapping[str, Any] | No
         tw.set_ylabel("term / its max", fontsize=7)
         tw.tick_params(labelsize=7)
         tw.legend(loc="upper right", fontsize=6, frameon=False)
-    top.set_title("optimisation", fontsize=9)
+    top.set_title(title, fontsize=9)
     top.tick_params(labelsize=7)
     if loss is not None:
         top.legend(loc="upper left", fontsize=6, frameon=False)

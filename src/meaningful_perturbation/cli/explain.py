@@ -343,6 +343,7 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
             + (" (low confidence)" if low else ""),
             value_range=value_range, note=reason,
             colorbar_label=_colorbar_label(ex),
+            history_title="optimisation" + (f" (area {areas[drawn]:.1%})" if isinstance(areas, list) else ""),
             title="\n".join(escape_text(t) for t in
                              _panel_title(path.name, settings.method, ex, names, scores, low, settings.model)),
         )
