@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -163,9 +164,11 @@ def test_cli_writes_outputs(tmp_path, monkeypatch, capsys) -> None:
 
 def test_cli_defaults() -> None:
     args = _parser().parse_args(["benchmark"])
-    assert (args.n, args.methods, args.size, args.steps_scale, args.seed, args.out, args.device, args.quiet) == (
-        200,
+    assert (args.n, args.methods, args.full, args.size, args.steps_scale, args.seed, args.out, args.device,
+            args.quiet) == (
+        16,
         None,
+        False,
         64,
         1.0,
         0,
@@ -327,7 +330,8 @@ def test_cli_from_saved_files_rereports_without_running(tmp_path, capsys) -> Non
     captured = capsys.readouterr()
     assert f"'a' taken from {tmp_path / 'a.json'}, not {tmp_path / 'b.json'}" in captured.err
     assert "| a | 0.50 | 0.50 | 0.50 |" in (out / "benchmark.md").read_text()  # a.json's values, not b.json's zeros
-    assert [line.split("|")[1].strip() for line in captured.out.splitlines()[2:]] == ["b", "a"]  # --methods order
+    table = [line for line in captured.out.splitlines() if line.startswith("|")]  # the legend follows it
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["b", "a"]  # --methods order
     args = _parser().parse_args(["benchmark", "--from", str(tmp_path / "a.json"), "--out", str(out), "-q"])
     assert run(args) == 0
     md = (out / "benchmark.md").read_text()
@@ -362,3 +366,57 @@ def test_warns_when_the_model_is_mostly_wrong() -> None:
     with pytest.warns(UserWarning, match=r"classifies only \d+% of the 6 benchmark images correctly"):
         res = run_benchmark(n=6, methods=["random"], progress=False, model=wrong, curve_steps=2)
     assert 0.0 <= res.settings["model_accuracy"] < 0.9
+
+
+def test_cli_default_methods_are_the_fast_set_and_the_eta_comes_first(tmp_path, monkeypatch, capsys) -> None:
+    """No --methods: the fast presets (--full: the full ones); an estimate is printed before
+    the run starts; the table is followed by its legend."""
+    import meaningful_perturbation.cli.benchmark as cb
+    import meaningful_perturbation.evaluation as ev
+    from meaningful_perturbation.evaluation.benchmark import DEFAULT_METHODS, FAST_METHODS, LEGEND
+
+    seen = {}
+    real = ev.run_benchmark
+
+    def fake_run(**kw):
+        seen["methods"] = kw["methods"]
+        seen["eta_printed_before"] = "estimated" in capsys.readouterr().err
+        return real(**{**kw, "methods": ["random", "center"], "curve_steps": 2})
+
+    monkeypatch.setattr(ev, "run_benchmark", fake_run)
+    monkeypatch.setattr(cb, "_say_eta", lambda args, methods: print(f"estimated {len(methods)}", file=sys.stderr))
+    for flag, expected in (([], FAST_METHODS), (["--full"], DEFAULT_METHODS)):
+        args = _parser().parse_args(["benchmark", "--n", "2", "--out", str(tmp_path / "o"), *flag])
+        assert cb.run(args) == 0
+        assert seen["methods"] == list(expected) and seen["eta_printed_before"]
+        out = capsys.readouterr().out
+        for header, _ in LEGEND:
+            assert f"- **{header}**:" in out
+    assert "extremal" not in FAST_METHODS and "extremal-fast" in FAST_METHODS
+    assert "| random | " in (tmp_path / "o" / "benchmark.md").read_text()
+    assert "- **passes/img**:" in (tmp_path / "o" / "benchmark.md").read_text()
+
+
+def test_estimate_counts_each_methods_passes() -> None:
+    from meaningful_perturbation.evaluation.benchmark import _passes, estimate_seconds
+
+    assert _passes("paper", {}, 64) == (300.0, 4.0)
+    assert _passes("extremal-fast", {}, 64) == (800.0, 4.0)  # 200 steps x 4 areas
+    assert _passes("extremal", {"steps": 10, "game": "dual"}, 64) == (80.0, 4.0)
+    assert _passes("rise", {}, 64) == (0.0, 4001.0)
+    assert _passes("random", {}, 64) == (0.0, 0.0)
+
+    class Unit(torch.nn.Module):  # a model whose passes take ~no time: the estimate is the count
+        def forward(self, x):
+            return x.mean((2, 3))
+
+    est = estimate_seconds(["random", "paper", "rise"], n=4, model=Unit(), curve_steps=10)
+    assert set(est) == {"random", "paper", "rise"}
+    assert 0 <= est["random"] < est["paper"] and est["random"] < est["rise"]
+
+
+def test_cost_columns_have_one_format() -> None:
+    from meaningful_perturbation.evaluation.benchmark import _fmt_cost
+
+    assert [_fmt_cost(v, "seconds_per_image") for v in (0.00169, 1.3, 43.4)] == ["0.002", "1.300", "43.400"]
+    assert [_fmt_cost(v, "passes_per_image") for v in (2.1, 318.0, 4001.0)] == ["2", "318", "4001"]

@@ -138,29 +138,30 @@ def test_mask_shape_is_checked():
 
 
 @pytest.mark.parametrize(
-    "method,game,label,kept",
+    "method,game,label,region",
     [
-        ("paper", "delete", "deletion game, fade", "kept region"),
-        ("paper", "preserve", "preservation game, fade", "preserved region"),
-        ("seed", "delete", "deletion game, fade", "kept region"),
-        ("extremal", "delete", "deletion game, fade, area 0.05", "kept region"),
-        ("extremal", "preserve", "preservation game, fade, area 0.05", "preserved region"),
-        ("extremal", "dual", "preservation game, fade, area 0.05", "preserved region"),
+        ("paper", "delete", "deletion game: deleted region faded out", "deleted region"),
+        ("paper", "preserve", "preservation game: all but the kept region faded out", "kept region"),
+        ("seed", "delete", "deletion game: deleted region faded out", "deleted region"),
+        ("extremal", "delete", "deletion game: deleted region faded out", "deleted region"),
+        ("extremal", "preserve", "preservation game: all but the kept region faded out", "kept region"),
+        ("extremal", "dual", "preservation game: all but the kept region faded out", "kept region"),
     ],
 )
-def test_panel_labels_say_what_is_drawn(method, game, label, kept):
+def test_panel_labels_say_what_is_drawn(method, game, label, region):
     x = _images(1)
     extra = {"areas": (0.05, 0.2)} if method == "extremal" else {}
     ex = mp.explain(Recorder(), x, method=method, steps=2, perturbation="fade", game=game, **extra)
-    img, keep, perturbed_label, kept_label = _panel_tiles(ex, x, 0)
-    assert label in perturbed_label and kept in kept_label
-    # The kept tile's mask is the keep-mask (1 = the input is shown): for the deletion game
-    # the complement of the saliency, for preservation the salient region itself.
-    assert torch.equal(keep, ex.masks[:1, :1])
+    img, shown, perturbed_label, region_label = _panel_tiles(ex, x, 0)
+    assert label in perturbed_label and region_label.startswith(region)
+    # The region tile is the region the game is about: the deletion game shows what was
+    # deleted (1 - keep), preservation what was kept (keep).
+    keep = ex.masks[:1, :1]
+    torch.testing.assert_close(shown, 1 - keep if game == "delete" else keep, rtol=0, atol=0)
     sal = ex.saliency[0] if method != "extremal" else None
     if sal is not None:
-        torch.testing.assert_close(keep[0, 0], 1 - sal if game == "delete" else sal, rtol=0, atol=1e-6)
-    # Fade: the figure is x · m exactly where it is drawn.
+        torch.testing.assert_close(shown[0, 0], sal, rtol=0, atol=1e-6)
+    # Fade: the perturbed input is x · keep exactly.
     torch.testing.assert_close(img, x * keep[0], rtol=0, atol=1e-6)
 
 
@@ -197,7 +198,10 @@ def test_cli_panel_uses_the_optimisers_perturbation(tmp_path, monkeypatch):
     assert rc == 0
     ex = mp.Explanation.load(tmp_path / "out" / "a.npz")
     assert ex.extra["seed"] == 4 and ex.config["perturbation"] == "constant"
-    assert got["labels"] == ("perturbed input\n(deletion game, constant)", "kept region\n(mask = 1: not deleted)")
+    titles = [t for t, _ in got["columns"]]
+    assert titles[0].startswith("perturbed input\n(deletion game: deleted region set to the mean colour)\np(")
+    assert titles[1] == "deleted region\n(what the mask removed)"
+    got["perturbed"] = got["columns"][0][1]
     # Constant: the tile is keep·image + (1 - keep)·(the image's mean colour), up to 8-bit rounding.
     keep = ex.masks[0, 0].numpy()[..., None].astype(np.float64)
     shown = got["original"].astype(np.float64)

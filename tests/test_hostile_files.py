@@ -294,7 +294,7 @@ def test_overlay_float32_matches_the_float64_blend():
         t = np.nan_to_num(s, nan=0.0)
         t = (t - t.min()) / (t.max() - t.min())
         base = rgb / 255.0 if rgb.dtype == np.uint8 else rgb
-        ref = (np.clip(0.5 * base + 0.5 * matplotlib.colormaps["jet"](t)[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8)
+        ref = (np.clip(0.5 * base + 0.5 * matplotlib.colormaps["viridis"](t)[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8)
         got = figures.overlay(rgb, s)
         assert got.dtype == np.uint8 and np.abs(got.astype(int) - ref).max() <= 1
 

@@ -17,7 +17,17 @@ import torch
 from ._atomic import atomic_open
 from .errors import InputError
 
-__all__ = ["MAX_LOAD_BYTES", "Explanation"]
+__all__ = [
+    "DEGENERATE_MIN_CHANGE",
+    "DEGENERATE_SALIENCY_RANGE",
+    "DEGENERATE_SCORE_FRACTION",
+    "LOW_CONFIDENCE",
+    "MAX_LOAD_BYTES",
+    "NO_REGION_NOTE",
+    "Explanation",
+    "degenerate_reason",
+    "low_confidence",
+]
 
 _FORMAT = "meaningful-perturbation/explanation"
 _VERSION = 1
@@ -26,6 +36,24 @@ _VERSION = 1
 #: 64 images x 3 areas at 224 x 224 (float32 masks are 38.5 MB). Checked from the ``.npy``
 #: headers and the zip directory before any array is allocated.
 MAX_LOAD_BYTES = 1 << 30
+
+#: A saliency map whose range (max − min) is at most this is flat. Mask-learning saliency is a
+#: mask (or a sum of K masks) in [0, 1] units, so 1e-6 is far below one 8-bit grey level (1/255);
+#: for the baselines (arbitrary units) the range is compared with the map's largest magnitude.
+DEGENERATE_SALIENCY_RANGE = 1e-6
+#: A learned mask that moves the score by less than this fraction of what perturbing the whole
+#: image does (|clean − perturbed|) found no region that matters: 1% of the available change.
+DEGENERATE_SCORE_FRACTION = 0.01
+#: A clean probability below this is a low-confidence prediction: with a softmax head the model
+#: puts more than half its probability on other classes; with a sigmoid head it says the class
+#: is more likely absent than present. Chosen over "below 2/C" (twice chance), which for 1000
+#: ImageNet classes would flag only p < 0.002 and so almost never.
+LOW_CONFIDENCE = 0.5
+#: Changes of the target's probability smaller than this (0.1 percentage point, below the
+#: 3-decimal precision the CLI prints) count as no change in the degenerate checks.
+DEGENERATE_MIN_CHANGE = 1e-3
+#: The words every output uses for a degenerate explanation.
+NO_REGION_NOTE = "no region found that changes the score"
 
 # Kinds of model head an explanation records (core/head.py HEADS without "auto").
 _HEADS = ("logits", "probabilities", "sigmoid", "sigmoid-probabilities")
@@ -69,6 +97,32 @@ class Explanation:
 
     def __len__(self) -> int:
         return int(self.saliency.shape[0])
+
+    def __repr__(self) -> str:
+        """A short summary (shapes, method, head, targets, scores), never the tensors' values."""
+        n = len(self)
+        tg = ", ".join(str(t) for t in self.target[:3]) + (", ..." if n > 3 else "")
+        parts = [
+            f"method={self.method!r}",
+            f"head={self.head!r}",
+            f"images={n}",
+            f"saliency={tuple(self.saliency.shape)}",
+            f"masks={tuple(self.masks.shape)}",
+            f"target=[{tg}]",
+        ]
+        clean = self.scores.get("clean")
+        if clean is not None and clean.numel():
+            parts.append(f"p_clean={[round(float(v), 3) for v in clean.reshape(-1)[:3]]}" + ("..." if clean.numel() > 3 else ""))
+        if self.history:
+            steps = next(iter(self.history.values())).shape[0]
+            parts.append(f"steps={steps}, history={sorted(self.history)}")
+        return f"Explanation({', '.join(parts)})"
+
+    __str__ = __repr__
+
+    def degenerate_reason(self, i: int = 0) -> str | None:
+        """See :func:`degenerate_reason`."""
+        return degenerate_reason(self, i)
 
     def __getitem__(self, i: int | slice) -> "Explanation":
         """The explanation of image ``i`` (or a slice of images), as a batch."""
@@ -207,6 +261,72 @@ class Explanation:
             extra=meta["extra"],
             head=meta["head"],
         )
+
+
+def degenerate_reason(ex: Explanation, i: int = 0) -> str | None:
+    """Why explanation ``i`` of ``ex`` is degenerate (shows nothing), or ``None`` if it is not.
+
+    An explanation is degenerate when (checked in this order):
+
+    1. its saliency map is flat: ``max − min ≤`` :data:`DEGENERATE_SALIENCY_RANGE` (for a
+       baseline, in arbitrary units: times the map's largest magnitude, or all zero);
+    2. perturbing the *whole* image does not change the target's score
+       (``|clean − perturbed| ≤`` :data:`DEGENERATE_MIN_CHANGE`): no region can;
+    3. the learned mask moves the score by less than :data:`DEGENERATE_SCORE_FRACTION` of
+       ``|clean − perturbed|`` (or less than :data:`DEGENERATE_MIN_CHANGE`): deletion game, ``|clean − masked|``; preservation game
+       (and extremal, every area), ``|masked − perturbed|``.
+
+    Checks 2–3 need ``scores["clean"]``, ``["masked"]`` and ``["perturbed"]`` (the
+    mask-learning presets record them; the baselines record only ``clean``).
+
+    Args:
+        ex: an :class:`Explanation`; i: image index.
+
+    Returns:
+        A one-line reason starting with :data:`NO_REGION_NOTE`, or ``None``.
+    """
+    if not -len(ex) <= i < len(ex):
+        raise IndexError(f"degenerate_reason: image index {i} out of range for {len(ex)} images")
+    s = ex.saliency[i].detach().float()
+    s = torch.nan_to_num(s, nan=0.0)
+    lo, hi = float(s.min()), float(s.max())
+    baseline = "perturbed" not in ex.scores
+    scale = max(abs(lo), abs(hi)) if baseline else 1.0
+    if hi - lo <= DEGENERATE_SALIENCY_RANGE * scale:
+        return f"{NO_REGION_NOTE} (the saliency map is flat: range {hi - lo:.2g})"
+    if baseline or "masked" not in ex.scores or "clean" not in ex.scores:
+        return None
+    clean = float(ex.scores["clean"][i].reshape(-1)[0])
+    perturbed = float(ex.scores["perturbed"][i].reshape(-1)[0])
+    masked = ex.scores["masked"][i].reshape(-1).double()
+    span = abs(clean - perturbed)
+    if span <= DEGENERATE_MIN_CHANGE:
+        return (f"{NO_REGION_NOTE} (perturbing the whole image changes it by {span:.2g}: "
+                f"p {clean:.3f} -> {perturbed:.3f})")
+    if ex.config.get("game", "delete") == "delete":
+        moved = float((masked - clean).abs().max())
+    else:
+        moved = float((masked - perturbed).abs().max())
+    if moved < max(DEGENERATE_SCORE_FRACTION * span, DEGENERATE_MIN_CHANGE):
+        return (f"{NO_REGION_NOTE} (the mask moves it by {moved:.2g}; perturbing the whole "
+                f"image moves it by {span:.2g})")
+    return None
+
+
+def low_confidence(p_clean: Any) -> bool:
+    """True when the clean probability of the explained class(es) is below :data:`LOW_CONFIDENCE`.
+
+    Args:
+        p_clean: the ``scores["clean"]`` value of one image (a float in [0, 1]; for several
+            target classes, the recorded sum), or ``None`` (then False).
+    """
+    if p_clean is None:
+        return False
+    try:
+        p = float(p_clean)
+    except (TypeError, ValueError):
+        return False
+    return not math.isnan(p) and p < LOW_CONFIDENCE
 
 
 def _one_line(exc: BaseException) -> str:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from ._atomic import atomic_path
 
-__all__ = ["overlay", "save_overlay", "save_panel", "atomic_path"]
+__all__ = ["CMAP", "MIN_TILE_SIDE", "overlay", "saliency_range", "save_overlay", "save_panel", "atomic_path"]
 
 
 def _matplotlib():
@@ -40,24 +40,52 @@ def _as_numpy(a: Any) -> np.ndarray:
     return np.asarray(a)
 
 
-def _normalise(saliency: np.ndarray) -> np.ndarray:
-    s = np.nan_to_num(saliency.astype(np.float64), nan=0.0)
-    lo, hi = float(s.min()), float(s.max())
+#: Perceptually uniform colour map of every saliency figure (matplotlib's viridis: lightness
+#: increases monotonically, readable in grey and by the common colour-vision deficiencies).
+CMAP = "viridis"
+#: Image tiles of the panel are upscaled (nearest neighbour) to at least this many pixels a
+#: side, so a 32-64 px model input shows its perturbation instead of a smudge.
+MIN_TILE_SIDE = 256
+
+
+def _normalise(saliency: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """``saliency`` mapped to [0, 1] as float32: ``(s − lo) / (hi − lo)`` clipped.
+
+    ``value_range=None``: min-max of the map; a map with ``hi <= lo`` is all 0. Never
+    stretches a map over a fixed ``value_range``: a near-constant map stays near-constant.
+    """
+    s = np.array(saliency, dtype=np.float32)  # a copy, then in place: this map may be image-sized
+    np.nan_to_num(s, copy=False, nan=0.0)
+    if value_range is None:
+        lo, hi = float(s.min()), float(s.max())
+    else:
+        lo, hi = float(value_range[0]), float(value_range[1])
     if not hi > lo:
         return np.zeros_like(s)
-    s -= lo  # in place: this map may be image-sized
-    s /= hi - lo
+    s -= np.float32(lo)
+    s /= np.float32(hi - lo)
+    np.clip(s, 0.0, 1.0, out=s)
     return s
 
 
-def overlay(rgb: Any, saliency: Any, *, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+def overlay(
+    rgb: Any,
+    saliency: Any,
+    *,
+    alpha: float = 0.5,
+    cmap: str = CMAP,
+    value_range: tuple[float, float] | None = None,
+) -> np.ndarray:
     """Alpha-blend a colour-mapped saliency map over an RGB image.
 
     Args:
         rgb: ``(H, W, 3)`` uint8 image.
-        saliency: ``(H, W)`` map (any range; min-max normalised for the colour map).
+        saliency: ``(H, W)`` map.
         alpha: weight of the colour map.
-        cmap: matplotlib colour map name.
+        cmap: matplotlib colour map name (default :data:`CMAP`, perceptually uniform).
+        value_range: ``(lo, hi)`` mapped to the ends of the colour map (values outside are
+            clipped); ``None`` = the map's own min-max (use :func:`saliency_range` for an
+            explanation, which never stretches a degenerate map into a pattern).
 
     Returns:
         ``(H, W, 3)`` uint8 array.
@@ -72,7 +100,7 @@ def overlay(rgb: Any, saliency: Any, *, alpha: float = 0.5, cmap: str = "jet") -
     # (index = floor(v * N), 1.0 -> N - 1) in a float32 copy of its table.
     cm = mpl.colormaps[cmap]
     lut = (cm(np.arange(cm.N))[:, :3] * 255.0).astype(np.float32)  # (N, 3), 0-255
-    idx = _normalise(s).astype(np.float32)
+    idx = _normalise(s, value_range)
     idx *= cm.N
     np.clip(idx, 0, cm.N - 1, out=idx)
     colours = lut[idx.astype(np.uint16)]  # (H, W, 3) float32
@@ -85,14 +113,69 @@ def overlay(rgb: Any, saliency: Any, *, alpha: float = 0.5, cmap: str = "jet") -
     return colours.astype(np.uint8)
 
 
-def save_overlay(path: str | os.PathLike, rgb: Any, saliency: Any, *, alpha: float = 0.5) -> Path:
-    """Write :func:`overlay` as an RGB PNG (atomically)."""
+def saliency_range(ex: Any, i: int = 0) -> tuple[float, float] | None:
+    """The value range to draw saliency ``i`` of explanation ``ex`` with.
+
+    Mask-learning presets (saliency in mask units: ``[0, 1]``, ``[0, K]`` for the sum of K
+    extremal masks): ``(0, max(1, max))``, so the colour means the same in every figure and a
+    flat map stays flat. A degenerate explanation (:func:`~meaningful_perturbation.explanation.degenerate_reason`):
+    ``(min, min + 1)`` for a baseline, so it is drawn flat. Other baselines: ``None`` (min-max;
+    their units are arbitrary).
+    """
+    from .explanation import degenerate_reason
+
+    s = ex.saliency[i].detach().float()
+    lo, hi = float(s.min()), float(s.max())
+    if "perturbed" in ex.scores:
+        return (0.0, max(1.0, hi))
+    if degenerate_reason(ex, i) is not None:
+        return (lo, lo + 1.0)
+    return None
+
+
+def save_overlay(
+    path: str | os.PathLike,
+    rgb: Any,
+    saliency: Any,
+    *,
+    alpha: float = 0.5,
+    value_range: tuple[float, float] | None = None,
+) -> Path:
+    """Write :func:`overlay` as an RGB PNG (atomically), at the image's own size and aspect."""
     from PIL import Image
 
-    img = Image.fromarray(overlay(rgb, saliency, alpha=alpha), mode="RGB")
+    img = Image.fromarray(overlay(rgb, saliency, alpha=alpha, value_range=value_range), mode="RGB")
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
     return Path(path)
+
+
+def _upscale(img: np.ndarray | None, min_side: int) -> np.ndarray | None:
+    """Nearest-neighbour upscale by an integer factor so the short side is >= ``min_side``."""
+    if img is None:
+        return None
+    h, w = img.shape[:2]
+    f = int(np.ceil(min_side / max(1, min(h, w))))
+    if f <= 1:
+        return img
+    return np.repeat(np.repeat(img, f, axis=0), f, axis=1)
+
+
+def _smooth(v: np.ndarray) -> np.ndarray:
+    """Centred moving average over ~5% of the steps (at least 1, edges averaged over fewer)."""
+    k = max(1, int(round(v.size / 20)))
+    if k <= 1:
+        return v
+    c = np.cumsum(np.insert(v.astype(np.float64), 0, 0.0))
+    lo = np.clip(np.arange(v.size) - k // 2, 0, v.size)
+    hi = np.clip(np.arange(v.size) + k - k // 2, 0, v.size)
+    return (c[hi] - c[lo]) / (hi - lo)
+
+
+def _log_scale(v: np.ndarray) -> bool:
+    """Log axis when a positive curve spans more than two decades."""
+    v = v[np.isfinite(v)]
+    return v.size > 1 and float(v.min()) > 0 and float(v.max()) / float(v.min()) > 100.0
 
 
 def save_panel(
@@ -100,69 +183,126 @@ def save_panel(
     *,
     original: Any,
     saliency: Any,
-    perturbed: Any,
-    preserved: Any,
+    perturbed: Any = None,
+    preserved: Any = None,
     history: Mapping[str, Any] | None = None,
     title: str = "",
     labels: tuple[str, str] = ("perturbed input", "preserved region"),
+    columns: Sequence[tuple[str, Any]] | None = None,
+    original_label: str = "original",
+    value_range: tuple[float, float] | None = None,
+    note: str | None = None,
+    colorbar_label: str = "saliency",
+    min_side: int = MIN_TILE_SIDE,
+    history_title: str = "optimisation",
 ) -> Path:
-    """Original | saliency | perturbed input | preserved region | curves over the steps.
+    """Original | saliency (with colour bar) | image columns | loss and score over the steps.
 
     Args:
-        original, perturbed, preserved: ``(H, W, 3)`` images, uint8 or float in [0, 1];
-            ``perturbed`` may be ``None`` (a method with no perturbed input): the tile then
-            shows only its label.
-        saliency: ``(H, W)`` map.
-        history: name → 1-D sequence over steps (e.g. ``loss``, ``score_delete``).
-        title: figure title.
-        labels: titles of the third and fourth tiles (say which game and perturbation they
-            show; ``mperturb explain`` sets them from the explanation).
+        original: ``(H, W, 3)`` image, uint8 or float in [0, 1].
+        saliency: ``(H, W)`` map, drawn with :data:`CMAP` over ``value_range``.
+        perturbed, preserved: ``(H, W, 3)`` images for the two default columns (titled
+            ``labels``); ``perturbed`` may be ``None`` (only its label is shown).
+        columns: ``(title, image or None)`` pairs replacing the two default columns (e.g. one
+            per extremal area).
+        history: name → 1-D sequence over steps: ``loss``, ``score_<game>`` (a probability)
+            and regularisers. Drawn as two plots: the loss (log axis where it spans more than
+            two decades) with each other term divided by its largest value, and the score on a
+            fixed [0, 1] axis, raw (faint) and smoothed (moving average over ~5% of the steps).
+        title: figure title; original_label: title of the first tile.
+        value_range: ``(lo, hi)`` of the colour bar (``None``: the map's min-max).
+        note: drawn over the saliency tile; a degenerate explanation passes its reason and a
+            flat map (never stretched into a pattern).
+        colorbar_label: the colour bar's label; history_title: the title of the curves.
+        min_side: image tiles are upscaled (nearest neighbour) to at least this many pixels
+            a side, so a small input's perturbation stays visible.
+
+    Returns:
+        ``path``.
     """
     _matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(16, 3.4), dpi=100)
+    cols = list(columns) if columns is not None else [(labels[0], perturbed), (labels[1], preserved)]
+    n_img = 2 + len(cols)
+    fig = Figure(figsize=(3.3 * (n_img + 1.3), 4.0), dpi=100)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 5)
-    panels = [
-        ("original", _as_numpy(original), None),
-        ("saliency", _as_numpy(saliency), "jet"),
-        (labels[0], None if perturbed is None else _as_numpy(perturbed), None),
-        (labels[1], _as_numpy(preserved), None),
-    ]
-    for ax, (name, img, cmap) in zip(axes[:4], panels):
+    grid = fig.add_gridspec(2, n_img + 1, width_ratios=[1.0] * n_img + [1.3], hspace=0.55, wspace=0.25)
+    sal = np.nan_to_num(_as_numpy(saliency).astype(np.float32), nan=0.0)
+    lo, hi = value_range if value_range is not None else (float(sal.min()), float(sal.max()))
+    if not hi > lo:
+        hi = lo + 1.0
+    tiles = [(original_label, _as_numpy(original))] + [(t, None if im is None else _as_numpy(im)) for t, im in cols]
+    for j, (name, img) in enumerate(tiles):
+        ax = fig.add_subplot(grid[:, j if j == 0 else j + 1])
         if img is not None:
-            ax.imshow(img, cmap=cmap)
+            ax.imshow(_upscale(img, min_side), interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.axis("off")
-    ax = axes[4]
-    curves = {k: _as_numpy(v).reshape(-1) for k, v in (history or {}).items()}
-    curves = {k: v for k, v in curves.items() if v.size > 0}
-    if curves:
-        loss = curves.pop("loss", None)
-        if loss is not None:
-            ax.plot(np.arange(1, loss.size + 1), loss, color="black", label="loss")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        scores = {k: v for k, v in curves.items() if k.startswith("score")}
-        others = {k: v for k, v in curves.items() if not k.startswith("score")}
-        if scores:
-            ax2 = ax.twinx()
-            for k, v in scores.items():
-                ax2.plot(np.arange(1, v.size + 1), v, linestyle="--", label=k)
-            ax2.set_ylabel("score")
-            ax2.legend(loc="upper right", fontsize=7)
-        for k, v in others.items():
-            ax.plot(np.arange(1, v.size + 1), v, linewidth=0.8, label=k)
-        ax.legend(loc="upper left", fontsize=7)
-        ax.set_title("optimisation", fontsize=10)
-    else:
-        ax.text(0.5, 0.5, "no optimisation history", ha="center", va="center")
-        ax.axis("off")
+    ax = fig.add_subplot(grid[:, 1])
+    im = ax.imshow(_upscale(sal, min_side), cmap=CMAP, vmin=lo, vmax=hi, interpolation="nearest")
+    ax.set_title("saliency" if not note else "saliency (degenerate)", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    cbar.set_label(colorbar_label, fontsize=8)
+    cbar.ax.tick_params(labelsize=7)
+    if note:
+        import textwrap
+
+        ax.text(0.5, 0.5, textwrap.fill(note, 24), transform=ax.transAxes, ha="center", va="center",
+                fontsize=8, color="black", bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none"})
+    _plot_history(fig, grid, n_img, history, history_title)
     if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(left=0.02, right=0.97, top=0.74 if "\n" in title else 0.8, bottom=0.13)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return Path(path)
+
+
+def _plot_history(fig: Any, grid: Any, col: int, history: Mapping[str, Any] | None, title: str) -> None:
+    curves = {k: _as_numpy(v).reshape(-1).astype(np.float64) for k, v in (history or {}).items()}
+    curves = {k: v for k, v in curves.items() if v.size > 0}
+    if not curves:
+        ax = fig.add_subplot(grid[:, col])
+        ax.text(0.5, 0.5, "no optimisation\n(this method learns no mask)", ha="center", va="center", fontsize=9)
+        ax.axis("off")
+        return
+    top = fig.add_subplot(grid[0, col])
+    bottom = fig.add_subplot(grid[1, col], sharex=top)
+    loss = curves.pop("loss", None)
+    scores = {k: v for k, v in curves.items() if k.startswith("score")}
+    terms = {k: v for k, v in curves.items() if not k.startswith("score")}
+    if loss is not None:
+        top.plot(np.arange(1, loss.size + 1), loss, color="black", linewidth=1.2, label="loss")
+        if _log_scale(loss):
+            top.set_yscale("log")
+        top.set_ylabel("loss", fontsize=8)
+    if terms:
+        tw = top.twinx()
+        for k, v in terms.items():
+            m = float(np.nanmax(np.abs(v))) or 1.0
+            tw.plot(np.arange(1, v.size + 1), v / m, linewidth=0.8, linestyle="--", label=f"{k} / max")
+        tw.set_ylim(-0.05, 1.05)
+        tw.set_ylabel("term / its max", fontsize=7)
+        tw.tick_params(labelsize=7)
+        tw.legend(loc="upper right", fontsize=6, frameon=False)
+    top.set_title(title, fontsize=9)
+    top.tick_params(labelsize=7)
+    if loss is not None:
+        top.legend(loc="upper left", fontsize=6, frameon=False)
+    for k, v in scores.items():
+        steps = np.arange(1, v.size + 1)
+        line = bottom.plot(steps, v, linewidth=0.6, alpha=0.3)[0]
+        bottom.plot(steps, _smooth(v), linewidth=1.4, color=line.get_color(),
+                    label=f"{k.removeprefix('score_')} game (smoothed)")
+    probability = all(float(np.nanmin(v)) >= 0 and float(np.nanmax(v)) <= 1 for v in scores.values())
+    if probability:  # a fixed axis: a flat curve reads as flat, not as a zig-zag
+        bottom.set_ylim(0, 1)
+    bottom.set_xlabel("step", fontsize=8)
+    bottom.set_ylabel("p(target)" if probability else "score (logit)", fontsize=8)
+    bottom.tick_params(labelsize=7)
+    if scores:
+        bottom.legend(loc="best", fontsize=6, frameon=False)

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..demo import DEMO_NOTE
+from ..explanation import LOW_CONFIDENCE, low_confidence
 from ..targets import clean_scores, target_from_option
 from .options import RunSettings, add_method_options, add_model_options, build_run_settings, method_overrides
 from .._atomic import atomic_write_text, error_files, on_path, os_error_text
@@ -109,13 +111,26 @@ def _perturbed_input(x: torch.Tensor, mask: torch.Tensor, config: dict[str, Any]
     return perturbed_input(x, mask, config, seed=seed)[:, 0]
 
 
+#: What each perturbation does to the region it removes, for the panel's titles.
+_VERB = {"blur": "blurred", "fade": "faded out", "noise": "replaced by noise", "constant": "set to the mean colour"}
+
+
+def _verb(kind: str) -> str:
+    return _VERB.get(kind, f"perturbed ({kind})")
+
+
 def _panel_tiles(ex: Any, x: torch.Tensor, k: int) -> tuple[torch.Tensor | None, torch.Tensor, str, str]:
     """The panel's third and fourth tiles for mask ``k`` of image 0: images and labels.
 
     Mask-learning presets: the perturbed input the optimiser scored (the primary game's
-    keep-mask blended with its levels) and the input × keep-mask, labelled with what the game
-    does to it. Baselines learn no keep-mask: no perturbed input, and the input × their
+    keep-mask blended with its levels) and the region the game is about, as a mask to
+    multiply the input with: the deletion game shows the *deleted* region (``1 − keep``),
+    the preservation game (and ``dual``, whose primary game it is) the *kept* region
+    (``keep``). Baselines learn no keep-mask: no perturbed input, and the input × their
     normalised saliency.
+
+    Returns:
+        ``(perturbed (1, C, H, W) or None, region (1, 1, H, W), perturbed label, region label)``.
     """
     from ..methods import get_method
     from ..methods.common import perturbed_input
@@ -124,14 +139,80 @@ def _panel_tiles(ex: Any, x: torch.Tensor, k: int) -> tuple[torch.Tensor | None,
     if get_method(ex.method).perturbation_levels is None:
         return None, mask, "perturbed input\n(none: no learned mask)", "input × saliency\n(normalised)"
     img = perturbed_input(x, mask, ex.config, seed=int(ex.extra.get("seed", 0)), method=ex.method)[:, 0].cpu()
-    kind, game = ex.config.get("perturbation", "?"), ex.config.get("game", "delete")
-    area = ex.extra.get("areas")
-    suffix = f", area {area[k]:g}" if isinstance(area, list) and k < len(area) else ""
-    if game == "delete":
-        labels = f"perturbed input\n(deletion game, {kind}{suffix})", "kept region\n(mask = 1: not deleted)"
-    else:  # preserve; dual shows its primary, preservation game
-        labels = f"perturbed input\n(preservation game, {kind}{suffix})", "preserved region\n(mask = 1)"
-    return img, mask, *labels
+    verb = _verb(ex.config.get("perturbation", "?"))
+    if ex.config.get("game", "delete") == "delete":
+        return img, 1 - mask, f"perturbed input\n(deletion game: deleted region {verb})", \
+            "deleted region\n(what the mask removed)"
+    return img, mask, f"perturbed input\n(preservation game: all but the kept region {verb})", \
+        "kept region\n(what the mask kept)"
+
+
+def _p_label(names: list[str], head: str) -> str:
+    """``p(cat)``; several classes: ``p(cat + dog)`` (softmax: the probability of any of them),
+    ``score(cat + dog)`` for a sigmoid head (a sum of independent probabilities)."""
+    what = " + ".join(names)
+    return f"score({what})" if len(names) > 1 and head.startswith("sigmoid") else f"p({what})"
+
+
+def _panel_columns(ex: Any, x: torch.Tensor, names: list[str], to_image: Any) -> list[tuple[str, Any]]:
+    """The panel's image columns after original and saliency, for image 0: ``(title, image)``.
+
+    Extremal presets: one column per area, the perturbed input the optimiser scored for that
+    area, titled with the region's game ("kept region" / "deleted region"), its achieved and
+    target area in % of the image and the target's probability on it. Other mask-learning
+    presets: the perturbed input (with that probability) and the deleted / kept region
+    (:func:`_panel_tiles`). Baselines: an empty tile and input × saliency.
+
+    Args:
+        ex: the explanation; x: ``(1, C, H, W)`` normalised input on the optimiser's device;
+        names: the target's class names; to_image: ``(C, H, W)`` normalised tensor → the
+            ``(H, W, 3)`` uint8 image shown.
+    """
+    p = _p_label(names, ex.head)
+    masked = ex.scores.get("masked")
+    areas = ex.extra.get("areas")
+    if isinstance(areas, list) and len(areas) > 0 and masked is not None:
+        region_word = "deleted" if ex.config.get("game", "delete") == "delete" else "kept"
+        cols = []
+        for k, a in enumerate(areas):
+            img, region, _, _ = _panel_tiles(ex, x, k)
+            verb = _verb(ex.config.get("perturbation", "?"))
+            rest = "region" if region_word == "deleted" else "rest"
+            title = (f"{region_word} region: {float(region.mean()):.1%} of image\n"
+                     f"(target {float(a):.1%}; {rest} {verb})\n{p} = {float(masked[0, k]):.3f}")
+            cols.append((title, to_image(img[0])))
+        return cols
+    img, region, perturbed_label, region_label = _panel_tiles(ex, x, 0)
+    if img is not None and masked is not None:
+        perturbed_label += f"\n{p} = {float(masked[0, 0]):.3f}"
+    shown = to_image(x[0].cpu(), region[0].cpu().clamp(0, 1))
+    return [(perturbed_label, None if img is None else to_image(img[0])), (region_label, shown)]
+
+
+def _colorbar_label(ex: Any) -> str:
+    if "perturbed" not in ex.scores:
+        return "saliency (arbitrary units)"
+    if isinstance(ex.extra.get("areas"), list) and ex.config.get("saliency_area") is None:
+        return "number of area masks covering the pixel"
+    return "deleted (1 − mask)" if ex.config.get("game", "delete") == "delete" else "kept (mask)"
+
+
+def _panel_title(name: str, method: str, ex: Any, names: list[str], scores: dict[str, Any],
+                 low: bool, model: str) -> tuple[str, ...]:
+    """Two lines: file, method, game and target; the target's probability clean → perturbed."""
+    game = ex.config.get("game")
+    head = f"{name}: {method}" + (f" ({'deletion' if game == 'delete' else 'preservation' if game == 'preserve' else game} game)" if game else "")
+    head += f", model {model}, target {', '.join(names)}"
+    clean, masked, whole = scores.get("clean"), scores.get("masked"), scores.get("perturbed")
+    p = _p_label(names, ex.head)
+    line = f"{p}: clean {clean:.3f}" if isinstance(clean, float) else ""
+    if isinstance(masked, list) and masked and not isinstance(ex.extra.get("areas"), list):
+        line += f" → with the mask {masked[0]:.3f}"
+    if isinstance(whole, float):
+        line += f"; whole image perturbed {whole:.3f}"
+    if low:
+        line += f"  [low confidence: p < {LOW_CONFIDENCE:g}]"
+    return (head, line) if line else (head,)
 
 
 def _to_hwc_uint8(img: torch.Tensor) -> np.ndarray:
@@ -204,6 +285,7 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
     interactive = not args.quiet and sys.stderr.isatty()
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     failures = 0
+    noted = {"demo": False}
     overrides = input_stats_overrides(settings.config, method_overrides(settings), prep.mean, prep.std)
     from tqdm.auto import tqdm
 
@@ -235,24 +317,37 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
         state["new"] = [p for p in (out / f"{stem}{suf}" for suf in OUTPUT_SUFFIXES) if not p.exists()]
         ex.save(out / f"{stem}.npz")
         original = np.asarray(image, dtype=np.uint8)
-        sal_orig = map_to_original(sal, geometry, size=original.shape[:2])
-        figures.save_overlay(out / f"{stem}_overlay.png", original, sal_orig)
-        shown = denormalize(x, prep)
         areas, pick = ex.extra.get("areas"), ex.config.get("saliency_area")
         drawn = areas.index(pick) if isinstance(areas, list) and pick in areas else 0  # extremal: the area of the saliency
-        perturbed, keep, perturbed_label, kept_label = _panel_tiles(ex, xb, drawn)  # on the device the optimiser ran on
-        perturbed = None if perturbed is None else _to_hwc_uint8(denormalize(perturbed[0], prep))
-        preserved = shown * keep[0].clamp(0, 1)
-        history = {k: v[:, 0, drawn] for k, v in ex.history.items() if v.dim() == 3 and v.shape[0] > 0}
+        sal_orig = map_to_original(sal, geometry, size=original.shape[:2])
+        reason = ex.degenerate_reason(0)
+        value_range = figures.saliency_range(ex, 0)
+        figures.save_overlay(out / f"{stem}_overlay.png", original, sal_orig, value_range=value_range)
         targets = ex.target[0]
         names = [class_names[c] if class_names and c < len(class_names) else str(c) for c in targets]
+        scores = {k: v[0].tolist() for k, v in ex.scores.items()}
+        clean = scores.get("clean")
+        masked = scores.get("masked")
+        low = low_confidence(clean)
+
+        def to_image(t: torch.Tensor, region: torch.Tensor | None = None) -> np.ndarray:
+            shown = denormalize(t, prep)
+            return _to_hwc_uint8(shown if region is None else shown * region)
+
+        columns = _panel_columns(ex, xb, names, to_image)  # on the device the optimiser ran on
+        history = {k: v[:, 0, drawn] for k, v in ex.history.items() if v.dim() == 3 and v.shape[0] > 0}
+        p = _p_label(names, ex.head)
         figures.save_panel(
             out / f"{stem}_panel.png",
-            original=_to_hwc_uint8(shown), saliency=sal.numpy(), perturbed=perturbed,
-            preserved=_to_hwc_uint8(preserved), history=history, labels=(perturbed_label, kept_label),
-            title=escape_text(f"{path.name}: {settings.method}, target {', '.join(names)}"),
+            original=to_image(x), saliency=sal.numpy(), columns=columns, history=history,
+            original_label="original" + (f"\n{p} = {clean:.3f}" if isinstance(clean, float) else "")
+            + (" (low confidence)" if low else ""),
+            value_range=value_range, note=reason,
+            colorbar_label=_colorbar_label(ex),
+            history_title="optimisation" + (f" (area {areas[drawn]:.1%})" if isinstance(areas, list) else ""),
+            title="\n".join(escape_text(t) for t in
+                             _panel_title(path.name, settings.method, ex, names, scores, low, settings.model)),
         )
-        scores = {k: v[0].tolist() for k, v in ex.scores.items()}
         _write_json(out / f"{stem}_summary.json", {
             "image": str(path),
             "stem": stem,
@@ -260,6 +355,9 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
             "target_names": names if class_names else None,
             "scores": scores,
             "head": ex.head,
+            "low_confidence": low,
+            "degenerate": reason is not None,
+            "degenerate_reason": reason,
             "method": settings.method,
             "settings": settings.to_dict(),
             "config": ex.config,
@@ -268,11 +366,14 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
             "seconds": round(seconds, 4),
             "original_size": list(geometry.original_size),
         })
-        clean = scores.get("clean")
-        masked = scores.get("masked")
+        if low and settings.model == "demo" and not noted["demo"]:
+            noted["demo"] = True
+            say(DEMO_NOTE)
         say(escape_text(f"{path}: target {', '.join(names)}"
             + (f", p clean {clean:.3f}" if isinstance(clean, float) else "")
+            + (f" (low confidence: p < {LOW_CONFIDENCE:g})" if low else "")
             + (f", masked {masked[0]:.3f}" if isinstance(masked, list) and masked else "")
+            + (f"; {reason}" if reason else "")
             + f" ({seconds:.1f}s) -> {out / stem}_*"))
         state["new"] = []
     bar.close()

@@ -1,4 +1,4 @@
-"""The shipped demo classifier for ShapeEvidence (DESIGN.md §4).
+"""The shipped demo classifier for ShapeEvidence (:mod:`meaningful_perturbation.data.shapes`).
 
 A ~70k-parameter CNN (:class:`~meaningful_perturbation.demo.model.ShapeNet`) trained on the
 ``"train"`` split of :func:`meaningful_perturbation.data.make_shape_evidence`; weights ship
@@ -30,7 +30,17 @@ import torch
 from ..errors import InputError, ModelError
 from .model import ShapeNet
 
-__all__ = ["DEMO_PREPROCESSING", "WEIGHTS_PATH", "ShapeNet", "load_demo_model"]
+__all__ = ["DEMO_NOTE", "DEMO_PREPROCESSING", "WEIGHTS_PATH", "ShapeNet", "load_demo_model"]
+
+#: Printed once by ``mperturb explain`` / ``mperturb run`` when the demo model makes a
+#: low-confidence prediction (:func:`meaningful_perturbation.explanation.low_confidence`): it
+#: knows six synthetic shapes, not photographs.
+DEMO_NOTE = (
+    "mperturb: note: the default model (--model demo) is a 6-class shape classifier trained on "
+    "synthetic ShapeEvidence images like examples/; on other images its predictions are near "
+    "chance and their explanations mean little. For photographs pass an ImageNet model, e.g. "
+    "--model torchvision:resnet50 (see `mperturb models`)."
+)
 
 #: The shipped weights (safetensors).
 WEIGHTS_PATH: Path = Path(__file__).with_name("shapes_cnn.safetensors")

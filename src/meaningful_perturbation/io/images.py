@@ -72,6 +72,11 @@ _UINT16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 # ----------------------------------------------------------------------------------------------
 
 
+# Both spellings: the CLI has no --recursive flag, a quoted ** glob does the same.
+_SUBFOLDER_HINT = ("; sub-folders are not searched: pass a quoted glob such as '{folder}/**/*.jpg' "
+                   "(Python: expand_images(..., recursive=True))")
+
+
 def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
@@ -129,7 +134,7 @@ def expand_images(args: Sequence[str | os.PathLike[str]], *, recursive: bool = F
             if not images:
                 raise InputError(
                     f"{text}: folder contains no images (looked for {', '.join(IMAGE_EXTENSIONS)}"
-                    f"{'' if recursive else '; sub-folders not searched, use recursive=True'})"
+                    f"{'' if recursive else _SUBFOLDER_HINT.format(folder=text.rstrip('/'))})"
                 )
             for p in images:
                 add(p)

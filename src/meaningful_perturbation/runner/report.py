@@ -87,6 +87,7 @@ h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
 table{border-collapse:collapse;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.3em .5em;text-align:left;vertical-align:middle}
 th{background:#f3f3f3}
+.flag{color:#a40000;font-size:90%}
 #gallery th.sortable{cursor:pointer;user-select:none}
 #gallery th.sortable:hover{background:#e4e4ff}
 #gallery th.asc::after{content:" \\25B2"}#gallery th.desc::after{content:" \\25BC"}
@@ -217,6 +218,11 @@ def render_report(out: str | os.PathLike[str], *, embed: bool = False, n_boot: i
         "<th>95% bootstrap CI</th></tr></thead><tbody>")
     add(f"<tr><td>items done</td><td class=\"num\">{len(results)}</td><td></td><td></td></tr>")
     add(f"<tr><td>failures</td><td class=\"num\">{len(failures)}</td><td></td><td></td></tr>")
+    for key, what in (("low_confidence", "low-confidence predictions (p clean < 0.5)"),
+                      ("degenerate", "degenerate explanations (no region found that changes the score)")):
+        k = sum(1 for r in results if r.get(key))
+        if k:
+            add(f"<tr><td>{_e(what)}</td><td class=\"num\">{k}</td><td></td><td></td></tr>")
     for name, values in columns.items():
         vals = [v for v in values if v is not None]
         if vals:
@@ -272,8 +278,13 @@ def render_report(out: str | os.PathLike[str], *, embed: bool = False, n_boot: i
         else:
             add("<td><span class=\"muted\">–</span></td>")
         add(f"<td class=\"path\">{_e(rec.get('id'))}</td><td class=\"path\">{_e(rec.get('path'))}</td>")
+        flags = ""
+        if rec.get("low_confidence"):
+            flags += "<br><span class=\"flag\">low confidence (p clean &lt; 0.5)</span>"
+        if rec.get("degenerate"):
+            flags += f"<br><span class=\"flag\">{_e(rec.get('degenerate_reason') or 'degenerate explanation')}</span>"
         add(f"<td>{_e(rec.get('class_name'))}" + (f"<br><span class=\"muted\">label {_e(label)}</span>"
-                                                   if label is not None else "") + "</td>")
+                                                   if label is not None else "") + flags + "</td>")
         for k in num_keys:
             add(f"<td class=\"num\">{_e(_fmt(vals.get(k), 4 if k == 'seconds' else 3))}</td>")
         links = []

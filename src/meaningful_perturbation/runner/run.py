@@ -34,7 +34,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .._terminal import escape_text
+from ..demo import DEMO_NOTE
 from ..errors import ConfigError, InputError, MeaningfulPerturbationError, ModelError
+from ..explanation import LOW_CONFIDENCE, low_confidence
 from . import dist as distmod
 from .merge import FAILURES, RESULTS, _collect, _parts, append_line, done_ids, merge_results, repair_tail
 from .owner import ITEM_SUFFIXES, FolderLock, Ownership, inspect_out, owned_tmp, write_owned_text
@@ -421,6 +424,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
                    disable=not show, dynamic_ncols=True)
         t_start = time.perf_counter()
         my_failures = 0
+        noted = {"demo": False}
 
         def fail(it: Item, stage: str, msg: str) -> None:
             nonlocal my_failures
@@ -522,7 +526,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
                 try:
                     original = np.asarray(r["image"], dtype=np.uint8)
                     with owned_tmp(items_dir / f"{it.id}_overlay.png", own.tag) as tmp:
-                        figures.save_overlay(tmp, original, sal_orig)
+                        figures.save_overlay(tmp, original, sal_orig, value_range=figures.saliency_range(one, 0))
                     thumb = r["image"].copy()
                     thumb.thumbnail((opts.thumb_size, opts.thumb_size))
                     with owned_tmp(items_dir / f"{it.id}_thumb.png", own.tag) as tmp:
@@ -537,6 +541,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
                     fail(it, "write", _message(e))
                     continue
                 tgt = one.target[0]
+                reason = one.degenerate_reason(0)
                 rec = {
                     "id": it.id,
                     "path": it.rel,
@@ -552,6 +557,9 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
                     "predicted_name": _name(r["pred"], class_names),
                     "scores": scores,
                     "head": one.head,
+                    "low_confidence": low_confidence(scores.get("clean")),
+                    "degenerate": reason is not None,
+                    "degenerate_reason": reason,
                     "metrics": metrics,
                     "box": list(it.box) if it.box is not None else None,
                     "mask": str(it.mask) if it.mask is not None else None,
@@ -567,6 +575,18 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
                 append_line(results_path, rec)
                 summary.done_now += 1
                 bar.update(1)
+                if rec["low_confidence"] and settings.model == "demo" and not noted["demo"] and not opts.quiet \
+                        and ctx.is_main:
+                    noted["demo"] = True
+                    tqdm.write(DEMO_NOTE, file=sys.stderr)
+                if not show and not opts.quiet:  # logs: one line per finished item, as it finishes
+                    p = scores.get("clean")
+                    print(escape_text(
+                        f"mperturb run{f' rank {ctx.rank}' if ctx.enabled else ''}: "
+                        f"[{summary.done_now + summary.done_before}/{len(mine)}] {it.rel}: "
+                        f"target {rec['class_name']}" + (f", p clean {p:.3f}" if isinstance(p, float) else "")
+                        + (f" (low confidence: p < {LOW_CONFIDENCE:g})" if rec["low_confidence"] else "")
+                        + (f"; {reason}" if reason else "") + f" ({per_item:.1f}s)"), file=sys.stderr, flush=True)
 
         for start in range(0, len(todo), opts.batch_size):
             batch = todo[start : start + opts.batch_size]
@@ -625,6 +645,11 @@ def summarise(summary: RunSummary) -> str:
     if summary.not_retried:
         lines.append(f"  {summary.not_retried} item(s) failed in an earlier run and were not retried "
                      "(pass --retry-failures with --resume; see failures.jsonl)")
+    low = sum(1 for r in summary.results if r.get("low_confidence"))
+    flat = sum(1 for r in summary.results if r.get("degenerate"))
+    if low or flat:
+        lines.append(f"  {low} low-confidence prediction(s) (p clean < {LOW_CONFIDENCE:g}), {flat} degenerate "
+                     "explanation(s) (no region found that changes the score); see results.jsonl")
     if summary.done_now and summary.seconds > 0:
         lines.append(f"  this run: {summary.seconds:.1f} s, {summary.done_now / summary.seconds:.2f} items/s")
     from .report import collect_columns
