@@ -242,7 +242,8 @@ class Explanation:
                 )
             history = {
                 k: torch.from_numpy(reader.read(f"history/{k}", kinds="f", ndim=3,
-                                                what=f"(steps, N, K) with N = {n}", match={1: n}))
+                                                what=f"(steps, N, K) with N = {n}, K = {masks.shape[1]}",
+                                                match={1: n, 2: masks.shape[1]}))
                 for k in meta["history"]
             }
             scores = {
@@ -396,8 +397,8 @@ class _MemberReader:
                     raise ValueError("data continues past the declared size")
         except InputError:
             raise
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, SyntaxError, zlib.error,
-                NotImplementedError, RuntimeError) as e:  # unknown compression, encrypted member
+        except Exception as e:  # noqa: BLE001  any damage (BadZipFile, zlib.error, tokenize.TokenError in
+            # a forged header, RecursionError, MemoryError, unknown compression...) is the file's fault
             raise InputError(f"{label} is unreadable (truncated or corrupt: {_one_line(e)})") from None
         arr = np.frombuffer(buf, dtype=dtype)
         if not dtype.isnative:

@@ -43,6 +43,16 @@ def run(args: argparse.Namespace) -> int:
     if target.is_dir():
         raise InputError(f"{name}: {str(target)!r} is a folder; give the report's file name, "
                          f"e.g. {str(target / 'report.html')!r}")
+    if out.is_dir():
+        from ..runner.owner import inspect_out
+
+        try:
+            own = inspect_out(out)  # symbolic links and foreign folders refused here too
+        except InputError as e:
+            raise InputError(str(e).replace("--out:", "DIR:", 1)) from None
+        if not own.is_run:
+            raise InputError(f"DIR: {str(out)!r} is not the folder of an `mperturb run` (no .mperturb/run.json); "
+                             "give the --out folder of a run")
     if out.is_dir() and any(out.glob("results.rank*.jsonl")):
         with os_errors_as("DIR", on=out):
             merge_results(out)  # a distributed run that stopped before its merge

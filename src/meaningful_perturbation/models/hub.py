@@ -55,7 +55,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from meaningful_perturbation.errors import ConfigError, InputError, ModelError
+from meaningful_perturbation.errors import ConfigError, InputError, MeaningfulPerturbationError, ModelError
 from meaningful_perturbation.io.preprocessing import (
     CHANNEL_COUNTS,
     IMAGENET_MEAN,
@@ -522,6 +522,13 @@ def load_hf(arg: str, request: LoadRequest) -> LoadedModel:
             )
         raise ConfigError(
             f"model spec {request.spec!r}: not an image-classification model ({one_line(exc)})"
+        ) from exc
+    except (MeaningfulPerturbationError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a damaged weights file (SafetensorError, UnpicklingError, ...)
+        raise InputError(
+            f"model spec {request.spec!r}: transformers could not read the model's files in {source} "
+            f"({type(exc).__name__}: {one_line(exc)}); re-save it with model.save_pretrained(FOLDER)"
         ) from exc
     _apply_weights(model, request)
     channels = getattr(model.config, "num_channels", None)

@@ -54,8 +54,20 @@ def _clean_json(o: Any) -> Any:
 
 
 def dumps_line(record: dict[str, Any]) -> str:
-    """One JSON line (NaN / inf → null), ending in ``\\n``."""
-    return json.dumps(_clean_json(record), ensure_ascii=False, allow_nan=False) + "\n"
+    """One JSON line (NaN / inf → null), ending in ``\\n``. A string that cannot be UTF-8 (a
+    file name whose bytes are not UTF-8, kept by Python as lone surrogates) is written as JSON
+    ``\\udcXX`` escapes, so the line stays valid UTF-8 and reads back to the same name."""
+    clean = _clean_json(record)
+    line = json.dumps(clean, ensure_ascii=False, allow_nan=False) + "\n"
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(clean, ensure_ascii=True, allow_nan=False) + "\n"
+    return line
+
+
+def _utf8(line: str) -> bytes:
+    return line.encode("utf-8")
 
 
 def repair_tail(path: Path) -> None:
@@ -91,8 +103,8 @@ def repair_tail(path: Path) -> None:
 
 def append_line(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line with a single ``write`` call, then flush and fsync."""
-    data = dumps_line(record).encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    data = _utf8(dumps_line(record))
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
         written = os.write(fd, data)
         if written != len(data):  # extremely unlikely for a regular file; finish the line

@@ -166,6 +166,7 @@ def inspect_out(out: Path) -> Ownership:
         raise InputError(f"--out: {str(out)!r} exists and is not a folder")
     if not out.exists():
         return Ownership(out, "missing")
+    _refuse_links(out)
     marker = out / CONTROL / MARKER
     if marker.exists():
         data = _read_marker(marker)
@@ -184,6 +185,26 @@ def inspect_out(out: Path) -> Ownership:
         "the folder of an earlier `mperturb run`; nothing there is removed or replaced, not even with --force; "
         "choose an empty or new folder"
     )
+
+
+def _refuse_links(out: Path) -> None:
+    """A run folder's own paths must not be symbolic links: writes, appends and deletes through
+    them would reach files outside ``--out`` (its control folder and files, ``items/`` and the
+    top-level files; an ``items/`` entry that is a link is only ever replaced or unlinked, never
+    written through)."""
+    try:
+        top = list(out.iterdir())
+        control = out / CONTROL
+        inner = list(control.iterdir()) if control.is_dir() and not control.is_symlink() else []
+    except OSError:
+        return
+    links = [p for p in top + inner if p.is_symlink()]
+    if links:
+        names = ", ".join(repr(str(p.relative_to(out))) for p in links[:5])
+        raise InputError(
+            f"--out: {str(out)!r} holds symbolic links ({names}); a run never writes through links (they "
+            "could point outside the folder): remove them or choose another --out"
+        )
 
 
 @contextlib.contextmanager
@@ -221,7 +242,11 @@ class FolderLock:
         except ImportError:  # pragma: no cover - not POSIX: no locking (docs/runner.md)
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            raise InputError(f"--out: cannot open the run's lock file {str(self.path)!r} ({e.strerror}); "
+                             "it must be a regular file, not a link") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

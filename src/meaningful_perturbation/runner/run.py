@@ -432,7 +432,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
             append_line(failures_path, {"id": it.id, "path": it.rel, "file": str(it.path), "stage": stage,
                                         "error": " ".join(msg.split())[:500], "rank": ctx.rank})
             if not opts.quiet:
-                tqdm.write(f"mperturb: skipping {it.rel}: {' '.join(msg.split())}", file=sys.stderr)
+                tqdm.write(escape_text(f"mperturb: skipping {it.rel}: {' '.join(msg.split())}"), file=sys.stderr)
             bar.update(1)
 
         def split_or_fail(rs: list[dict[str, Any]], stage: str, e: Exception) -> None:
