@@ -131,3 +131,26 @@ def test_explanation_load_forged_header_and_history_shape_are_input_errors(tmp_p
         with pytest.raises(mp.InputError, match=rf"{name}"):
             mp.Explanation.load(tmp_path / name)
     assert json.loads(bytes(np.load(good)["__meta__"]).decode())["history"]
+
+
+def test_an_out_folder_inside_an_imagefolder_tree_is_not_explained(tmp_path, capsys):
+    tree = tmp_path / "tree"
+    for c in ("a", "b"):
+        _images(tree / c, 2)
+    out = tree / "zz_out"
+    assert main(["run", str(tree), "--out", str(out), *FAST]) == 0
+    assert main(["run", str(tree), "--out", str(out), *FAST, "--resume"]) == 0
+    rows = read_jsonl(out / "results.jsonl")
+    assert len(rows) == 4 and not any(r["path"].startswith("zz_out") for r in rows)
+
+
+def test_a_manifest_row_that_is_not_utf8_does_not_refuse_the_others(tmp_path, capsys):
+    src = _images(tmp_path / "imgs", 2)
+    bad = os.fsencode(str(src)) + b"/lat\xe9.png"
+    with open(bad, "wb") as f:
+        f.write((src / "im0.png").read_bytes())
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(b"path\n" + os.fsencode(str(src / "im1.png")) + b"\n" + bad + b"\n")
+    out = tmp_path / "o"
+    assert main(["run", str(manifest), "--out", str(out), *FAST]) == 0, capsys.readouterr().err
+    assert len(read_jsonl(out / "results.jsonl")) == 2

@@ -382,7 +382,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.overrides.items()}
         overrides = input_stats_overrides(settings.config, overrides, prep.mean, prep.std)
         resolve_config(get_method(settings.method), overrides)  # bad settings: refused now, not per batch
-        items, source_info = load_source(opts.source, opts.source_type, class_names)
+        items, source_info = load_source(opts.source, opts.source_type, class_names, exclude=opts.out)
         record = _settings_record(settings, opts, source_info, prep)
         error = None
         if ctx.is_main:

@@ -155,7 +155,9 @@ def _manifest_rows(source: Path, kind: str) -> list[tuple[int, dict[str, Any] | 
     try:
         # Bytes decoded as they are (no newline translation): a quoted CSV field may hold a
         # newline or carriage return, a JSON string any character but those two.
-        text = source.read_bytes().decode("utf-8-sig")
+        # surrogateescape: a byte that is not UTF-8 stays that byte (a path in another
+        # encoding names the same file; elsewhere it fails only its own row).
+        text = source.read_bytes().decode("utf-8-sig", "surrogateescape")
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"SOURCE: cannot read manifest {str(source)!r} ({e})") from None
     rows: list[tuple[int, dict[str, Any] | str]] = []
@@ -225,8 +227,18 @@ def _from_folder(source: Path) -> list[Item]:
     return [Item(id="", path=p, rel=p.name) for p in sorted(source.iterdir()) if _is_image(p)]
 
 
-def _from_imagefolder(source: Path, class_names: Sequence[str] | None) -> tuple[list[Item], dict[str, Any]]:
-    classes = sorted(p.name for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _same(a: Path, b: Path | None) -> bool:
+    try:
+        return b is not None and a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _from_imagefolder(
+    source: Path, class_names: Sequence[str] | None, exclude: Path | None = None
+) -> tuple[list[Item], dict[str, Any]]:
+    classes = sorted(p.name for p in source.iterdir()
+                     if p.is_dir() and not p.name.startswith(".") and not _same(p, exclude))
     if not classes:
         raise InputError(f"SOURCE: {str(source)!r} has no class sub-folders")
     lowered = [c.lower() for c in class_names or ()]
@@ -235,7 +247,8 @@ def _from_imagefolder(source: Path, class_names: Sequence[str] | None) -> tuple[
     items: list[Item] = []
     for c in classes:
         for dirpath, dirnames, filenames in os.walk(source / c):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            dirnames[:] = sorted(d for d in dirnames
+                                 if not d.startswith(".") and not _same(Path(dirpath) / d, exclude))
             for name in sorted(filenames):
                 p = Path(dirpath) / name
                 if _is_image(p):
@@ -246,9 +259,15 @@ def _from_imagefolder(source: Path, class_names: Sequence[str] | None) -> tuple[
 
 
 def load_source(
-    source: str | os.PathLike[str], kind: str = "auto", class_names: Sequence[str] | None = None
+    source: str | os.PathLike[str],
+    kind: str = "auto",
+    class_names: Sequence[str] | None = None,
+    exclude: str | os.PathLike[str] | None = None,
 ) -> tuple[list[Item], dict[str, Any]]:
     """Read ``source`` into items (folders sorted by name, manifests in file order; ids unique).
+
+    ``exclude`` (the run's ``--out``) is never scanned: an output folder inside an ImageFolder
+    tree would otherwise become a class of its own on ``--resume``.
 
     Returns:
         ``(items, info)``; ``info`` has ``kind`` and, for ImageFolder trees, the class mapping.
@@ -273,7 +292,7 @@ def load_source(
     elif kind == "folder":
         items = _from_folder(src)
     else:
-        items, extra = _from_imagefolder(src, class_names)
+        items, extra = _from_imagefolder(src, class_names, None if exclude is None else Path(exclude))
         info.update(extra)
     if not items:
         raise InputError(f"SOURCE: no images found in {str(src)!r}")
