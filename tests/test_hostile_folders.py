@@ -154,3 +154,17 @@ def test_a_manifest_row_that_is_not_utf8_does_not_refuse_the_others(tmp_path, ca
     out = tmp_path / "o"
     assert main(["run", str(manifest), "--out", str(out), *FAST]) == 0, capsys.readouterr().err
     assert len(read_jsonl(out / "results.jsonl")) == 2
+
+
+def test_oversized_or_special_run_records_are_refused_before_reading(tmp_path, capsys):
+    src = _images(tmp_path / "imgs", 1)
+    out = tmp_path / "r"
+    assert main(["run", str(src), "--out", str(out), *FAST]) == 0
+    with open(out / "settings.json", "r+b") as f:
+        f.truncate(3 << 30)  # sparse: no disk used
+    assert main(["run", str(src), "--out", str(out), *FAST, "--resume"]) == 2
+    assert "far more than a run writes there" in _error_line(capsys)
+    (out / "settings.json").unlink()
+    os.mkfifo(out / "settings.json")
+    assert main(["run", str(src), "--out", str(out), *FAST, "--resume"]) == 2
+    assert "neither files nor folders" in _error_line(capsys)

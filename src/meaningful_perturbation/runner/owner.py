@@ -36,6 +36,9 @@ __all__ = ["CONTROL", "MARKER", "Ownership", "FolderLock", "inspect_out", "owned
 
 CONTROL = ".mperturb"
 MARKER = "run.json"
+# settings.json and run.json hold a few KB; a file claiming more was not written by a run and is
+# refused before it is read (a 3 GB sparse file cost 6.5 GB of memory).
+MAX_RECORD_BYTES = 16 << 20
 MARKER_FORMAT = "meaningful-perturbation/run-folder"
 SETTINGS_FORMAT = "meaningful-perturbation/run"
 ITEM_SUFFIXES = (".npz", "_overlay.png", "_thumb.png")
@@ -199,6 +202,19 @@ def _refuse_links(out: Path) -> None:
     except OSError:
         return
     links = [p for p in top + inner if p.is_symlink()]
+    special = [p for p in top + inner if not p.is_symlink() and p.exists() and not (p.is_file() or p.is_dir())]
+    if special:
+        names = ", ".join(repr(str(p.relative_to(out))) for p in special[:5])
+        raise InputError(
+            f"--out: {str(out)!r} holds entries that are neither files nor folders ({names}: pipes, sockets or "
+            "devices); a run reads and writes only regular files: remove them or choose another --out"
+        )
+    big = [p for p in (out / "settings.json", out / CONTROL / MARKER) if p.is_file() and p.stat().st_size > MAX_RECORD_BYTES]
+    if big:
+        raise InputError(
+            f"--out: {str(big[0])!r} is {big[0].stat().st_size} bytes, far more than a run writes there "
+            f"(at most {MAX_RECORD_BYTES}); it was not written by mperturb: restore it or choose another --out"
+        )
     if links:
         names = ", ".join(repr(str(p.relative_to(out))) for p in links[:5])
         raise InputError(
