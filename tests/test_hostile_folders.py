@@ -168,3 +168,11 @@ def test_oversized_or_special_run_records_are_refused_before_reading(tmp_path, c
     os.mkfifo(out / "settings.json")
     assert main(["run", str(src), "--out", str(out), *FAST, "--resume"]) == 2
     assert "neither files nor folders" in _error_line(capsys)
+
+
+def test_an_absurd_step_count_is_refused_before_any_work(tmp_path, capsys):
+    src = _images(tmp_path / "imgs", 1)
+    out = tmp_path / "o"
+    assert main(["run", str(src), "--out", str(out), "-q", "--steps", str(10**20)]) == 2
+    assert "steps: expected a value <= 1000000" in _error_line(capsys)
+    assert not (out / "items").exists()

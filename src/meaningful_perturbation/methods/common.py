@@ -74,6 +74,11 @@ class Context:
         return min(self.size) / float(reference_size)
 
 
+#: Upper bound on optimisation steps: 1000x the papers' schedules (300 / 800). The loop keeps a
+#: (steps, N, K) history per term, so an absurd count would allocate before failing.
+MAX_STEPS = 1_000_000
+
+
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
     if value not in choices:
         raise ConfigError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")

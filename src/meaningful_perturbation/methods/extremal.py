@@ -49,7 +49,7 @@ from ..core.objective import SCORES
 from ..core.perturbation import gaussian_blur
 from ..core.smoothmax import SmoothMaxMask
 from ..errors import AreaWarning, ConfigError
-from .common import Context, check_choice, check_range, perturbation_levels, pixels, run_problem
+from .common import MAX_STEPS, Context, check_choice, check_range, perturbation_levels, pixels, run_problem
 from .registry import register
 
 __all__ = ["AREA_TOLERANCE", "ExtremalConfig", "area_term", "warn_area_misses"]
@@ -108,7 +108,7 @@ class ExtremalConfig:
         for a in areas:
             if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a <= 1:
                 raise ConfigError(f"areas: every area must be a fraction in (0, 1], got {a!r} in {self.areas!r}")
-        check_range("steps", self.steps, 1, integer=True)
+        check_range("steps", self.steps, 1, MAX_STEPS, integer=True)
         check_range("lr", self.lr, 0, low_open=True)
         check_range("momentum", self.momentum, 0, 1)
         check_range("dampening", self.dampening, 0, 1)

@@ -36,7 +36,7 @@ from ..core.mask import UpsampledMask
 from ..core.objective import SCORES, Targets, class_probability, class_score, l1_term, tv_term
 from ..core.perturbation import blend
 from ..errors import ConfigError
-from .common import Context, check_choice, check_range, perturbation_levels, pixels, run_problem
+from .common import MAX_STEPS, Context, check_choice, check_range, perturbation_levels, pixels, run_problem
 from .registry import register
 
 __all__ = ["PaperConfig"]
@@ -82,7 +82,7 @@ class PaperConfig:
     channels_last: bool = False  # channels_last memory format for the model input
 
     def validate(self) -> None:
-        check_range("steps", self.steps, 1, integer=True)
+        check_range("steps", self.steps, 1, MAX_STEPS, integer=True)
         check_range("lr", self.lr, 0, low_open=True)
         check_choice("game", self.game, GAMES)
         check_choice("perturbation", self.perturbation, PERTURBATIONS)

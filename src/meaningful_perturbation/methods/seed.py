@@ -24,7 +24,7 @@ from ..core.loop import Game, Problem, Term
 from ..core.mask import UpsampledMask
 from ..core.objective import SCORES, l1_term, tv_term
 from ..errors import ConfigError
-from .common import IMAGENET_MEAN, IMAGENET_STD, Context, check_choice, check_range, perturbation_levels, run_problem
+from .common import MAX_STEPS, IMAGENET_MEAN, IMAGENET_STD, Context, check_choice, check_range, perturbation_levels, run_problem
 from .registry import register
 
 __all__ = ["SeedConfig"]
@@ -54,7 +54,7 @@ class SeedConfig:
     channels_last: bool = False
 
     def validate(self) -> None:
-        check_range("steps", self.steps, 1, integer=True)
+        check_range("steps", self.steps, 1, MAX_STEPS, integer=True)
         check_range("lr", self.lr, 0, low_open=True)
         check_choice("game", self.game, ("delete", "preserve"))
         check_choice("perturbation", self.perturbation, ("median", "constant", "fade"))
