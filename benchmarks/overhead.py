@@ -48,11 +48,16 @@ def macs(model: nn.Module, size: int) -> float:
         nonlocal total
         if isinstance(mod, nn.Conv2d):
             total += out.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+        elif isinstance(mod, nn.MultiheadAttention):  # its projections bypass Linear.forward
+            q = inp[0]
+            tokens = q.numel() // q.shape[-1]  # N·L
+            length = q.shape[1] if mod.batch_first else q.shape[0]
+            total += tokens * 4 * mod.embed_dim * mod.embed_dim + 2 * tokens * length * mod.embed_dim
         elif isinstance(mod, nn.Linear):
-            total += mod.in_features * mod.out_features
+            total += out.numel() * mod.in_features  # every token / position
 
     for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.MultiheadAttention)):
             hooks.append(m.register_forward_hook(hook))
     with torch.no_grad():
         model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
@@ -125,7 +130,7 @@ def main() -> None:
     else:
         model = small_cnn().to(args.device).eval()
         what = "built-in CNN"
-    print(f"model: {what}, {macs(model, args.size):.3f} GMAC (conv + linear) at {args.size}²; torch {torch.__version__}; "
+    print(f"model: {what}, {macs(model, args.size):.3f} GMAC (conv, linear, attention) at {args.size}²; torch {torch.__version__}; "
           f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; device {args.device}")
     S = args.steps
     with frozen(model):

@@ -108,7 +108,7 @@ class _FedInputs:
     def __enter__(self):
         def hook(module, args):
             if type(module) is self.model_class and args and torch.is_tensor(args[0]):
-                self.inputs.append(args[0].detach().clone())
+                self.inputs.append(args[0].detach().float().cpu().clone())
 
         self.handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
         return self
