@@ -9,6 +9,7 @@ makes a missing library a failure, so CI cannot pass by skipping everything.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -19,7 +20,7 @@ PHOTOS = ("chelsea", "astronaut", "coffee")  # photos shipped inside scikit-imag
 
 def _need(module: str):
     if os.environ.get("MPERTURB_REQUIRE_INTEGRATION") == "1":
-        return __import__(module)  # ImportError = a failure in CI
+        return importlib.import_module(module)  # ImportError = a failure in CI
     return pytest.importorskip(module, reason=f"{module} is not installed (integration environment only)")
 
 
