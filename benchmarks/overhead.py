@@ -1,12 +1,14 @@
 """Overhead of one optimisation step over a bare forward+backward (DESIGN §5).
 
-For a ~0.19 GMAC CNN at 224×224, measures the time per step of the ``paper``, ``seed`` and
+For a ~0.19 GMAC CNN at 224×224 (or any model ``--model SPEC`` names, e.g.
+``torchvision:resnet50:NONE``: every spec :func:`~meaningful_perturbation.models.load_model`
+accepts), measures the time per step of the ``paper``, ``seed`` and
 ``extremal`` loops (``core.loop.optimise`` on a problem built by each preset) and of a bare
 forward+backward with input gradients only, at the same effective batch (images × areas),
 interleaved round-robin in one process after warm-ups; prints the median of each and the
 ratio.
 
-    python benchmarks/overhead.py [--rounds 9] [--steps 5] [--size 224] [--device cpu]
+    python benchmarks/overhead.py [--model SPEC] [--rounds 9] [--steps 5] [--size 224] [--device cpu]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from meaningful_perturbation.methods import extremal, paper
 from meaningful_perturbation.methods import seed as seed
 from meaningful_perturbation.methods.common import Context
 from meaningful_perturbation.methods.registry import get_method, resolve_config
+from meaningful_perturbation.models import load_model
 
 
 def small_cnn(classes: int = 1000) -> nn.Module:
@@ -45,14 +48,19 @@ def macs(model: nn.Module, size: int) -> float:
         nonlocal total
         if isinstance(mod, nn.Conv2d):
             total += out.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+        elif isinstance(mod, nn.MultiheadAttention):  # its projections bypass Linear.forward
+            q = inp[0]
+            tokens = q.numel() // q.shape[-1]  # N·L
+            length = q.shape[1] if mod.batch_first else q.shape[0]
+            total += tokens * 4 * mod.embed_dim * mod.embed_dim + 2 * tokens * length * mod.embed_dim
         elif isinstance(mod, nn.Linear):
-            total += mod.in_features * mod.out_features
+            total += out.numel() * mod.in_features  # every token / position
 
     for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.MultiheadAttention)):
             hooks.append(m.register_forward_hook(hook))
     with torch.no_grad():
-        model(torch.zeros(1, 3, size, size))
+        model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
     for h in hooks:
         h.remove()
     return total / 1e9
@@ -95,6 +103,9 @@ def loop(problem, steps):
     return run
 
 
+ROWS = ("paper", "seed", "extremal1", "extremal4")  # extremal1: one area; extremal4: the 4 default areas
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=9)
@@ -103,12 +114,23 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--model", default=None, metavar="SPEC",
+                    help="a model spec as for mperturb --model (torchvision:resnet50:NONE, timm:NAME, ...); "
+                         "default: the built-in ~0.19 GMAC CNN")
+    ap.add_argument("--methods", nargs="+", default=list(ROWS), choices=list(ROWS),
+                    help="rows to time (default all; fewer for big models on a CPU)")
+    ap.add_argument("--trust-code", action="store_true", help="allow specs that run code (python:, pickles)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = small_cnn().to(args.device).eval()
-    print(f"model: {macs(model, args.size):.3f} GMAC at {args.size}²; torch {torch.__version__}; "
+    if args.model:
+        model = load_model(args.model, trust_code=args.trust_code, device=args.device).model.eval()
+        what = args.model
+    else:
+        model = small_cnn().to(args.device).eval()
+        what = "built-in CNN"
+    print(f"model: {what}, {macs(model, args.size):.3f} GMAC (conv, linear, attention) at {args.size}²; torch {torch.__version__}; "
           f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; device {args.device}")
     S = args.steps
     with frozen(model):
@@ -116,12 +138,19 @@ def main() -> None:
         for b in args.batches:
             x = torch.randn(b, 3, args.size, args.size, device=args.device)
             x4 = torch.randn(b * 4, 3, args.size, args.size, device=args.device)
-            cases[f"bare b={b}"] = (bare(model, x), S)
-            cases[f"bare b={b}x4"] = (bare(model, x4), S)
-            cases[f"paper b={b}"] = (loop(make_problem("paper", model, x), S), S)
-            cases[f"seed b={b}"] = (loop(make_problem("seed", model, x), S), S)
-            cases[f"extremal 1 area b={b}"] = (loop(make_problem("extremal", model, x, areas=(0.1,)), S), S)
-            cases[f"extremal 4 areas b={b}"] = (loop(make_problem("extremal", model, x), S), S)
+            want = set(args.methods)
+            if want & {"paper", "seed", "extremal1"}:
+                cases[f"bare b={b}"] = (bare(model, x), S)
+            if "extremal4" in want:
+                cases[f"bare b={b}x4"] = (bare(model, x4), S)
+            if "paper" in want:
+                cases[f"paper b={b}"] = (loop(make_problem("paper", model, x), S), S)
+            if "seed" in want:
+                cases[f"seed b={b}"] = (loop(make_problem("seed", model, x), S), S)
+            if "extremal1" in want:
+                cases[f"extremal 1 area b={b}"] = (loop(make_problem("extremal", model, x, areas=(0.1,)), S), S)
+            if "extremal4" in want:
+                cases[f"extremal 4 areas b={b}"] = (loop(make_problem("extremal", model, x), S), S)
         times = {k: [] for k in cases}
         for fn, _ in cases.values():  # warm-up
             fn()
@@ -140,7 +169,7 @@ def main() -> None:
     print("| configuration | ms/step | bare fwd+bwd ms | ratio | target |")
     print("|---|---|---|---|---|")
     for b in args.batches:
-        base, base4 = med[f"bare b={b}"], med[f"bare b={b}x4"]
+        base, base4 = med.get(f"bare b={b}"), med.get(f"bare b={b}x4")
         rows = [
             (f"paper b={b}", base, "<= 1.15" if b >= 8 else "<= 1.3"),
             (f"seed b={b}", base, "<= 1.15" if b >= 8 else "<= 1.3"),
@@ -148,6 +177,8 @@ def main() -> None:
             (f"extremal 4 areas b={b}", base4, "<= 1.25" if b >= 8 else ""),
         ]
         for name, ref, target in rows:
+            if name not in med:
+                continue
             print(f"| {name} | {med[name] * 1e3:.1f} | {ref * 1e3:.1f} | {med[name] / ref:.2f} | {target} |")
 
 

@@ -249,6 +249,16 @@ def target_from_option(
     lowered = [n.lower() for n in names]
     if option.lower() in lowered:
         return [[lowered.index(option.lower())]]
+    # WordNet-style names list synonyms ("tabby, tabby cat" in timm's and the ImageNet synset
+    # descriptions), and the command line splits --target on commas: one synonym names the
+    # class when exactly one class lists it.
+    wanted = option.strip().lower()
+    synonym_of = [i for i, n in enumerate(lowered) if wanted in (s.strip() for s in n.split(","))]
+    if len(synonym_of) == 1:
+        return [[synonym_of[0]]]
+    if len(synonym_of) > 1:
+        listed = ", ".join(f"{i} ({names[i]!r})" for i in synonym_of[:10])
+        raise ConfigError(f"{name}: class name {option!r} is ambiguous, listed by classes {listed}; give the index")
     if not names:
         raise ConfigError(f"{name}: {option!r} is not an index, top1 or top5, and the model has no class names")
     hint = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")

@@ -427,10 +427,18 @@ def _plan(original: tuple[int, int], prep: Preprocessing) -> Geometry:
     if prep.crop == "none":
         return Geometry(original, (h, w), (0, 0, h, w))
     scale = max(h / H0, w / W0)  # smallest scale that covers the crop window
-    if prep.resize is not None:
-        scale = max(scale, prep.resize / min(H0, W0))
-    rh = max(h, int(round(H0 * scale)))
-    rw = max(w, int(round(W0 * scale)))
+    if prep.resize is not None and prep.resize / min(H0, W0) >= scale:
+        # The short side becomes ``resize`` and the long side ``int(resize * long / short)``,
+        # truncated: torchvision's ``Resize(int)`` (used by weights.transforms() and by timm's
+        # create_transform), so the crop window sees the same pixels as the library's own
+        # transform (rounding instead shifted the crop by a pixel: up to 0.77 after normalising).
+        short, long = min(H0, W0), max(H0, W0)
+        new_long = int(prep.resize * long / short)
+        rh, rw = (prep.resize, new_long) if H0 <= W0 else (new_long, prep.resize)
+        rh, rw = max(h, rh), max(w, rw)
+    else:
+        rh = max(h, int(round(H0 * scale)))
+        rw = max(w, int(round(W0 * scale)))
     top = int(round((rh - h) / 2.0))
     left = int(round((rw - w) / 2.0))
     return Geometry(original, (rh, rw), (top, left, h, w))
