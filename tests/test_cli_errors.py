@@ -183,8 +183,15 @@ def test_atomic_write_names_the_target_and_cleans_up(tmp_path, monkeypatch):
 
 
 def _run_folder(tmp_path):
+    """A minimal run folder: the marker `mperturb run` writes (reports refuse other folders)."""
+    import json
+
+    from meaningful_perturbation.runner.owner import CONTROL, MARKER, MARKER_FORMAT
+
     run = tmp_path / "run"
-    run.mkdir()
+    (run / CONTROL).mkdir(parents=True)
+    (run / CONTROL / MARKER).write_text(json.dumps({"format": MARKER_FORMAT, "version": 1, "tag": "mpr-0123abcd",
+                                                    "files": ["settings.json", "results.jsonl"]}))
     (run / "settings.json").write_text("{}")
     (run / "results.jsonl").write_text("")
     return run
@@ -209,7 +216,7 @@ def test_report_output_errors(tmp_path, capsys, monkeypatch):
     _fail_on(monkeypatch, "report.html")
     assert main(["report", str(run)]) == 2
     _one_error(capsys, f"DIR: cannot write {str(run / 'report.html')!r}: No space left on device")
-    assert sorted(p.name for p in run.iterdir()) == ["results.jsonl", "settings.json"]
+    assert sorted(p.name for p in run.iterdir()) == [".mperturb", "results.jsonl", "settings.json"]
 
 
 # -- last resort and escaping ----------------------------------------------------------------

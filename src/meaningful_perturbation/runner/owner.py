@@ -230,6 +230,10 @@ def owned_tmp(path: Path, tag: str) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is not None and Path(e.filename) == tmp:  # name the file the user knows
+            raise type(e)(e.errno, e.strerror, str(path)) from e
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
