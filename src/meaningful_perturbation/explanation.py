@@ -6,7 +6,6 @@ import json
 import math
 import os
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

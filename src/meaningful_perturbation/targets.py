@@ -22,12 +22,24 @@ from ._validate import describe
 from .core.head import LOGITS, Head, declared_head, model_output, resolve_head
 from .errors import ConfigError, HeadWarning, InputError, ModelError
 
-__all__ = ["clean_scores", "resolve_target", "target_from_option", "top_classes", "TARGET_FORMS"]
+__all__ = ["call_model", "clean_scores", "resolve_target", "target_from_option", "top_classes", "TARGET_FORMS"]
 
 TARGET_FORMS = (
     "None, an int, an (N,) integer tensor, a list of N class lists, "
     "or an (N, classes) multi-hot 0/1 matrix"
 )
+
+
+def call_model(model: Callable, x: torch.Tensor) -> Any:
+    """``model(x)`` without gradients; a failure becomes a project error that names the input's
+    shape (and its dtype where that is the likely cause, see :func:`_forward_error`)."""
+    with torch.no_grad():
+        try:
+            return model(x)
+        except (ModelError, InputError, ConfigError):
+            raise
+        except Exception as e:
+            raise _forward_error(model, x, e) from e
 
 
 def clean_scores(model: Callable, x: torch.Tensor, head: Any = "auto") -> tuple[torch.Tensor, Head]:
@@ -47,14 +59,7 @@ def clean_scores(model: Callable, x: torch.Tensor, head: Any = "auto") -> tuple[
             per image (tuples, other dicts, NaN, ...), with how to wrap the model.
         ConfigError: ``head`` is unknown or contradicts the output's values.
     """
-    with torch.no_grad():
-        try:
-            out = model(x)
-        except (ModelError, InputError, ConfigError):
-            raise
-        except Exception as e:
-            raise _forward_error(model, x, e) from e
-    out = model_output(out, x.shape[0], where="on the clean images").float()
+    out = model_output(call_model(model, x), x.shape[0], where="on the clean images").float()
     return out, resolve_head(head, out, declared=declared_head(model))
 
 
@@ -124,7 +129,7 @@ def resolve_target(target: Any, logits: torch.Tensor, top_k: int = 1, head: Head
         return top_classes(logits, top_k, head)
     if isinstance(target, np.ndarray):
         if target.dtype == object:
-            raise InputError(f"target: expected a numeric array, got a NumPy array of dtype object")
+            raise InputError("target: expected a numeric array, got a NumPy array of dtype object")
         target = torch.from_numpy(np.ascontiguousarray(target))
     elif isinstance(target, np.generic):
         target = target.item()

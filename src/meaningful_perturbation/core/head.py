@@ -44,7 +44,7 @@ import torch
 
 from ..errors import ConfigError, HeadWarning, ModelError
 
-__all__ = ["HEADS", "Head", "model_output", "resolve_head", "declared_head", "check_head_option", "LOGITS"]
+__all__ = ["HEADS", "Head", "unwrap_output", "model_output", "resolve_head", "declared_head", "check_head_option", "LOGITS"]
 
 HEADS = ("auto", "logits", "probabilities", "sigmoid", "sigmoid-probabilities")
 
@@ -58,6 +58,17 @@ def _shape_of(v: Any) -> str:
     if isinstance(v, torch.Tensor):
         return f"tensor {tuple(v.shape)}"
     return type(v).__name__
+
+
+def unwrap_output(out: Any) -> Any:
+    """The logits tensor of an HF ``ModelOutput`` (``.logits``) or a ``{"logits": ...}`` dict;
+    anything else unchanged (no checks: the optimisation loop calls this on every step)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    inner = getattr(out, "logits", None)
+    if inner is None and isinstance(out, dict):
+        inner = out.get("logits")
+    return inner if isinstance(inner, torch.Tensor) else out
 
 
 def model_output(out: Any, batch: int, *, where: str) -> torch.Tensor:
@@ -75,13 +86,9 @@ def model_output(out: Any, batch: int, *, where: str) -> torch.Tensor:
         batch: the input's batch size ``N``.
         where: a few words for the message ("on the clean images", ...).
     """
+    out = unwrap_output(out)
     if not isinstance(out, torch.Tensor):
-        logits = getattr(out, "logits", None)
-        if logits is None and isinstance(out, dict):
-            logits = out.get("logits")
-        if isinstance(logits, torch.Tensor):
-            out = logits
-        elif isinstance(out, (tuple, list)):
+        if isinstance(out, (tuple, list)):
             parts = ", ".join(_shape_of(v) for v in out[:4]) + (", ..." if len(out) > 4 else "")
             raise ModelError(
                 f"model output {where}: expected one tensor of shape ({batch}, classes), got a "
@@ -164,16 +171,6 @@ class Head:
         if self.kind == "probabilities":
             return p.log()
         return p.log() - (1 - p).log()
-
-    def describe(self) -> str:
-        """One line for summaries: the head and how the probability is read."""
-        how = {
-            "logits": "softmax over the outputs",
-            "probabilities": "the outputs are softmax probabilities",
-            "sigmoid": "sigmoid of each output (independent classes)",
-            "sigmoid-probabilities": "the outputs are sigmoid probabilities (independent classes)",
-        }[self.kind]
-        return f"{self.kind} ({how}{', detected' if self.detected else ''})"
 
 
 LOGITS = Head("logits")

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelError
-from .head import LOGITS, Head, model_output
+from .head import LOGITS, Head, model_output, unwrap_output
 from .objective import Targets, class_probability, class_score
 from .perturbation import blend
 from .precision import ModelBridge
@@ -119,12 +119,7 @@ def _model_forward(problem: Problem, x: torch.Tensor) -> torch.Tensor:
     )
     with ctx:
         out = problem.model(x)
-    if not isinstance(out, torch.Tensor):  # HF ModelOutput / {"logits": ...}; others refused by check_output
-        inner = getattr(out, "logits", None)
-        if inner is None and isinstance(out, dict):
-            inner = out.get("logits")
-        out = inner if isinstance(inner, torch.Tensor) else out
-    return bridge.leave(out)
+    return bridge.leave(unwrap_output(out))  # other containers are refused by check_output
 
 
 def check_output(out, batch: int, *, where: str) -> torch.Tensor:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import InputError, ModelError
+from ..errors import InputError
 
 __all__ = [
     "describe",

@@ -66,9 +66,6 @@ def dumps_line(record: dict[str, Any]) -> str:
     return line
 
 
-def _utf8(line: str) -> bytes:
-    return line.encode("utf-8")
-
 
 def repair_tail(path: Path) -> None:
     """Cut a trailing partial line (no final newline) off ``path`` so appends start clean."""
@@ -103,7 +100,7 @@ def repair_tail(path: Path) -> None:
 
 def append_line(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line with a single ``write`` call, then flush and fsync."""
-    data = _utf8(dumps_line(record))
+    data = dumps_line(record).encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
         written = os.write(fd, data)

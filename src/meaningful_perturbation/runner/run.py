@@ -36,7 +36,7 @@ import torch
 
 from .._terminal import escape_text
 from ..demo import DEMO_NOTE
-from ..errors import ConfigError, InputError, MeaningfulPerturbationError, ModelError
+from ..errors import ConfigError, InputError, MeaningfulPerturbationError
 from ..explanation import LOW_CONFIDENCE, low_confidence
 from . import dist as distmod
 from .merge import FAILURES, RESULTS, _collect, _parts, append_line, done_ids, merge_results, repair_tail
@@ -231,18 +231,10 @@ def _probe_model(model: Any, prep: Any, device: torch.device) -> None:
 
     from ..core.head import model_output
     from ..io import preprocess
+    from ..targets import call_model
 
     x, _ = preprocess(Image.new("RGB", (64, 64), (128, 128, 128)), prep)
-    x = x[None].to(device)
-    with torch.no_grad():
-        try:
-            raw = model(x)
-        except (ModelError, InputError, ConfigError):
-            raise
-        except Exception as e:
-            raise ModelError(
-                f"model: calling it on x of shape {tuple(x.shape)} failed with {type(e).__name__}: {e}"
-            ) from e
+    raw = call_model(model, x[None].to(device))
     if isinstance(raw, torch.Tensor) and raw.is_floating_point():
         raw = torch.nan_to_num(raw)
     model_output(raw, 1, where="on the clean images")
