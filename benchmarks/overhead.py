@@ -17,6 +17,7 @@ import argparse
 import platform
 import statistics
 import time
+import warnings
 
 import torch
 import torch.nn as nn
@@ -77,6 +78,12 @@ def make_problem(name: str, model, x, **overrides):
     return build(ctx, cfg)
 
 
+def sync(device) -> None:
+    """Wait for queued GPU work, so wall-clock timers measure it (no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def bare(model, x):
     def step():
         xi = x.detach().requires_grad_(True)
@@ -86,17 +93,37 @@ def bare(model, x):
     return step
 
 
+def whole(model, x, method, steps, **overrides):
+    """Seconds of one whole ``explain`` call (clean pass, set-up, ``steps`` steps, read-out)."""
+    from meaningful_perturbation import explain
+
+    def run():
+        sync(x.device)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():  # few steps on random weights: area warnings are expected
+            warnings.simplefilter("ignore")
+            explain(model, x, method=method, steps=steps, head="logits", **overrides)
+        sync(x.device)
+        return time.perf_counter() - t0
+
+    return run
+
+
 def loop(problem, steps):
     """Per-step time of the loop: (T(1 + steps) − T(1)) / steps, so one-time set-up inside
     ``optimise`` (padded/mirrored levels, optimiser state) is not counted as per-step cost."""
 
     def run():
+        dev = problem.levels.device
         problem.steps = 1
+        sync(dev)
         t0 = time.perf_counter()
         optimise(problem)
+        sync(dev)
         t1 = time.perf_counter()
         problem.steps = 1 + steps
         optimise(problem)
+        sync(dev)
         t2 = time.perf_counter()
         return (t2 - t1) - (t1 - t0)
 
@@ -104,6 +131,7 @@ def loop(problem, steps):
 
 
 ROWS = ("paper", "seed", "extremal1", "extremal4")  # extremal1: one area; extremal4: the 4 default areas
+WHOLE = ("paper", "extremal")  # --whole: whole explain() calls of these presets (extremal: its 4 default areas)
 
 
 def main() -> None:
@@ -119,6 +147,9 @@ def main() -> None:
                          "default: the built-in ~0.19 GMAC CNN")
     ap.add_argument("--methods", nargs="+", default=list(ROWS), choices=list(ROWS),
                     help="rows to time (default all; fewer for big models on a CPU)")
+    ap.add_argument("--whole", type=int, default=0, metavar="STEPS",
+                    help="also time whole explain() calls of paper and extremal with STEPS steps each "
+                         "(clean pass, set-up and read-out included) against STEPS x bare fwd+bwd")
     ap.add_argument("--trust-code", action="store_true", help="allow specs that run code (python:, pickles)")
     args = ap.parse_args()
     if args.threads:
@@ -151,15 +182,22 @@ def main() -> None:
                 cases[f"extremal 1 area b={b}"] = (loop(make_problem("extremal", model, x, areas=(0.1,)), S), S)
             if "extremal4" in want:
                 cases[f"extremal 4 areas b={b}"] = (loop(make_problem("extremal", model, x), S), S)
+            if args.whole:
+                cases.setdefault(f"bare b={b}", (bare(model, x), S))
+                cases.setdefault(f"bare b={b}x4", (bare(model, x4), S))
+                for m in WHOLE:
+                    cases[f"whole {m} b={b}"] = (whole(model, x, m, args.whole), args.whole)
         times = {k: [] for k in cases}
         for fn, _ in cases.values():  # warm-up
             fn()
         for r in range(args.rounds):
             for name, (fn, reps) in cases.items():
                 if name.startswith("bare"):
+                    sync(args.device)
                     t0 = time.perf_counter()
                     for _ in range(reps):
                         fn()
+                    sync(args.device)
                     dt = (time.perf_counter() - t0) / reps
                 else:
                     dt = fn() / reps
@@ -180,6 +218,16 @@ def main() -> None:
             if name not in med:
                 continue
             print(f"| {name} | {med[name] * 1e3:.1f} | {ref * 1e3:.1f} | {med[name] / ref:.2f} | {target} |")
+    if args.whole:
+        print(f"\nwhole explain() with {args.whole} steps: ratio = call time / ({args.whole} x bare fwd+bwd at the "
+              "same effective batch); the clean pass, set-up and read-out count against the method\n")
+        print("| configuration | s/explain | steps x bare s | ratio | issue-14 target |")
+        print("|---|---|---|---|---|")
+        for b in args.batches:
+            for m, ref, target in (("paper", med[f"bare b={b}"], "<= 1.10" if b >= 8 else ""),
+                                   ("extremal", med[f"bare b={b}x4"], "<= 1.20" if b >= 8 else "")):
+                t = med[f"whole {m} b={b}"] * args.whole  # stored per step
+                print(f"| {m} b={b} | {t:.3f} | {ref * args.whole:.3f} | {t / (ref * args.whole):.2f} | {target} |")
 
 
 if __name__ == "__main__":

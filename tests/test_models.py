@@ -1,8 +1,8 @@
 """Model specs (meaningful_perturbation.models): every source that can run here.
 
-torchvision and timm cannot be imported on the development machines (CUDA-only builds for
-this torch); their real tests skip with a reason, and stand-in modules that mimic the parts of
-their API we call exercise our own code paths.
+The main environment has no torchvision or timm: stand-in modules that mimic the parts of
+their API we call exercise our own code paths here, and the real libraries are tested in
+``tests/integration/test_hub_weights.py`` (the integration environment of ``.ci/run``).
 """
 
 from __future__ import annotations
@@ -525,44 +525,6 @@ def test_missing_library_gives_install_hint(monkeypatch, spec, modules, package)
         load_model(spec)
     message = str(info.value)
     assert f"pip install {package}" in message and "\n" not in message
-
-
-# ----------------------------------------------------------------------------------------------
-# torchvision and timm: real libraries where they import
-# ----------------------------------------------------------------------------------------------
-
-
-def test_torchvision_random_init_and_metadata(monkeypatch, tmp_path):
-    pytest.importorskip("torchvision", reason="torchvision cannot be imported here")
-    loaded = load_model("torchvision:resnet18:NONE")
-    prep = loaded.preprocessing
-    assert prep.size == (224, 224) and prep.resize == 256 and len(prep.class_names) == 1000
-    assert loaded.model(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
-
-
-def test_torchvision_missing_cache_fails_fast_and_weights_file_works(monkeypatch, tmp_path):
-    pytest.importorskip("torchvision", reason="torchvision cannot be imported here")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    with pytest.raises(InputError, match="--weights"):
-        load_model("torchvision:resnet18", offline=True)
-    path = tmp_path / "resnet18.pt"
-    torch.save(load_model("torchvision:resnet18:NONE").model.state_dict(), path)
-    assert load_model("torchvision:resnet18", weights=path).preprocessing.resize == 256
-
-
-def test_timm_missing_cache_fails_fast_and_weights_file_works(monkeypatch, tmp_path):
-    timm = pytest.importorskip("timm", reason="timm cannot be imported here")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_cache"))
-    with pytest.raises(InputError, match="--weights"):
-        load_model("timm:resnet18.a1_in1k", offline=True)
-    path = tmp_path / "resnet18.safetensors"
-    from safetensors.torch import save_file
-
-    save_file(timm.create_model("resnet18").state_dict(), str(path))
-    loaded = load_model("timm:resnet18", weights=path)
-    assert loaded.preprocessing.size == (224, 224)
-    assert loaded.model(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -79,6 +79,18 @@ class Context:
 MAX_STEPS = 1_000_000
 
 
+def optimizer(kind: type, params: list[torch.Tensor], **hyper: Any) -> torch.optim.Optimizer:
+    """``kind(params, **hyper)``; on CUDA the fused implementation (one kernel per step instead
+    of about ten: the mask is small, so its update is launch-bound on a GPU). The update rule is
+    the same; the CPU keeps PyTorch's default implementation, bit for bit."""
+    if params and params[0].is_cuda:
+        try:
+            return kind(params, fused=True, **hyper)
+        except (RuntimeError, TypeError, ValueError):  # dtype or build without a fused kernel
+            pass
+    return kind(params, **hyper)
+
+
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
     if value not in choices:
         raise ConfigError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")

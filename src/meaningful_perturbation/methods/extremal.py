@@ -49,7 +49,7 @@ from ..core.objective import SCORES
 from ..core.perturbation import gaussian_blur
 from ..core.smoothmax import SmoothMaxMask
 from ..errors import AreaWarning, ConfigError
-from .common import MAX_STEPS, Context, check_choice, check_range, perturbation_levels, pixels, run_problem
+from .common import MAX_STEPS, Context, check_choice, check_range, optimizer, perturbation_levels, pixels, run_problem
 from .registry import register
 
 __all__ = ["AREA_TOLERANCE", "ExtremalConfig", "area_term", "warn_area_misses"]
@@ -225,7 +225,7 @@ def build_problem(ctx: Context, cfg: ExtremalConfig) -> Problem:
         score=cfg.score,
         terms=[Term("area", lambda t: w0 * growth**t, lambda g, m: area_term(g, areas))],  # g: the lattice values
         steps=cfg.steps,
-        make_optimizer=lambda params: torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, dampening=cfg.dampening),
+        make_optimizer=lambda params: optimizer(torch.optim.SGD, params, lr=cfg.lr, momentum=cfg.momentum, dampening=cfg.dampening),
         jitter=jitter,
         noise_std=cfg.noise_std,
         generator=ctx.generator,

@@ -36,7 +36,7 @@ from ..core.mask import UpsampledMask
 from ..core.objective import SCORES, Targets, class_probability, class_score, l1_term, tv_term
 from ..core.perturbation import blend
 from ..errors import ConfigError
-from .common import MAX_STEPS, Context, check_choice, check_range, perturbation_levels, pixels, run_problem
+from .common import MAX_STEPS, Context, check_choice, check_range, optimizer, perturbation_levels, pixels, run_problem
 from .registry import register
 
 __all__ = ["PaperConfig"]
@@ -196,7 +196,7 @@ def build_problem(ctx: Context, cfg: PaperConfig) -> Problem:
         score=cfg.score,
         terms=terms,
         steps=cfg.steps,
-        make_optimizer=lambda params: torch.optim.Adam(params, lr=cfg.lr),
+        make_optimizer=lambda params: optimizer(torch.optim.Adam, params, lr=cfg.lr),
         jitter=jit if jit > 1 else 0,
         noise_std=cfg.noise_std,
         generator=ctx.generator,

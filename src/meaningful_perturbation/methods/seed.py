@@ -24,7 +24,7 @@ from ..core.loop import Game, Problem, Term
 from ..core.mask import UpsampledMask
 from ..core.objective import SCORES, l1_term, tv_term
 from ..errors import ConfigError
-from .common import MAX_STEPS, IMAGENET_MEAN, IMAGENET_STD, Context, check_choice, check_range, perturbation_levels, run_problem
+from .common import MAX_STEPS, IMAGENET_MEAN, IMAGENET_STD, Context, check_choice, check_range, optimizer, perturbation_levels, run_problem
 from .registry import register
 
 __all__ = ["SeedConfig"]
@@ -96,7 +96,7 @@ def build_problem(ctx: Context, cfg: SeedConfig) -> Problem:
             Term("tv", cfg.tv, lambda g, m: tv_term(g, beta, isotropic=False)),
         ],
         steps=cfg.steps,
-        make_optimizer=lambda params: torch.optim.Adam(params, lr=cfg.lr),
+        make_optimizer=lambda params: optimizer(torch.optim.Adam, params, lr=cfg.lr),
         jitter=cfg.jitter,
         noise_std=cfg.noise_std,
         generator=ctx.generator,
