@@ -260,7 +260,7 @@ class _Scorer:
         tol = min(float(self.p["tolerance_px"]) * min(sy, sx), math.hypot(h, w) + 1.0)
         res = pointing_game(on[None], torch.from_numpy(gt)[None], tolerance=tol)
         out["hit"] = bool(res.hits[0]) if bool(res.valid[0]) else None
-        out["point"] = [round(float(v) / s, 2) for v, s in zip(res.points[0].tolist(), (sy, sx))]
+        out["point_yx"] = [round(float(v) / s, 2) for v, s in zip(res.points[0].tolist(), (sy, sx))]
         out["gt_fraction"] = round(float(gt.mean()), 6)
         out["difficult"] = bool(gt.mean() < self.p["difficult_area_fraction"]
                                 and int(ev.get("classes_in_image", 1)) >= self.p["difficult_min_classes"])
@@ -481,14 +481,9 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
 
     manifest = out / MANIFEST
     if rank == 0:
+        # Under torchrun the other ranks read the manifest only inside run_directory, after
+        # the process-group rendezvous, which rank 0 joins once the manifest is written.
         write_manifest(chained(), manifest, opts.limit)
-    else:  # other ranks wait for rank 0's manifest (written before they need it, see runner)
-        import time
-
-        for _ in range(6000):
-            if manifest.is_file() and (out / STATE_FILE).is_file():
-                break
-            time.sleep(0.1)
     run_dir = out / RUN_DIR
     ropts = RunOptions(source=str(manifest), out=str(run_dir), source_type="jsonl", batch_size=opts.batch_size,
                        resume=opts.resume and run_dir.exists(), force=opts.force, quiet=opts.quiet)
