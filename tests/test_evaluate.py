@@ -226,3 +226,14 @@ def test_protocol_parameters_are_checked():
 
         tmp = Path(__file__).parent  # any file that is not a synset list
         read_synsets(tmp / "eval_data.py")
+
+
+def test_crop_none_and_top5_reach_the_runner(root, tmp_path):
+    out = tmp_path / "o"
+    assert main(["evaluate", "imagenet-loc", "--data", str(root / "in_xml"), "--out", str(out), "--limit", "2",
+                 "--param", "crop=none", "--target", "top5", *model(root, 3)]) == 0
+    compared = json.loads((out / "run" / "settings.json").read_text())["compared"]
+    assert compared["preprocessing"]["crop"] == "none" and compared["settings"]["target"] == "top5"
+    assert results(out)["pairs_scored"] == 2
+    with pytest.raises(ConfigError, match="--param crop: expected 'model' or 'none', got 'centre'"):
+        resolve_protocol("pointing", {"crop": "centre"})

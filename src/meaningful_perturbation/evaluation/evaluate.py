@@ -213,7 +213,9 @@ def _saliency_on_original(run_dir: Path, rec: dict[str, Any]) -> tuple[torch.Ten
                          "mperturb run); start the evaluation again with --force")
     geom = Geometry(tuple(g["original_size"]), tuple(g["resized_size"]), tuple(g["crop_box"]))
     original = (int(geom.original_size[0]), int(geom.original_size[1]))
-    on = map_to_original(sal, geom, size=bounded_size(original, OVERLAY_MAX_SIDE))
+    # The border a centre crop cut off was not looked at: it gets the map's minimum, so it can
+    # neither hold the maximum (pointing) nor pass a threshold the map itself does not.
+    on = map_to_original(sal, geom, fill=float(sal.min()), size=bounded_size(original, OVERLAY_MAX_SIDE))
     return sal, on, original
 
 
@@ -454,8 +456,12 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
         raise ConfigError(f"--limit: expected an integer >= 1, got {opts.limit!r}")
     if settings.head == "auto" and proto["params"].get("head", "auto") != "auto":
         settings = dataclasses.replace(settings, head=proto["params"]["head"])
-    if settings.target is not None:
-        raise ConfigError("--target: not with evaluate (each pair's class comes from the annotations)")
+    if settings.target is not None and not (opts.protocol == "imagenet-loc" and settings.target in ("top1", "top5")):
+        raise ConfigError(f"--target: expected nothing (each pair's class comes from the annotations), or top1 / "
+                          f"top5 with imagenet-loc (explain the predicted classes, score the boxes of the true "
+                          f"one), got {settings.target!r}")
+    if proto["params"]["crop"] == "none":
+        settings = dataclasses.replace(settings, preprocessing={**settings.preprocessing, "crop": "none"})
     out = Path(opts.out)
     rank = int(os.environ.get("RANK", "0") or 0)
     compared = {"protocol": opts.protocol, "dataset": dataset, "data": str(Path(opts.data).resolve()),

@@ -21,6 +21,10 @@ __all__ = ["PROTOCOLS", "DATASETS", "resolve_protocol"]
 DATASETS = {"imagenet": "ILSVRC2012 validation set with boxes", "voc07": "PASCAL VOC 2007 test",
             "coco14": "COCO 2014 val"}
 
+_CROP_SOURCE = ("model: the model's own preprocessing (torchvision ImageNet models: short side 256, centre crop "
+                "224; the cut-off border gets the map's minimum); none: the whole image stretched to the input size "
+                "(nothing cut off)")
+
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "imagenet-loc": {
         "summary": "weak localisation: one box from the thresholded saliency, correct if IoU >= 0.5 with a "
@@ -33,6 +37,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "component": "all",
             "heldout_every": 10,
             "head": "auto",
+            "crop": "model",
         },
         "sources": {
             "rules": "Fong & Vedaldi 2017 §5.2 / Table 1: value (alpha*max), energy (alpha of the mass), mean (alpha*mean)",
@@ -43,6 +48,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
                              "annotation order (the 1st, 11th, ...) is held out for choosing alpha and the others "
                              "are scored (this split is the project's choice, see docs/reproduce.md)",
             "head": "ImageNet classifiers: softmax over 1000 classes (auto-detected)",
+            "crop": _CROP_SOURCE,
         },
     },
     "pointing": {
@@ -55,6 +61,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "difficult_min_classes": 2,
             "voc_split": "test",
             "head": "sigmoid",
+            "crop": "model",
         },
         "sources": {
             "tolerance_px": "Zhang et al. 2016 (Top-down neural attention by excitation backprop) §5.1: 15 px "
@@ -64,6 +71,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "difficult_min_classes": "Zhang et al. 2016 §5.1: at least one distractor class in the image",
             "voc_split": "Zhang et al. 2016 / Fong et al. 2019 §4.1: VOC 2007 test",
             "head": "Fong et al. 2019 §4.1: multi-label classifiers (one sigmoid per class)",
+            "crop": _CROP_SOURCE,
         },
     },
     "deletion-game": {
@@ -75,12 +83,14 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "thresholds": 101,
             "blur_sigma": 10.0,
             "head": "auto",
+            "crop": "model",
         },
         "sources": {
             "levels": "Fong & Vedaldi 2017 §5.3 (Table 2 reports 99 %)",
             "thresholds": "0, 0.01, ..., 1 on the min-max normalised saliency (metrics.deletion_game)",
             "blur_sigma": "Fong & Vedaldi 2017 §5.3: Gaussian blur sigma = 10 px inside the box, at 224 px",
             "head": "ImageNet classifiers: softmax probability of the class",
+            "crop": _CROP_SOURCE,
         },
     },
 }
@@ -135,6 +145,12 @@ def resolve_protocol(name: str, overrides: Mapping[str, Any] | None = None) -> d
                               f"(its parameters: {', '.join(params)})")
         params[key] = _check(key, value, params[key])
         proto["sources"][key] = f"set by --param {key} (default: {proto['sources'].get(key, 'see PROTOCOLS')})"
+    if params["crop"] not in ("model", "none"):
+        raise ConfigError(f"--param crop: expected 'model' or 'none', got {params['crop']!r}")
+    from ..core.head import HEADS
+
+    if params["head"] not in HEADS:
+        raise ConfigError(f"--param head: expected one of {', '.join(HEADS)}, got {params['head']!r}")
     if name == "imagenet-loc":
         bad = [r for r in params["rules"] if r not in DEFAULT_ALPHAS]
         if bad:
