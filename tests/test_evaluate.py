@@ -120,7 +120,7 @@ def test_imagenet_loc_end_to_end_checked_by_hand(root, tmp_path):
         assert main(["evaluate", "imagenet-loc", "--data", str(root / f"in_{form}"), "--out", str(out),
                      "--param", "heldout_every=2", *model(root, 3)]) == 0
         res = results(out)
-        assert (res["heldout_pairs"], res["test_pairs"]) == (3, 2)
+        assert (res["heldout_pairs"], res["test_pairs"], res["pairs_failed"]) == (3, 2, 0)  # grey, CMYK read
         for rule, alpha in (("value", 0.05), ("energy", 0.05), ("mean", 0.5)):
             assert res["rules"][rule] == {"alpha": alpha, "heldout_error": 0.0, "error": 0.5}
         proto = json.loads((out / "protocol.json").read_text())
@@ -237,3 +237,18 @@ def test_crop_none_and_top5_reach_the_runner(root, tmp_path):
     assert results(out)["pairs_scored"] == 2
     with pytest.raises(ConfigError, match="--param crop: expected 'model' or 'none', got 'centre'"):
         resolve_protocol("pointing", {"crop": "centre"})
+
+
+def test_resume_with_other_settings_is_refused_and_force_rescores(root, tmp_path, capsys):
+    out = tmp_path / "o"
+    base = ["evaluate", "pointing", "--data", str(root / "voc"), "--out", str(out), *model(root, 20)]
+    assert main(base) == 0
+    capsys.readouterr()
+    assert main([*base, "--resume", "--param", "tolerance_px=100"]) == 2
+    assert "was made with other settings (params)" in capsys.readouterr().err
+    # --force: the saved explanations are kept, the scores recomputed with the new tolerance
+    # (100 px reaches every object of these 64 px images).
+    assert main([*base, "--resume", "--force", "--param", "tolerance_px=100"]) == 0
+    assert results(out)["all"] == 1.0
+    assert main([*base, "--batch-size", "0", "--force"]) == 2
+    assert "--batch-size: expected an integer >= 1, got 0" in capsys.readouterr().err

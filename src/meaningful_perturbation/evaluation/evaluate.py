@@ -376,33 +376,34 @@ def to_markdown(res: dict[str, Any], head: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------ the run
 def _prepare_out(out: Path, state: dict[str, Any], opts: EvaluateOptions) -> None:
     """Refuse a folder holding files of other programs or an earlier evaluation (without
-    ``--resume``/``--force``); with ``--resume``, refuse a different evaluation."""
+    ``--resume``/``--force``); with ``--resume``, refuse a different evaluation unless
+    ``--force``, and then drop the scores (they are recomputed from the saved explanations)."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out: {str(out)!r} is a file; choose a folder")
-    names = set(os.listdir(out)) if out.is_dir() else set()
-    ours = set(OWN_FILES) | {RUN_DIR}
-    foreign = sorted(n for n in names if n not in ours and not n.startswith("."))
-    if foreign or (names and STATE_FILE not in names and names - {".DS_Store"}):
-        shown = ", ".join(foreign[:3] or sorted(names)[:3])
-        raise InputError(f"--out: {str(out)!r} holds files mperturb evaluate did not write ({shown}); "
-                         "choose an empty or new folder")
-    if STATE_FILE in names:
+    names = sorted(n for n in (os.listdir(out) if out.is_dir() else ()) if not n.startswith("."))
+    foreign = [n for n in names if n not in OWN_FILES and n != RUN_DIR]
+    if foreign or (names and STATE_FILE not in names):
+        raise InputError(f"--out: {str(out)!r} holds files mperturb evaluate did not write "
+                         f"({', '.join((foreign or names)[:3])}); choose an empty or new folder")
+    if names:
         try:
             old = json.loads((out / STATE_FILE).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            old = {"unreadable": str(e)}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            old = {}
         if not opts.resume and not opts.force:
             raise InputError(f"--out: {str(out)!r} holds an earlier evaluation; pass --resume to continue it, "
                              "--force to start over, or choose another --out")
-        if opts.resume and old.get("compared") != state["compared"] and not opts.force:
-            a, b = old.get("compared") or {}, state["compared"]
+        changed = old.get("compared") != state["compared"] if isinstance(old, dict) else True
+        if opts.resume and changed and not opts.force:
+            a = old.get("compared") if isinstance(old, dict) and isinstance(old.get("compared"), dict) else {}
+            b = state["compared"]
             diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
             raise ConfigError(f"--resume: the evaluation in {str(out)!r} was made with other settings "
                               f"({', '.join(diff) or 'unreadable evaluate.json'}); resume with the same ones or "
                               "pass --force")
-        if not opts.resume:  # --force: start over; only this program's own files go
-            for n in OWN_FILES:
-                (out / n).unlink(missing_ok=True)
+        drop = OWN_FILES if not opts.resume else ((SCORES, "results.json", "results.md") if changed else ())
+        for n in drop:  # only this program's own files
+            (out / n).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
 
@@ -442,6 +443,7 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
         InputError: missing or malformed annotations, a refused ``--out``.
     """
     from ..runner import RunOptions, run_directory
+    from ..runner.run import validate_options
     from ..runner.merge import append_line, repair_tail
     from ..runner.sources import load_source
 
@@ -466,9 +468,15 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
     rank = int(os.environ.get("RANK", "0") or 0)
     compared = {"protocol": opts.protocol, "dataset": dataset, "data": str(Path(opts.data).resolve()),
                 "images": opts.images, "annotations": opts.annotations, "synsets": opts.synsets,
-                "params": proto["params"], "limit": opts.limit}
+                "params": proto["params"], "limit": opts.limit,
+                "explain": {k: v for k, v in settings.to_dict().items() if k != "device"}}
     state = {"format": _FORMAT, "version": 1, "compared": compared}
 
+    run_dir = out / RUN_DIR
+    ropts = RunOptions(source=str(out / MANIFEST), out=str(run_dir), source_type="jsonl",
+                       batch_size=opts.batch_size, resume=opts.resume and run_dir.exists(), force=opts.force,
+                       quiet=opts.quiet)
+    validate_options(ropts)  # a bad --batch-size is refused before the model loads
     model, prep, device, n_classes, head = _model_classes(settings)
     info: dict[str, Any] = {}
     records = dataset_records(dataset, opts, proto, info)
@@ -490,9 +498,6 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
         # Under torchrun the other ranks read the manifest only inside run_directory, after
         # the process-group rendezvous, which rank 0 joins once the manifest is written.
         write_manifest(chained(), manifest, opts.limit)
-    run_dir = out / RUN_DIR
-    ropts = RunOptions(source=str(manifest), out=str(run_dir), source_type="jsonl", batch_size=opts.batch_size,
-                       resume=opts.resume and run_dir.exists(), force=opts.force, quiet=opts.quiet)
     summary = run_directory(settings, ropts)
     if summary.rank != 0:
         return EvaluateSummary({}, "", out, summary.rank, summary.world_size)
