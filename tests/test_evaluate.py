@@ -252,3 +252,28 @@ def test_resume_with_other_settings_is_refused_and_force_rescores(root, tmp_path
     assert results(out)["all"] == 1.0
     assert main([*base, "--batch-size", "0", "--force"]) == 2
     assert "--batch-size: expected an integer >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_give_the_numbers_of_one(root, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["evaluate", "pointing", "--data", str(root / "voc"), "--batch-size", "1", *model(root, 20)]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main([*args, "--out", str(one)]) == 0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                                         os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(port), "-m", "meaningful_perturbation", *args, "--out", str(two)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert results(two) == results(one)
+    ranks = sorted(json.loads(x)["rank"] for x in (two / "run" / "results.jsonl").read_text().splitlines())
+    assert ranks == [0, 0, 0, 1, 1]
