@@ -5,7 +5,6 @@ streaming, and the errors."""
 from __future__ import annotations
 
 import json
-import shutil
 import tracemalloc
 from pathlib import Path
 
@@ -277,3 +276,15 @@ def test_torchrun_two_processes_give_the_numbers_of_one(root, tmp_path):
     assert results(two) == results(one)
     ranks = sorted(json.loads(x)["rank"] for x in (two / "run" / "results.jsonl").read_text().splitlines())
     assert ranks == [0, 0, 0, 1, 1]
+
+
+def test_a_damaged_saved_item_fails_only_its_pair(root, tmp_path, capsys):
+    out = tmp_path / "o"
+    base = ["evaluate", "pointing", "--data", str(root / "voc"), "--out", str(out), *model(root, 20)]
+    assert main(base) == 0
+    npz = sorted((out / "run" / "items").glob("*.npz"))[0]
+    npz.write_bytes(b"not a zip")
+    (out / "scores.jsonl").write_text("")
+    assert main([*base, "--resume"]) == 1
+    res = results(out)
+    assert (res["pairs_scored"], res["pairs_failed"], res["pairs_unscored"]) == (4, 1, 1)

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -32,7 +33,8 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_open, atomic_write_text
-from ..errors import ConfigError, InputError
+from .._terminal import escape_text
+from ..errors import ConfigError, InputError, MeaningfulPerturbationError
 from .protocols import DATASETS, resolve_protocol
 
 __all__ = ["EvaluateOptions", "EvaluateSummary", "evaluate", "write_manifest", "segments_mask", "aggregate",
@@ -516,9 +518,8 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
     scorer = _Scorer(proto, run_dir, settings, model, prep, device, head)
     items, _ = load_source(manifest, "jsonl")
     ordered: list[dict[str, Any]] = []
+    unscored = 0
     from tqdm.auto import tqdm
-
-    import sys
 
     bar = tqdm(total=len(items), desc="score", unit="pair", disable=opts.quiet or not sys.stderr.isatty())
     for k, (row, item) in enumerate(zip(_manifest_rows(manifest), items)):
@@ -529,7 +530,16 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
         s = done.get(item.id)
         if s is None:
             row["_index"] = k
-            s = scorer(row, rec)
+            try:
+                s = scorer(row, rec)
+            except (MeaningfulPerturbationError, OSError, ValueError) as e:
+                # A damaged saved item or an image that cannot be read again: this pair only
+                # (not written, so --resume tries it again).
+                unscored += 1
+                if not opts.quiet:
+                    tqdm.write(escape_text(f"mperturb: cannot score {item.rel}: {' '.join(str(e).split())}"),
+                               file=sys.stderr)
+                continue
             append_line(scores_path, s)
         ordered.append(s)
     bar.close()
@@ -537,6 +547,7 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
         for s in ordered:
             f.write(json.dumps(s, separators=(",", ":"), allow_nan=False) + "\n")
     results = aggregate(proto, ordered, failures=len(items) - len(ordered))
+    results["pairs_unscored"] = unscored  # explained, but their saved item could not be scored
     head_info = {"model": settings.model, "method": settings.method, "dataset": dataset, "data": opts.data}
     results["setup"] = {**head_info, "head": head, "config": settings.config, "dataset_info": info,
                         "limit": opts.limit}
