@@ -288,3 +288,19 @@ def test_a_damaged_saved_item_fails_only_its_pair(root, tmp_path, capsys):
     assert main([*base, "--resume"]) == 1
     res = results(out)
     assert (res["pairs_scored"], res["pairs_failed"], res["pairs_unscored"]) == (4, 1, 1)
+
+
+def test_boxes_per_alpha_equal_saliency_to_box_for_every_alpha():
+    import torch
+
+    from meaningful_perturbation.evaluation.evaluate import boxes_per_alpha
+    from meaningful_perturbation.metrics import DEFAULT_ALPHAS, saliency_to_box
+
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.rand(37, 53, generator=g), torch.randn(20, 30, generator=g),  # negative values
+            torch.zeros(8, 9), -torch.ones(5, 6),                                 # constant maps
+            torch.randint(0, 3, (16, 16), generator=g).float()]                   # many ties
+    for s in maps:
+        for rule, grid in DEFAULT_ALPHAS.items():
+            expected = torch.cat([saliency_to_box(s[None], rule, a) for a in grid])
+            assert torch.equal(boxes_per_alpha(s, rule, list(grid)), expected), rule

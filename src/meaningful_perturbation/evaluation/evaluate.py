@@ -38,7 +38,7 @@ from ..errors import ConfigError, InputError, MeaningfulPerturbationError
 from .protocols import DATASETS, resolve_protocol
 
 __all__ = ["EvaluateOptions", "EvaluateSummary", "evaluate", "write_manifest", "segments_mask", "aggregate",
-           "dataset_records"]
+           "dataset_records", "boxes_per_alpha"]
 
 STATE_FILE = "evaluate.json"
 MANIFEST = "manifest.jsonl"
@@ -221,6 +221,53 @@ def _saliency_on_original(run_dir: Path, rec: dict[str, Any]) -> tuple[torch.Ten
     return sal, on, original
 
 
+def boxes_per_alpha(saliency: torch.Tensor, rule: str, alphas: list[float]) -> torch.Tensor:
+    """The box :func:`~meaningful_perturbation.metrics.saliency_to_box` gives for every α, at once.
+
+    The tight box around ``{u : s(u) ≥ t}`` spans the rows whose maximum reaches ``t`` and the
+    columns whose maximum does, so one pass over the map (row and column maxima, and for the
+    energy rule one sort) serves every α: ``O(HW log HW + A(H + W))`` instead of ``A`` passes.
+    Same thresholds as :func:`~meaningful_perturbation.metrics.threshold_saliency` (``component="all"``).
+
+    Args:
+        saliency: ``(H, W)`` float.
+        rule: ``"value"``, ``"energy"`` or ``"mean"``.
+        alphas: the α values.
+
+    Returns:
+        ``(A, 4)`` long half-open boxes ``(x0, y0, x1, y1)``; ``(0, 0, 0, 0)`` where nothing survives.
+
+    Example:
+        >>> s = torch.zeros(4, 5); s[1:3, 2:4] = 1.0; s[0, 0] = 0.4
+        >>> boxes_per_alpha(s, "value", [0.5, 0.3]).tolist()
+        [[2, 1, 4, 3], [0, 0, 4, 3]]
+    """
+    s = saliency.double()
+    h, w = s.shape
+    a = torch.tensor([float(v) for v in alphas], dtype=torch.float64)
+    if rule == "energy":
+        s = s.clamp_min(0)
+        v = torch.sort(s.reshape(-1), descending=True).values
+        cum = v.cumsum(0)
+        total = cum[-1]
+        k = torch.searchsorted(cum, a * total)  # first position whose cumulative energy reaches α·total
+        cut = v[k.clamp_max(v.numel() - 1)]
+        t = torch.where(total > 0, cut, torch.full_like(cut, -math.inf))
+    elif rule == "value":
+        t = a * s.max()
+    else:
+        t = a * s.mean()
+    rows = s.amax(dim=1)[None, :] >= t[:, None]  # (A, H)
+    cols = s.amax(dim=0)[None, :] >= t[:, None]  # (A, W)
+    ar_h, ar_w = torch.arange(h), torch.arange(w)
+    y0 = torch.where(rows, ar_h, h).amin(dim=1)
+    y1 = torch.where(rows, ar_h, -1).amax(dim=1) + 1
+    x0 = torch.where(cols, ar_w, w).amin(dim=1)
+    x1 = torch.where(cols, ar_w, -1).amax(dim=1) + 1
+    boxes = torch.stack([x0, y0, x1, y1], dim=1)
+    return torch.where(rows.any(dim=1, keepdim=True), boxes, torch.zeros_like(boxes))
+
+
 class _Scorer:
     """Scores one (image, class) pair under a protocol; holds the model for the deletion game."""
 
@@ -246,11 +293,14 @@ class _Scorer:
             gt = torch.tensor([[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy] for b in ev["boxes"]], dtype=torch.float64)
             correct = {}
             for rule in self.p["rules"]:
-                flags = []
-                for a in self.p["alphas"][rule]:
-                    box = saliency_to_box(on[None], rule, float(a), component=self.p["component"])
-                    flags.append(int(float(box_iou(box.double(), gt).max()) >= self.p["iou_threshold"]))
-                correct[rule] = flags
+                alphas = self.p["alphas"][rule]
+                if self.p["component"] == "all":
+                    boxes = boxes_per_alpha(on, rule, alphas)
+                else:  # the largest connected component: one labelling per α
+                    boxes = torch.cat([saliency_to_box(on[None], rule, float(a), component=self.p["component"])
+                                       for a in alphas])
+                iou = box_iou(boxes.double()[:, None], gt[None]).amax(dim=1)  # (A,) best IoU over GT boxes
+                correct[rule] = [int(v) for v in (iou >= self.p["iou_threshold"]).tolist()]
             out["heldout"] = bool(row["_index"] % self.p["heldout_every"] == 0)
             out["correct"] = correct
             return out

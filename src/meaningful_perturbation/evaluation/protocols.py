@@ -162,6 +162,10 @@ def resolve_protocol(name: str, overrides: Mapping[str, Any] | None = None) -> d
                     for a in grid):
                 raise ConfigError(f"--param alphas: expected a non-empty list of numbers >= 0 for rule {r!r}, "
                                   f"got {grid!r}")
+            if r != "mean" and max(grid) > 1:
+                raise ConfigError(f"--param alphas: rule {r!r} takes alpha in [0, 1], got {grid!r}")
+        if params["component"] not in ("all", "largest"):
+            raise ConfigError(f"--param component: expected 'all' or 'largest', got {params['component']!r}")
     if name == "deletion-game":
         lv = params["levels"]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1 for v in lv):
