@@ -556,6 +556,11 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
                     "box": list(it.box) if it.box is not None else None,
                     "mask": str(it.mask) if it.mask is not None else None,
                     "original_size": list(r["geometry"].original_size),
+                    # Where the model input lies in the original image (io.Geometry): lets a
+                    # later pass (mperturb evaluate) map the saved saliency back exactly.
+                    "geometry": {"original_size": list(r["geometry"].original_size),
+                                 "resized_size": list(r["geometry"].resized_size),
+                                 "crop_box": list(r["geometry"].crop_box)},
                     "seconds": round(per_item, 5),
                     "write_seconds": round(time.perf_counter() - t1, 5),
                     "batch_size": len(keep),

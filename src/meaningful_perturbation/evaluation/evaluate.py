@@ -1,0 +1,608 @@
+"""``mperturb evaluate``: the papers' evaluations over their data sets, on top of the runner.
+
+Output folder ``OUT``::
+
+    OUT/evaluate.json    what was asked (protocol, data set, parameters): resume checks it
+    OUT/manifest.jsonl   one line per (image, class) pair, streamed from the annotations
+    OUT/run/             the runner's folder (items/<id>.npz, results.jsonl, ...; docs/runner.md)
+    OUT/scores.jsonl     the protocol's score of every pair (one JSON line each)
+    OUT/results.json     the final numbers; OUT/results.md the same as a Markdown table
+    OUT/protocol.json    the resolved protocol parameters, each with its source
+
+Steps: (1) the data set's annotations are streamed into ``manifest.jsonl`` (no image is
+opened); (2) :func:`~meaningful_perturbation.runner.run_directory` explains every pair
+(resumable, torchrun-sharded, progress bar); (3) rank 0 scores each saved explanation — the
+saliency mapped back onto the original image (:func:`~meaningful_perturbation.io.map_to_original`,
+boxes are in original pixels) — appending one line per pair to ``scores.jsonl`` (so an
+interrupted scoring pass resumes too), then writes the results. Per-pair scores are
+deterministic, so a resumed evaluation gives the numbers of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from .._atomic import atomic_open, atomic_write_text
+from .._terminal import escape_text
+from ..errors import ConfigError, InputError, MeaningfulPerturbationError
+from .protocols import DATASETS, resolve_protocol
+
+__all__ = ["EvaluateOptions", "EvaluateSummary", "evaluate", "write_manifest", "segments_mask", "aggregate",
+           "dataset_records", "boxes_per_alpha"]
+
+STATE_FILE = "evaluate.json"
+MANIFEST = "manifest.jsonl"
+RUN_DIR = "run"
+SCORES = "scores.jsonl"
+OWN_FILES = (STATE_FILE, MANIFEST, SCORES, "results.json", "results.md", "protocol.json")
+_FORMAT = "meaningful-perturbation/evaluate"
+
+
+@dataclass
+class EvaluateOptions:
+    """What ``mperturb evaluate`` was asked to do besides the explain settings."""
+
+    protocol: str
+    data: str
+    out: str
+    dataset: str | None = None  # default: the protocol's first data set
+    images: str | None = None
+    annotations: str | None = None
+    synsets: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    limit: int | None = None  # only the first N pairs (a quick look; not the papers' numbers)
+    batch_size: int = 8
+    resume: bool = False
+    force: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class EvaluateSummary:
+    results: dict[str, Any]
+    markdown: str
+    out: Path
+    rank: int = 0
+    world_size: int = 1
+    failures: int = 0
+
+
+# ------------------------------------------------------------------------------- the data
+def dataset_records(dataset: str, opts: EvaluateOptions, proto: dict[str, Any], info: dict[str, Any]) -> Iterator[dict]:
+    """The data set's records (see :mod:`meaningful_perturbation.datasets`), streamed."""
+    from ..datasets import iter_coco, iter_imagenet, iter_voc
+
+    if dataset == "imagenet":
+        return iter_imagenet(opts.data, images=opts.images, annotations=opts.annotations, synsets=opts.synsets,
+                             info=info)
+    if dataset == "voc07":
+        return iter_voc(opts.data, split=proto["params"].get("voc_split", "test"), info=info)
+    return iter_coco(opts.data, annotations=opts.annotations, images=opts.images, info=info)
+
+
+def write_manifest(records: Iterable[dict[str, Any]], path: str | os.PathLike[str], limit: int | None = None) -> int:
+    """Write one runner manifest line per record (``path``, ``target`` and the annotations under
+    ``eval``), atomically, consuming ``records`` one at a time. Returns the number of lines.
+
+    Raises:
+        InputError: no record at all.
+    """
+    n = 0
+    with atomic_open(path, "w") as f:
+        for rec in records:
+            if limit is not None and n >= limit:
+                break
+            row = {"path": rec["path"], "target": int(rec["target"]),
+                   "eval": {k: v for k, v in rec.items() if k not in ("path", "target")}}
+            f.write(json.dumps(row, separators=(",", ":"), allow_nan=False) + "\n")
+            n += 1
+        if n == 0:
+            raise InputError("--data: the annotations hold no (image, class) pair to evaluate")
+    return n
+
+
+def _manifest_rows(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+# --------------------------------------------------------------------- ground-truth masks
+def _rle_decode(counts: list[int], h: int, w: int) -> np.ndarray:
+    flat = np.zeros(h * w, dtype=bool)
+    pos, val = 0, False
+    for c in counts:
+        if val:
+            flat[pos : pos + c] = True
+        pos += c
+        val = not val
+    return flat.reshape(w, h).T  # COCO RLE runs are column-major
+
+
+def _rle_string(s: str) -> list[int]:
+    """COCO's compressed RLE string (LEB128-like, 5 bits a character, deltas from the count
+    two runs back) → run lengths."""
+    counts: list[int] = []
+    i = 0
+    while i < len(s):
+        x, k, more = 0, 0, True
+        while more:
+            c = ord(s[i]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            i += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def segments_mask(segments: list[Any], boxes: list[list[float]], original: tuple[int, int],
+                  shape: tuple[int, int]) -> np.ndarray:
+    """Union of COCO instance segmentations at ``shape`` ``(h, w)`` of an ``original`` ``(H, W)``
+    image: polygons (``[[x0, y0, x1, y1, ...], ...]``, pixel-edge coordinates), uncompressed
+    RLE (``{"counts": [...], "size": [H, W]}``, crowd regions) or compressed RLE strings. An
+    instance without a segmentation counts with its box."""
+    from PIL import Image, ImageDraw
+
+    h, w = shape
+    H, W = original
+    sy, sx = h / H, w / W
+    canvas = Image.new("1", (w, h), 0)
+    draw = ImageDraw.Draw(canvas)
+    out = np.zeros((h, w), dtype=bool)
+    for seg, box in zip(segments, boxes):
+        if isinstance(seg, list) and seg:
+            for poly in seg:
+                pts = [(float(poly[k]) * sx, float(poly[k + 1]) * sy) for k in range(0, len(poly) - 1, 2)]
+                if len(pts) >= 3:
+                    draw.polygon(pts, fill=1, outline=1)
+        elif isinstance(seg, dict) and "counts" in seg and "size" in seg:
+            rh, rw = (int(v) for v in seg["size"])
+            counts = seg["counts"] if isinstance(seg["counts"], list) else _rle_string(str(seg["counts"]))
+            m = _rle_decode([int(c) for c in counts], rh, rw)
+            if (rh, rw) != (h, w):
+                m = np.asarray(Image.fromarray(m).resize((w, h), Image.NEAREST))
+            out |= m
+        else:
+            x0, y0, x1, y1 = box
+            out[max(0, int(math.floor(y0 * sy))) : max(0, int(math.ceil(y1 * sy))),
+                max(0, int(math.floor(x0 * sx))) : max(0, int(math.ceil(x1 * sx)))] = True
+    return out | np.asarray(canvas, dtype=bool)
+
+
+def _boxes_mask(boxes: list[list[float]], original: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
+    """Union of half-open boxes (original pixels) as an ``(h, w)`` mask of ``shape``: a pixel is
+    in when its centre lies in a box."""
+    h, w = shape
+    H, W = original
+    ys = (np.arange(h) + 0.5) * (H / h)
+    xs = (np.arange(w) + 0.5) * (W / w)
+    out = np.zeros((h, w), dtype=bool)
+    for x0, y0, x1, y1 in boxes:
+        out |= ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
+    return out
+
+
+# ----------------------------------------------------------------------------- scoring
+def _saliency_on_original(run_dir: Path, rec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor,
+                                                                          tuple[int, int]]:
+    """``(saliency at the model input, saliency on the original image, original (H, W))``; the
+    latter at most ``OVERLAY_MAX_SIDE`` a side (boxes and tolerances are scaled with it)."""
+    from ..explanation import Explanation
+    from ..io import map_to_original
+    from ..io.preprocessing import OVERLAY_MAX_SIDE, Geometry, bounded_size
+
+    ex = Explanation.load(run_dir / "items" / f"{rec['id']}.npz")
+    sal = ex.saliency[0].float()
+    g = rec.get("geometry")
+    if not isinstance(g, dict):
+        raise InputError(f"{run_dir / 'results.jsonl'}: item {rec['id']} has no geometry (written by an older "
+                         "mperturb run); start the evaluation again with --force")
+    geom = Geometry(tuple(g["original_size"]), tuple(g["resized_size"]), tuple(g["crop_box"]))
+    original = (int(geom.original_size[0]), int(geom.original_size[1]))
+    # The border a centre crop cut off was not looked at: it gets the map's minimum, so it can
+    # neither hold the maximum (pointing) nor pass a threshold the map itself does not.
+    on = map_to_original(sal, geom, fill=float(sal.min()), size=bounded_size(original, OVERLAY_MAX_SIDE))
+    return sal, on, original
+
+
+def boxes_per_alpha(saliency: torch.Tensor, rule: str, alphas: list[float]) -> torch.Tensor:
+    """The box :func:`~meaningful_perturbation.metrics.saliency_to_box` gives for every α, at once.
+
+    The tight box around ``{u : s(u) ≥ t}`` spans the rows whose maximum reaches ``t`` and the
+    columns whose maximum does, so one pass over the map (row and column maxima, and for the
+    energy rule one sort) serves every α: ``O(HW log HW + A(H + W))`` instead of ``A`` passes.
+    Same thresholds as :func:`~meaningful_perturbation.metrics.threshold_saliency` (``component="all"``).
+
+    Args:
+        saliency: ``(H, W)`` float.
+        rule: ``"value"``, ``"energy"`` or ``"mean"``.
+        alphas: the α values.
+
+    Returns:
+        ``(A, 4)`` long half-open boxes ``(x0, y0, x1, y1)``; ``(0, 0, 0, 0)`` where nothing survives.
+
+    Example:
+        >>> s = torch.zeros(4, 5); s[1:3, 2:4] = 1.0; s[0, 0] = 0.4
+        >>> boxes_per_alpha(s, "value", [0.5, 0.3]).tolist()
+        [[2, 1, 4, 3], [0, 0, 4, 3]]
+    """
+    s = saliency.double()
+    h, w = s.shape
+    a = torch.tensor([float(v) for v in alphas], dtype=torch.float64)
+    if rule == "energy":
+        s = s.clamp_min(0)
+        v = torch.sort(s.reshape(-1), descending=True).values
+        cum = v.cumsum(0)
+        total = cum[-1]
+        k = torch.searchsorted(cum, a * total)  # first position whose cumulative energy reaches α·total
+        cut = v[k.clamp_max(v.numel() - 1)]
+        t = torch.where(total > 0, cut, torch.full_like(cut, -math.inf))
+    elif rule == "value":
+        t = a * s.max()
+    else:
+        t = a * s.mean()
+    rows = s.amax(dim=1)[None, :] >= t[:, None]  # (A, H)
+    cols = s.amax(dim=0)[None, :] >= t[:, None]  # (A, W)
+    ar_h, ar_w = torch.arange(h), torch.arange(w)
+    y0 = torch.where(rows, ar_h, h).amin(dim=1)
+    y1 = torch.where(rows, ar_h, -1).amax(dim=1) + 1
+    x0 = torch.where(cols, ar_w, w).amin(dim=1)
+    x1 = torch.where(cols, ar_w, -1).amax(dim=1) + 1
+    boxes = torch.stack([x0, y0, x1, y1], dim=1)
+    return torch.where(rows.any(dim=1, keepdim=True), boxes, torch.zeros_like(boxes))
+
+
+class _Scorer:
+    """Scores one (image, class) pair under a protocol; holds the model for the deletion game."""
+
+    def __init__(self, proto: dict[str, Any], run_dir: Path, settings: Any, model: Any = None, prep: Any = None,
+                 device: Any = None, head: str = "auto") -> None:
+        self.proto, self.p, self.run_dir = proto, proto["params"], run_dir
+        self.settings, self.model, self.prep, self.device, self.head = settings, model, prep, device, head
+
+    def __call__(self, row: dict[str, Any], rec: dict[str, Any]) -> dict[str, Any]:
+        ev = row["eval"]
+        out: dict[str, Any] = {"id": rec["id"], "image": ev.get("image"), "target": row["target"],
+                               "class": ev.get("class")}
+        name = self.proto["name"]
+        if name == "deletion-game":
+            out.update(self._deletion(row, rec))
+            return out
+        sal, on, original = _saliency_on_original(self.run_dir, rec)
+        h, w = on.shape
+        sy, sx = h / original[0], w / original[1]
+        if name == "imagenet-loc":
+            from ..metrics import box_iou, saliency_to_box
+
+            gt = torch.tensor([[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy] for b in ev["boxes"]], dtype=torch.float64)
+            correct = {}
+            for rule in self.p["rules"]:
+                alphas = self.p["alphas"][rule]
+                if self.p["component"] == "all":
+                    boxes = boxes_per_alpha(on, rule, alphas)
+                else:  # the largest connected component: one labelling per α
+                    boxes = torch.cat([saliency_to_box(on[None], rule, float(a), component=self.p["component"])
+                                       for a in alphas])
+                iou = box_iou(boxes.double()[:, None], gt[None]).amax(dim=1)  # (A,) best IoU over GT boxes
+                correct[rule] = [int(v) for v in (iou >= self.p["iou_threshold"]).tolist()]
+            out["heldout"] = bool(row["_index"] % self.p["heldout_every"] == 0)
+            out["correct"] = correct
+            return out
+        # pointing
+        from ..metrics import pointing_game
+
+        if ev.get("segments") is not None:
+            gt = segments_mask(ev["segments"], ev["boxes"], original, (h, w))
+        else:
+            gt = _boxes_mask(ev["boxes"], original, (h, w))
+        tol = min(float(self.p["tolerance_px"]) * min(sy, sx), math.hypot(h, w) + 1.0)
+        res = pointing_game(on[None], torch.from_numpy(gt)[None], tolerance=tol)
+        out["hit"] = bool(res.hits[0]) if bool(res.valid[0]) else None
+        out["point_yx"] = [round(float(v) / s, 2) for v, s in zip(res.points[0].tolist(), (sy, sx))]
+        out["gt_fraction"] = round(float(gt.mean()), 6)
+        out["difficult"] = bool(gt.mean() < self.p["difficult_area_fraction"]
+                                and int(ev.get("classes_in_image", 1)) >= self.p["difficult_min_classes"])
+        return out
+
+    def _deletion(self, row: dict[str, Any], rec: dict[str, Any]) -> dict[str, Any]:
+        from ..explanation import Explanation
+        from ..io import load_image, preprocess
+        from ..metrics import deletion_game_box
+
+        sal = Explanation.load(self.run_dir / "items" / f"{rec['id']}.npz").saliency[0].float()
+        x, _ = preprocess(load_image(row["path"]), self.prep)
+        th = [i / (self.p["thresholds"] - 1) for i in range(self.p["thresholds"])]
+        res = deletion_game_box(self.model, x[None].to(self.device), sal[None].to(self.device), int(row["target"]),
+                                levels=self.p["levels"], thresholds=th, blur_sigma=self.p["blur_sigma"],
+                                head=self.head)
+        areas = {}
+        for level, v in res.items():
+            a = float(v[0])
+            areas[f"{level:g}"] = None if math.isnan(a) else ("inf" if math.isinf(a) else a)
+        return {"areas": areas, "input_size": list(x.shape[-2:])}
+
+
+# ------------------------------------------------------------------------- aggregation
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def aggregate(proto: dict[str, Any], scores: list[dict[str, Any]], failures: int = 0) -> dict[str, Any]:
+    """The protocol's final numbers from the per-pair ``scores`` (see the module docstring)."""
+    name, p = proto["name"], proto["params"]
+    out: dict[str, Any] = {"protocol": name, "pairs_scored": len(scores), "pairs_failed": failures}
+    if name == "imagenet-loc":
+        held = [s for s in scores if s["heldout"]]
+        test = [s for s in scores if not s["heldout"]]
+        out["heldout_pairs"], out["test_pairs"] = len(held), len(test)
+        rules = {}
+        for rule in p["rules"]:
+            grid = p["alphas"][rule]
+            if held:
+                acc = [sum(s["correct"][rule][k] for s in held) / len(held) for k in range(len(grid))]
+                k_best = max(range(len(grid)), key=lambda k: (acc[k], -k))  # ties: the first alpha
+            else:
+                acc, k_best = None, None
+            err = None
+            if test and k_best is not None:
+                err = 1.0 - sum(s["correct"][rule][k_best] for s in test) / len(test)
+            rules[rule] = {"alpha": None if k_best is None else grid[k_best],
+                           "heldout_error": None if acc is None else 1.0 - acc[k_best],
+                           "error": err}
+        out["rules"] = rules
+    elif name == "pointing":
+        def per_class(rows: list[dict[str, Any]]) -> dict[str, float]:
+            by: dict[str, list[bool]] = {}
+            for s in rows:
+                if s.get("hit") is not None:
+                    by.setdefault(str(s["class"]), []).append(bool(s["hit"]))
+            return {c: sum(v) / len(v) for c, v in sorted(by.items())}
+
+        allc = per_class(scores)
+        diffc = per_class([s for s in scores if s.get("difficult")])
+        out["all"] = _mean(list(allc.values()))
+        out["difficult"] = _mean(list(diffc.values()))
+        out["pairs_difficult"] = sum(1 for s in scores if s.get("difficult"))
+        out["per_class"] = {c: {"all": allc[c], "difficult": diffc.get(c)} for c in allc}
+    else:
+        levels = {}
+        for level in p["levels"]:
+            key = f"{level:g}"
+            vals = [s["areas"][key] for s in scores]
+            finite = [v for v in vals if isinstance(v, (int, float))]
+            levels[key] = {"mean_area_px2": _mean(finite), "images": len(finite),
+                           "not_reached": sum(1 for v in vals if v == "inf"),
+                           "not_scorable": sum(1 for v in vals if v is None)}
+        out["levels"] = levels
+    return out
+
+
+def _fmt(v: Any, pct: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    return f"{100 * v:.1f} %" if pct else (f"{v:g}" if isinstance(v, (int, float)) else str(v))
+
+
+def to_markdown(res: dict[str, Any], head: dict[str, Any]) -> str:
+    """``results.md``: the numbers as a Markdown table, with what produced them."""
+    lines = [f"# mperturb evaluate {res['protocol']}", "",
+             f"model `{head['model']}`, method `{head['method']}`, data set {head['dataset']} (`{head['data']}`); "
+             f"{res['pairs_scored']} pair(s) scored, {res['pairs_failed']} failed.", ""]
+    if res["protocol"] == "imagenet-loc":
+        lines += [f"alpha chosen on {res['heldout_pairs']} held-out pair(s), error on the other {res['test_pairs']}.",
+                  "", "| rule | alpha | held-out error | localisation error |", "|---|---|---|---|"]
+        for rule, r in res["rules"].items():
+            lines.append(f"| {rule} | {_fmt(r['alpha'])} | {_fmt(r['heldout_error'], True)} | {_fmt(r['error'], True)} |")
+    elif res["protocol"] == "pointing":
+        lines += ["| subset | mean accuracy over classes |", "|---|---|",
+                  f"| all | {_fmt(res['all'], True)} |",
+                  f"| difficult ({res['pairs_difficult']} pairs) | {_fmt(res['difficult'], True)} |", "",
+                  "| class | all | difficult |", "|---|---|---|"]
+        for c, r in res["per_class"].items():
+            lines.append(f"| {c} | {_fmt(r['all'], True)} | {_fmt(r['difficult'], True)} |")
+    else:
+        lines += ["| suppression | mean box area (px² at the model input) | images | not reached | not scorable |",
+                  "|---|---|---|---|---|"]
+        for lv, r in res["levels"].items():
+            area = "n/a" if r["mean_area_px2"] is None else f"{r['mean_area_px2']:.0f}"
+            lines.append(f"| {float(lv) * 100:g} % | {area} | {r['images']} | {r['not_reached']} | {r['not_scorable']} |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ the run
+def _prepare_out(out: Path, state: dict[str, Any], opts: EvaluateOptions) -> None:
+    """Refuse a folder holding files of other programs or an earlier evaluation (without
+    ``--resume``/``--force``); with ``--resume``, refuse a different evaluation unless
+    ``--force``, and then drop the scores (they are recomputed from the saved explanations)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out: {str(out)!r} is a file; choose a folder")
+    names = sorted(n for n in (os.listdir(out) if out.is_dir() else ()) if not n.startswith("."))
+    foreign = [n for n in names if n not in OWN_FILES and n != RUN_DIR]
+    if foreign or (names and STATE_FILE not in names):
+        raise InputError(f"--out: {str(out)!r} holds files mperturb evaluate did not write "
+                         f"({', '.join((foreign or names)[:3])}); choose an empty or new folder")
+    if names:
+        try:
+            old = json.loads((out / STATE_FILE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            old = {}
+        if not opts.resume and not opts.force:
+            raise InputError(f"--out: {str(out)!r} holds an earlier evaluation; pass --resume to continue it, "
+                             "--force to start over, or choose another --out")
+        changed = old.get("compared") != state["compared"] if isinstance(old, dict) else True
+        if opts.resume and changed and not opts.force:
+            a = old.get("compared") if isinstance(old, dict) and isinstance(old.get("compared"), dict) else {}
+            b = state["compared"]
+            diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            raise ConfigError(f"--resume: the evaluation in {str(out)!r} was made with other settings "
+                              f"({', '.join(diff) or 'unreadable evaluate.json'}); resume with the same ones or "
+                              "pass --force")
+        drop = OWN_FILES if not opts.resume else ((SCORES, "results.json", "results.md") if changed else ())
+        for n in drop:  # only this program's own files
+            (out / n).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
+def _model_classes(settings: Any) -> tuple[Any, Any, Any, int, str]:
+    """Load the model once to read its class count (and keep it for the deletion game)."""
+    from PIL import Image
+
+    from ..io import preprocess
+    from ..models import CLI_OPTION_NAMES, load_model, resolve_model_preprocessing
+    from ..runner import dist as distmod
+    from ..targets import clean_scores
+
+    ctx = distmod.detect()
+    device = distmod.local_device(settings.device, ctx)
+    loaded = load_model(settings.model, weights=settings.weights, trust_code=settings.trust_code, device=device,
+                        offline=getattr(settings, "offline", False), progress=False)
+    prep = resolve_model_preprocessing(loaded, settings.preprocessing, device=device, names=CLI_OPTION_NAMES)
+    x, _ = preprocess(Image.new("RGB", (64, 64), (128, 128, 128)), prep)
+    out, head = clean_scores(loaded.model, x[None].to(device), settings.head)
+    return loaded.model, prep, torch.device(device), int(out.shape[-1]), head.kind
+
+
+def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
+    """Run a protocol end to end into ``opts.out`` (see the module docstring).
+
+    Args:
+        settings: the explain settings (:class:`~meaningful_perturbation.cli.options.RunSettings`).
+        opts: protocol, data set and output options.
+
+    Returns:
+        :class:`EvaluateSummary` (on ranks other than 0 under torchrun: empty results).
+
+    Raises:
+        ConfigError: unknown protocol / data set / parameter, a model whose class count does not
+            match the data set, a resume with other settings.
+        InputError: missing or malformed annotations, a refused ``--out``.
+    """
+    from ..runner import RunOptions, run_directory
+    from ..runner.run import validate_options
+    from ..runner.merge import append_line, repair_tail
+    from ..runner.sources import load_source
+
+    proto = resolve_protocol(opts.protocol, opts.params)
+    dataset = opts.dataset or proto["datasets"][0]
+    if dataset not in DATASETS:
+        raise ConfigError(f"--dataset: expected one of {', '.join(DATASETS)}, got {dataset!r}")
+    if dataset not in proto["datasets"]:
+        raise ConfigError(f"--dataset: protocol {opts.protocol!r} runs on {', '.join(proto['datasets'])}, "
+                          f"got {dataset!r}")
+    if opts.limit is not None and (isinstance(opts.limit, bool) or not isinstance(opts.limit, int) or opts.limit < 1):
+        raise ConfigError(f"--limit: expected an integer >= 1, got {opts.limit!r}")
+    if settings.head == "auto" and proto["params"].get("head", "auto") != "auto":
+        settings = dataclasses.replace(settings, head=proto["params"]["head"])
+    if settings.target is not None and not (opts.protocol == "imagenet-loc" and settings.target in ("top1", "top5")):
+        raise ConfigError(f"--target: expected nothing (each pair's class comes from the annotations), or top1 / "
+                          f"top5 with imagenet-loc (explain the predicted classes, score the boxes of the true "
+                          f"one), got {settings.target!r}")
+    if proto["params"]["crop"] == "none":
+        settings = dataclasses.replace(settings, preprocessing={**settings.preprocessing, "crop": "none"})
+    out = Path(opts.out)
+    rank = int(os.environ.get("RANK", "0") or 0)
+    compared = {"protocol": opts.protocol, "dataset": dataset, "data": str(Path(opts.data).resolve()),
+                "images": opts.images, "annotations": opts.annotations, "synsets": opts.synsets,
+                "params": proto["params"], "limit": opts.limit,
+                "explain": {k: v for k, v in settings.to_dict().items() if k != "device"}}
+    state = {"format": _FORMAT, "version": 1, "compared": compared}
+
+    run_dir = out / RUN_DIR
+    ropts = RunOptions(source=str(out / MANIFEST), out=str(run_dir), source_type="jsonl",
+                       batch_size=opts.batch_size, resume=opts.resume and run_dir.exists(), force=opts.force,
+                       quiet=opts.quiet)
+    validate_options(ropts)  # a bad --batch-size is refused before the model loads
+    model, prep, device, n_classes, head = _model_classes(settings)
+    info: dict[str, Any] = {}
+    records = dataset_records(dataset, opts, proto, info)
+    first = next(records, None)  # locations resolved and checked before anything is written
+    if first is None:
+        raise InputError(f"--data: the annotations in {opts.data!r} hold no (image, class) pair to evaluate")
+    if info.get("classes") != n_classes:
+        raise ConfigError(f"--model: the model has {n_classes} output classes but the {DATASETS[dataset]} has "
+                          f"{info.get('classes')} (protocol {opts.protocol}); use a model trained on this data set")
+    if rank == 0:
+        _prepare_out(out, state, opts)
+
+    def chained() -> Iterator[dict[str, Any]]:
+        yield first
+        yield from records
+
+    manifest = out / MANIFEST
+    if rank == 0:
+        # Under torchrun the other ranks read the manifest only inside run_directory, after
+        # the process-group rendezvous, which rank 0 joins once the manifest is written.
+        write_manifest(chained(), manifest, opts.limit)
+    summary = run_directory(settings, ropts)
+    if summary.rank != 0:
+        return EvaluateSummary({}, "", out, summary.rank, summary.world_size)
+
+    # ---- scoring (rank 0): one line per pair, appended, resumable
+    by_id = {r["id"]: r for r in summary.results}
+    scores_path = out / SCORES
+    repair_tail(scores_path)
+    done: dict[str, dict[str, Any]] = {}
+    if scores_path.is_file():
+        with open(scores_path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    s = json.loads(line)
+                    done[s["id"]] = s
+    scorer = _Scorer(proto, run_dir, settings, model, prep, device, head)
+    items, _ = load_source(manifest, "jsonl")
+    ordered: list[dict[str, Any]] = []
+    unscored = 0
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(items), desc="score", unit="pair", disable=opts.quiet or not sys.stderr.isatty())
+    for k, (row, item) in enumerate(zip(_manifest_rows(manifest), items)):
+        bar.update(1)
+        rec = by_id.get(item.id)
+        if rec is None:
+            continue
+        s = done.get(item.id)
+        if s is None:
+            row["_index"] = k
+            try:
+                s = scorer(row, rec)
+            except (MeaningfulPerturbationError, OSError, ValueError) as e:
+                # A damaged saved item or an image that cannot be read again: this pair only
+                # (not written, so --resume tries it again).
+                unscored += 1
+                if not opts.quiet:
+                    tqdm.write(escape_text(f"mperturb: cannot score {item.rel}: {' '.join(str(e).split())}"),
+                               file=sys.stderr)
+                continue
+            append_line(scores_path, s)
+        ordered.append(s)
+    bar.close()
+    with atomic_open(scores_path, "w") as f:  # final form: one line per scored pair, manifest order
+        for s in ordered:
+            f.write(json.dumps(s, separators=(",", ":"), allow_nan=False) + "\n")
+    results = aggregate(proto, ordered, failures=len(items) - len(ordered))
+    results["pairs_unscored"] = unscored  # explained, but their saved item could not be scored
+    head_info = {"model": settings.model, "method": settings.method, "dataset": dataset, "data": opts.data}
+    results["setup"] = {**head_info, "head": head, "config": settings.config, "dataset_info": info,
+                        "limit": opts.limit}
+    md = to_markdown(results, head_info)
+    atomic_write_text(out / "protocol.json", json.dumps(proto, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_text(out / "results.md", md)
+    return EvaluateSummary(results, md, out, 0, summary.world_size, len(items) - len(ordered))
