@@ -19,7 +19,7 @@ from meaningful_perturbation.data import (
     make_texture_evidence,
 )
 from meaningful_perturbation.data.textures import FLIP_PERMUTATION, ROT90_PERMUTATION
-from meaningful_perturbation.errors import ConfigError, InputError
+from meaningful_perturbation.errors import ConfigError, InputError, ModelError
 
 ANGLES = np.array([0.0, 45.0, 90.0, 135.0])  # TEXTURE_CLASSES, degrees
 
@@ -238,3 +238,23 @@ def test_benchmark_bad_family_is_refused_before_any_work(tmp_path, capsys) -> No
     assert main(["benchmark", "--family", "stripes", "--n", "2", "--methods", "center", "--out", str(out), "-q"]) == 2
     assert capsys.readouterr().err.strip() == "mperturb: error: --family: expected one of shapes, textures, got 'stripes'"
     assert not out.exists()
+
+
+def test_train_command_takes_the_family_and_is_deterministic(tmp_path) -> None:
+    from meaningful_perturbation.demo import ShapeNet, load_demo_model
+    from meaningful_perturbation.demo.__main__ import main
+
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"run{k}" / "t.safetensors"
+        argv = ["train", "--family", "textures", "--n", "64", "--epochs", "1", "--eval-n", "20", "--quiet", "--out", str(out)]
+        assert main(argv) == 0
+        outs.append(out)
+        metrics = json.loads(out.with_name("textures_metrics.json").read_text())
+        assert metrics["config"]["family"] == "textures" and metrics["evaluation"]["family"] == "textures"
+        assert len(metrics["evaluation"]["per_class_accuracy"]) == 4
+        assert metrics["parameters"] == sum(p.numel() for p in ShapeNet(num_classes=4).parameters())
+    assert outs[0].read_bytes() == outs[1].read_bytes()  # same seed → byte-identical weights
+    assert isinstance(load_demo_model(weights=outs[0], family="textures"), ShapeNet)
+    with pytest.raises(ModelError, match="is not a ShapeNet state dict"):
+        load_demo_model(weights=outs[0])  # 4 outputs are not the 6-class shapes model
