@@ -231,11 +231,10 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, out: Path) -> int:
     from .._atomic import os_errors_as
     from .._runtime import check_device, check_seed
-    from ..evaluation import run_benchmark
-    from ..evaluation.benchmark import legend_markdown
-
     from ..data import get_family
     from ..errors import ConfigError
+    from ..evaluation import run_benchmark
+    from ..evaluation.benchmark import legend_markdown
 
     from_files = getattr(args, "from_files", None)
     family = getattr(args, "family", None)
