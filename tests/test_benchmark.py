@@ -153,7 +153,8 @@ def test_cli_writes_outputs(tmp_path, monkeypatch, capsys) -> None:
     assert args.func is run
     assert run(args) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("| method |") and "| random |" in printed and "| center |" in printed
+    assert printed.startswith("## ShapeEvidence (--family shapes): ") and "\n| method |" in printed
+    assert "| random |" in printed and "| center |" in printed
     js = json.loads((out / "benchmark.json").read_text())
     assert [r["method"] for r in js["rows"]] == ["random", "center"]
     assert js["settings"]["steps_scale"] == 0.1

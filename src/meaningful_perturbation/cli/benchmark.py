@@ -1,4 +1,5 @@
-"""``mperturb benchmark``: score every method on held-out ShapeEvidence images.
+"""``mperturb benchmark``: score every method on held-out images of a ground-truth family
+(``--family shapes``, the default: ShapeEvidence; ``--family textures``: TextureEvidence).
 
 Prints the Markdown table and writes ``benchmark.json`` and ``benchmark.md`` (the table,
 then rank accuracy and pointing broken down by class and by object size) into ``--out``
@@ -30,9 +31,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``benchmark`` subcommand to an ``argparse`` subparsers object."""
     p = subparsers.add_parser(
         "benchmark",
-        help="benchmark the explanation methods on held-out ShapeEvidence images",
+        help="benchmark the explanation methods on held-out ShapeEvidence (or TextureEvidence) images",
         description=(
-            "Explain the true label of N held-out ShapeEvidence images with each method and report "
+            "Explain the true label of N held-out ShapeEvidence (--family shapes) or TextureEvidence "
+            "(--family textures) images with each family's demo model, with each method, and report "
             "pointing, rank accuracy, distractor mass, deletion/insertion AUC, minimal sufficient area "
             "(mean [95% bootstrap CI]), seconds and model passes per image."
         ),
@@ -57,6 +59,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--full", action="store_true",
         help=f"run the full presets instead of the fast set: {', '.join(DEFAULT_METHODS)} "
              "(the 800-step extremal takes ~40 s per image on a CPU)",
+    )
+    p.add_argument(
+        "--family", default=None, metavar="FAMILY",
+        help="ground-truth family: shapes (ShapeEvidence: a flat-coloured shape; default) or textures "
+             "(TextureEvidence: an oriented grating in a random blob), each with its own demo model",
     )
     p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     p.add_argument(
@@ -171,7 +178,7 @@ def report_markdown(result: Any) -> str:
     """``benchmark.md``: settings, the table and its legend, then :data:`BREAKDOWNS` by class
     and by size."""
     settings = ", ".join(f"{k}={v}" for k, v in result.settings.items() if k not in ("overrides", "methods"))
-    parts = [f"# mperturb benchmark\n\n{settings}\n\n{result.to_markdown()}\n{_legend()}"]
+    parts = [f"# mperturb benchmark\n\n{result.heading()}\n{settings}\n\n{result.to_markdown()}\n{_legend()}"]
     if result.images:
         for by, title in (("class", "by class"), ("size", "by object size (area terciles)")):
             for metric in BREAKDOWNS:
@@ -185,7 +192,7 @@ def _say_eta(args: argparse.Namespace, methods: list[str]) -> None:
 
     est = estimate_seconds(methods, n=args.n, size=args.size, steps_scale=args.steps_scale,
                            batch_size=getattr(args, "batch_size", 16), curve_steps=getattr(args, "curve_steps", 100),
-                           device=args.device)
+                           device=args.device, family=getattr(args, "family", None) or "shapes")
     total = sum(est.values())
     slowest = max(est, key=est.get)
     when = f"{total / 60:.1f} min" if total >= 90 else f"{total:.0f} s"
@@ -224,10 +231,15 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, out: Path) -> int:
     from .._atomic import os_errors_as
     from .._runtime import check_device, check_seed
+    from ..data import get_family
+    from ..errors import ConfigError
     from ..evaluation import run_benchmark
     from ..evaluation.benchmark import legend_markdown
 
     from_files = getattr(args, "from_files", None)
+    family = getattr(args, "family", None)
+    if family is not None:
+        get_family(family, "--family")  # before --out is created
     if not from_files:
         check_device(args.device, "--device")
         n, batch = args.n, getattr(args, "batch_size", 16)
@@ -237,6 +249,9 @@ def _run(args: argparse.Namespace, out: Path) -> int:
         out.mkdir(parents=True, exist_ok=True)
     if from_files:
         result = _load(from_files, _split_methods(args.methods))
+        held = result.settings.get("family", "shapes")
+        if family is not None and family != held:
+            raise ConfigError(f"--family: the --from files hold family {held!r}, got {family!r}")
     else:
         methods = _split_methods(args.methods)
         if methods is None:
@@ -253,13 +268,14 @@ def _run(args: argparse.Namespace, out: Path) -> int:
             curve_steps=getattr(args, "curve_steps", 100),
             device=args.device,
             progress=not args.quiet,
+            family=family or "shapes",
         )
     table = result.to_markdown()
     md = report_markdown(result)
     with os_errors_as("--out", on=out):
         atomic_write_text(out / "benchmark.json", json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
         atomic_write_text(out / "benchmark.md", md)
-    print(table, end="")
+    print(result.heading() + "\n" + table, end="")
     print("\n" + legend_markdown(), end="")
     if not args.quiet:
         print(escape_text(f"wrote {out / 'benchmark.json'} and {out / 'benchmark.md'}"), file=sys.stderr)

@@ -12,14 +12,25 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
+    from ..data import FAMILIES
     from .train import DEFAULT_OUT, TrainConfig
 
     d = TrainConfig()
     parser = argparse.ArgumentParser(prog="python -m meaningful_perturbation.demo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    tr = sub.add_parser("train", help="train the demo CNN on ShapeEvidence, write weights + metrics JSON")
-    tr.add_argument("--out", default=str(DEFAULT_OUT), help="weights file (.safetensors); default: the shipped file")
-    tr.add_argument("--metrics", default=None, help="metrics JSON (default: metrics.json beside --out)")
+    tr = sub.add_parser("train", help="train a demo CNN on a ground-truth family, write weights + metrics JSON")
+    tr.add_argument(
+        "--family", choices=tuple(FAMILIES), default="shapes",
+        help="ground-truth family: shapes (ShapeEvidence, default) or textures (TextureEvidence)",
+    )
+    tr.add_argument(
+        "--out", default=None,
+        help=f"weights file (.safetensors); default: the family's shipped file ({DEFAULT_OUT.name} for shapes)",
+    )
+    tr.add_argument(
+        "--metrics", default=None,
+        help="metrics JSON (default beside --out: metrics.json for shapes, textures_metrics.json for textures)",
+    )
     tr.add_argument("--epochs", type=int, default=d.epochs)
     tr.add_argument("--n", type=int, default=d.n, help="training images")
     tr.add_argument("--seed", type=int, default=d.seed)
@@ -28,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tr.add_argument("--eval-seed", type=int, default=d.eval_seed)
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     ev = sub.add_parser("eval", help="evaluate weights on a fresh test-split draw and its counterfactuals")
-    ev.add_argument("--weights", default=None, help="weights file (default: the shipped model)")
+    ev.add_argument("--family", choices=tuple(FAMILIES), default="shapes", help="ground-truth family (default shapes)")
+    ev.add_argument("--weights", default=None, help="weights file (default: the family's shipped model)")
     ev.add_argument("--n", type=int, default=d.eval_n)
     ev.add_argument("--seed", type=int, default=d.eval_seed)
     ev.add_argument("--size", type=int, default=d.size)
@@ -42,8 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import load_demo_model
     from .train import evaluate
 
-    model = load_demo_model(weights=args.weights)
-    metrics = evaluate(model, n=args.n, seed=args.seed, size=args.size)
+    model = load_demo_model(weights=args.weights, family=args.family)
+    metrics = evaluate(model, n=args.n, seed=args.seed, size=args.size, family=args.family)
     print(json.dumps(metrics, indent=2))
     return 0
 

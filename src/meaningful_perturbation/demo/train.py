@@ -1,8 +1,16 @@
-"""Train and evaluate the demo :class:`ShapeNet` on ShapeEvidence (DESIGN.md §4).
+"""Train and evaluate a demo :class:`ShapeNet` on a ground-truth family (DESIGN.md §4):
+ShapeEvidence (``--family shapes``, the default) or TextureEvidence (``--family textures``).
 
 Command line (see ``python -m meaningful_perturbation.demo train --help``)::
 
     python -m meaningful_perturbation.demo train --out shapes_cnn.safetensors
+    python -m meaningful_perturbation.demo train --family textures   # textures_cnn.safetensors
+
+Both families use the same recipe below; where it says "shape", read "evidence patch" for
+textures. The only family-specific step is the dihedral augmentation: shape classes are
+invariant to flips and 90° rotations, a texture's orientation class is permuted by them
+(:data:`~meaningful_perturbation.data.textures.FLIP_PERMUTATION`), so the label is moved
+with the image.
 
 Recipe (everything seeded; same machine + thread count → the same weights):
 
@@ -46,12 +54,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import CLASSES, make_shape_evidence, normalize
+from ..data import get_family, normalize
 from .model import ShapeNet
 
 __all__ = ["TrainConfig", "train", "evaluate", "save_weights", "main_train"]
 
 DEFAULT_OUT = Path(__file__).with_name("shapes_cnn.safetensors")
+#: Shipped weights and metrics file of each family (the metrics JSON sits beside the weights).
+FAMILY_FILES: dict[str, tuple[str, str]] = {
+    "shapes": ("shapes_cnn.safetensors", "metrics.json"),
+    "textures": ("textures_cnn.safetensors", "textures_metrics.json"),
+}
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,7 @@ class TrainConfig:
     eval_n: int = 2000  # test-split images for the reported accuracy
     eval_seed: int = 1000
     threads: int = 1  # one thread: fastest on a shared 2-core machine (no oversubscription)
+    family: str = "shapes"  # ground-truth family (meaningful_perturbation.data.FAMILIES)
 
 
 # ---------------------------------------------------------------------- augmentation
@@ -89,14 +103,26 @@ def _gauss_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return y.reshape(n, c, h, w)
 
 
-def _augment(x: torch.Tensor, masks: torch.Tensor, perturb_prob: float, g: torch.Generator) -> torch.Tensor:
-    """Label-preserving augmentation of a batch of *unnormalised* images in [0, 1].
+def _augment(
+    x: torch.Tensor,
+    masks: torch.Tensor,
+    perturb_prob: float,
+    g: torch.Generator,
+    labels: torch.Tensor | None = None,
+    flip_perm: tuple[int, ...] | None = None,
+    rot_perm: tuple[int, ...] | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Augmentation of a batch of *unnormalised* images in [0, 1].
 
     Args:
         x: ``(B, 3, S, S)`` images.
         masks: ``(B, S, S)`` class-shape masks (kept intact by the perturbation).
         perturb_prob: probability that an image's background is perturbed.
         g: the training generator (all randomness comes from it).
+        labels: ``(B,)`` labels; when given, ``(images, labels)`` is returned with each label
+            moved by ``flip_perm`` / ``rot_perm`` (``None``: the classes are invariant).
+
+    The random draws are the same whether or not ``labels`` is given.
     """
     b, _, s, _ = x.shape
     # Background perturbation under a random smooth mask; the shape (dilated by 2 px) is kept.
@@ -119,7 +145,8 @@ def _augment(x: torch.Tensor, masks: torch.Tensor, perturb_prob: float, g: torch
         pert = torch.where((kind == 0).view(-1, 1, 1, 1), blurred, torch.where((kind == 1).view(-1, 1, 1, 1), mean, noisy))
         x = x.clone()
         x[idx] = keep * xi + (1 - keep) * pert
-    # Random flips and 90° rotations (the dihedral group leaves every class unchanged).
+    # Random flips and 90° rotations: shape classes are invariant to the dihedral group,
+    # texture classes are permuted by it (the label follows the image).
     flip = torch.rand(b, generator=g) < 0.5
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
     rot = torch.randint(0, 4, (b,), generator=g)
@@ -128,24 +155,37 @@ def _augment(x: torch.Tensor, masks: torch.Tensor, perturb_prob: float, g: torch
         sel = rot == r
         if sel.any():
             out[sel] = torch.rot90(x[sel], r, dims=(2, 3))
-    return out
+    if labels is None:
+        return out
+    y = labels
+    if flip_perm is not None:
+        y = torch.where(flip, torch.tensor(flip_perm)[y], y)
+    if rot_perm is not None:
+        y = torch.where(rot % 2 == 1, torch.tensor(rot_perm)[y], y)
+    return out, y
 
 
 # ------------------------------------------------------------------------ evaluation
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, n: int = 2000, seed: int = 1000, size: int = 64, batch_size: int = 250) -> dict[str, Any]:
-    """Accuracy of ``model`` on a fresh test-split draw, on its counterfactuals and with
-    the class shape blurred.
+def evaluate(
+    model: torch.nn.Module, n: int = 2000, seed: int = 1000, size: int = 64, batch_size: int = 250, family: str = "shapes"
+) -> dict[str, Any]:
+    """Accuracy of ``model`` on a fresh test-split draw of ``family``, on its
+    counterfactuals (evidence never drawn: the evidence region shows the background) and
+    with the evidence blurred.
 
     Returns:
-        A dict with ``test_accuracy``, ``counterfactual_accuracy`` (chance is 1/6),
+        A dict with ``family``, ``test_accuracy``, ``counterfactual_accuracy`` (chance is
+        1 / number of classes),
         ``counterfactual_mean_max_prob``, ``counterfactual_prediction_histogram``,
         ``shape_blurred_accuracy`` / ``shape_blurred_mean_true_prob`` (only the mask pixels
         replaced by a Gaussian blur of σ = 10·size/224 px), ``test_mean_true_prob``,
         ``per_class_accuracy``, ``confusion`` (rows: truth) and the draw's ``n``, ``seed``,
         ``size``.
     """
-    ds = make_shape_evidence(n, size=size, split="test", seed=seed)
+    fam = get_family(family)
+    classes = fam.classes
+    ds = fam.make(n, size=size, split="test", seed=seed)
     was_training = model.training
     model.eval()
     try:
@@ -173,10 +213,10 @@ def evaluate(model: torch.nn.Module, n: int = 2000, seed: int = 1000, size: int 
     cf_pred = torch.cat(cf_preds).numpy()
     bl_pred = torch.cat(bl_preds).numpy()
     labels = ds.labels
-    confusion = np.zeros((len(CLASSES), len(CLASSES)), dtype=np.int64)
+    confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
     np.add.at(confusion, (labels, pred), 1)
-    per_class = {c: float(confusion[k, k] / max(confusion[k].sum(), 1)) for k, c in enumerate(CLASSES)}
-    return {
+    per_class = {c: float(confusion[k, k] / max(confusion[k].sum(), 1)) for k, c in enumerate(classes)}
+    out = {
         "n": int(n),
         "seed": int(seed),
         "size": int(size),
@@ -184,13 +224,16 @@ def evaluate(model: torch.nn.Module, n: int = 2000, seed: int = 1000, size: int 
         "test_accuracy": float((pred == labels).mean()),
         "counterfactual_accuracy": float((cf_pred == labels).mean()),
         "counterfactual_mean_max_prob": float(torch.cat(cf_maxp).mean()),
-        "counterfactual_prediction_histogram": np.bincount(cf_pred, minlength=len(CLASSES)).tolist(),
+        "counterfactual_prediction_histogram": np.bincount(cf_pred, minlength=len(classes)).tolist(),
         "shape_blurred_accuracy": float((bl_pred == labels).mean()),
         "shape_blurred_mean_true_prob": float(torch.cat(bl_true_p).mean()),
         "test_mean_true_prob": float(torch.cat(true_p).mean()),
         "per_class_accuracy": per_class,
         "confusion": confusion.tolist(),
     }
+    if family != "shapes":  # the shapes keys are kept as they were for its metrics.json
+        out = {"family": family, **out}
+    return out
 
 
 # -------------------------------------------------------------------------- training
@@ -202,7 +245,8 @@ def _seed_everything(seed: int, threads: int) -> torch.Generator:
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> tuple[ShapeNet, dict[str, Any]]:
-    """Train a :class:`ShapeNet` with ``cfg``; returns the model (eval mode) and a log.
+    """Train a :class:`ShapeNet` on ``cfg.family`` with ``cfg``; returns the model (eval
+    mode) and a log.
 
     Torch's global thread count and deterministic-algorithms flag are set for the run and
     restored afterwards (the global RNG is reseeded with ``cfg.seed``).
@@ -219,6 +263,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> tuple[ShapeNet, dict[str, 
 def _train(cfg: TrainConfig, progress: bool) -> tuple[ShapeNet, dict[str, Any]]:
     from tqdm.auto import tqdm
 
+    fam = get_family(cfg.family, "family")
     g = _seed_everything(cfg.seed, cfg.threads)
     t0 = time.perf_counter()
     # Draw the training set in chunks, stored as uint8 to keep memory small.
@@ -230,19 +275,19 @@ def _train(cfg: TrainConfig, progress: bool) -> tuple[ShapeNet, dict[str, Any]]:
     for start in tqdm(range(0, cfg.n, chunk), desc="data", disable=not progress):
         stop = min(start + chunk, cfg.n)
         # Seeds seed*1000 + k, k < 1000, never coincide between chunks of one run.
-        ds = make_shape_evidence(stop - start, size=cfg.size, split="train", seed=cfg.seed * 1000 + start // chunk)
+        ds = fam.make(stop - start, size=cfg.size, split="train", seed=cfg.seed * 1000 + start // chunk)
         images[start:stop] = np.round(ds.images * 255).astype(np.uint8)
         blanks[start:stop] = np.round(ds.counterfactuals * 255).astype(np.uint8)
         masks[start:stop], labels[start:stop] = ds.masks, ds.labels
     t_data = time.perf_counter() - t0
 
-    model = ShapeNet(num_classes=len(CLASSES)).to(memory_format=torch.channels_last)
+    model = ShapeNet(num_classes=len(fam.classes)).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = cfg.n // cfg.batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15)
     imgs_t, blanks_t = torch.from_numpy(images), torch.from_numpy(blanks)
     masks_t, labels_t = torch.from_numpy(masks), torch.from_numpy(labels)
-    k = len(CLASSES)
+    k = len(fam.classes)
     history = []
     model.train()
     for epoch in range(cfg.epochs):
@@ -257,9 +302,8 @@ def _train(cfg: TrainConfig, progress: bool) -> tuple[ShapeNet, dict[str, Any]]:
             # The background perturbation ramps up: the shape is learnt first on clean images.
             done = (epoch * steps_per_epoch + step) / (cfg.epochs * steps_per_epoch)
             p = cfg.perturb_prob * min(1.0, done / cfg.perturb_ramp) if cfg.perturb_ramp > 0 else cfg.perturb_prob
-            x = _augment(x, masks_t[idx], p, g)
+            x, y = _augment(x, masks_t[idx], p, g, labels_t[idx], fam.flip, fam.rot90)
             x = normalize(x).contiguous(memory_format=torch.channels_last)
-            y = labels_t[idx]
             target = F.one_hot(y, k).float() * (1 - cfg.label_smoothing) + cfg.label_smoothing / k
             target[blank] = 1.0 / k
             logits = model(x)
@@ -299,20 +343,28 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def main_train(args: Any) -> dict[str, Any]:
-    """``train`` subcommand: train, evaluate, write weights + metrics JSON, print metrics."""
+    """``train`` subcommand: train, evaluate, write weights + metrics JSON, print metrics.
+
+    ``args.out`` / ``args.metrics`` default (``None``) to the family's shipped files
+    (:data:`FAMILY_FILES`) beside this module.
+    """
+    family = getattr(args, "family", None) or "shapes"
+    get_family(family, "--family")
     cfg = TrainConfig(
-        n=args.n, epochs=args.epochs, seed=args.seed, blank_prob=args.blank_prob, eval_n=args.eval_n, eval_seed=args.eval_seed
+        n=args.n, epochs=args.epochs, seed=args.seed, blank_prob=args.blank_prob, eval_n=args.eval_n,
+        eval_seed=args.eval_seed, family=family,
     )
     model, log = train(cfg, progress=not args.quiet)
     t_eval = time.perf_counter()
-    metrics = evaluate(model, n=cfg.eval_n, seed=cfg.eval_seed, size=cfg.size)
+    metrics = evaluate(model, n=cfg.eval_n, seed=cfg.eval_seed, size=cfg.size, family=family)
     log["eval_seconds"] = round(time.perf_counter() - t_eval, 1)
     log["parameters"] = sum(p.numel() for p in model.parameters())
     log["evaluation"] = metrics
-    out = Path(args.out)
+    weights_name, metrics_name = FAMILY_FILES[family]
+    out = Path(args.out) if args.out else DEFAULT_OUT.with_name(weights_name)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_weights(model, out)
-    metrics_path = Path(args.metrics) if args.metrics else out.with_name("metrics.json")
+    metrics_path = Path(args.metrics) if args.metrics else out.with_name(metrics_name)
     metrics_path.write_text(json.dumps(log, indent=2) + "\n")
     print(json.dumps({k: metrics[k] for k in ("test_accuracy", "counterfactual_accuracy", "counterfactual_mean_max_prob", "shape_blurred_accuracy", "per_class_accuracy")}, indent=2))
     print(f"parameters: {log['parameters']}, data {log['data_seconds']} s, training {log['train_seconds']} s")

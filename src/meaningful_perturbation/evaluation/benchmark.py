@@ -1,6 +1,9 @@
-"""Benchmark every explanation method on held-out ShapeEvidence images.
+"""Benchmark every explanation method on held-out images of a ground-truth family.
 
-For ``n`` images of the ``"test"`` split, normalised for the demo model, each method
+The family (``family=``, CLI ``--family``) is ShapeEvidence (``"shapes"``, the default: a
+flat-coloured class shape) or TextureEvidence (``"textures"``: an oriented grating in a
+random blob; :mod:`meaningful_perturbation.data.textures`), each explained on its own demo
+model. For ``n`` images of the ``"test"`` split, normalised for the demo model, each method
 explains the *true* label, in batches. Per image we score
 
 * **exact pointing** — the saliency maximum lies on the class shape (tolerance 0);
@@ -191,7 +194,8 @@ class BenchmarkResult:
         rows: one dict per method: ``"method"`` → name, every key of :data:`METRICS` →
             ``(mean, lo, hi)`` (NaN when no image qualifies), ``"seconds_per_image"`` and
             ``"passes_per_image"`` → float, ``"n_distractor_images"`` → int.
-        settings: the arguments of the run (and the tolerance used).
+        settings: the arguments of the run (and the tolerance used); ``"family"`` names the
+            ground-truth family (absent in files written before it existed: ``"shapes"``).
         per_image: ``{method: {metric: [value per image]}}`` (NaN where not applicable).
         images: what each image is, for :meth:`breakdown`: ``"label"`` (int), ``"class"``
             (name), ``"object_area"`` (share of the image covered by the class shape) and
@@ -208,8 +212,8 @@ class BenchmarkResult:
         """Rebuild a result from :meth:`to_json` output (e.g. a saved ``benchmark.json``).
 
         ``None`` becomes NaN again. Files written before ``images`` was recorded get it
-        regenerated from their settings: the ShapeEvidence draw is deterministic in
-        ``(n, size, split, seed)``.
+        regenerated from their settings: the draw is deterministic in ``(family, n, size,
+        split, seed)``.
 
         Raises:
             ConfigError: ``data`` is not a benchmark JSON.
@@ -242,8 +246,8 @@ class BenchmarkResult:
     def combine(cls, results: Sequence["BenchmarkResult"]) -> "BenchmarkResult":
         """One result holding the rows of several runs on the same images.
 
-        The runs must share ``n``, ``size``, ``seed`` and ``split`` (the same draw), and no
-        method may appear twice. Settings are the first run's, with ``methods`` and
+        The runs must share ``family``, ``n``, ``size``, ``seed`` and ``split`` (the same
+        draw), and no method may appear twice. Settings are the first run's, with ``methods`` and
         ``overrides`` merged.
 
         Raises:
@@ -254,13 +258,13 @@ class BenchmarkResult:
             raise ConfigError("results: expected at least one BenchmarkResult")
         draw_keys = ("n", "size", "seed", "split")
         first = results[0]
-        draw = {k: first.settings.get(k) for k in draw_keys}
+        draw = {"family": _family_of(first.settings), **{k: first.settings.get(k) for k in draw_keys}}
         rows: list[dict[str, Any]] = []
         per_image: dict[str, dict[str, list[float]]] = {}
         methods: list[str] = []
         overrides: dict[str, Any] = {}
         for i, r in enumerate(results):
-            other = {k: r.settings.get(k) for k in draw_keys}
+            other = {"family": _family_of(r.settings), **{k: r.settings.get(k) for k in draw_keys}}
             if other != draw:
                 raise ConfigError(f"results[{i}]: drawn with {other}, expected the same images as results[0] ({draw})")
             for row in r.rows:
@@ -336,8 +340,22 @@ class BenchmarkResult:
             lines.append("| " + " | ".join([method] + vals) + " |")
         return "\n".join(lines) + "\n"
 
+    def heading(self) -> str:
+        """One Markdown heading line naming the data set, e.g. ``"## TextureEvidence
+        (--family textures): 200 held-out test images, 64 px, model demo:textures"``."""
+        from ..data import get_family
+
+        st = self.settings
+        family = _family_of(st)
+        title = get_family(family).title if family in _families() else family
+        return (
+            f"## {title} (--family {family}): {st.get('n', '?')} held-out {st.get('split', 'test')} images, "
+            f"{st.get('size', '?')} px, model {st.get('model', '?')}\n"
+        )
+
     def to_markdown(self) -> str:
-        """A Markdown table, one row per method, each metric as ``mean [lo, hi]``."""
+        """A Markdown table, one row per method, each metric as ``mean [lo, hi]``
+        (:meth:`heading` names the family above it)."""
         lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
         for row in self.rows:
             cells = [row["method"]]
@@ -369,15 +387,27 @@ class BenchmarkResult:
         )
 
 
+def _family_of(settings: dict[str, Any]) -> str:
+    """The family a run was drawn from; runs saved before families existed are ShapeEvidence."""
+    return str(settings.get("family", "shapes"))
+
+
+def _families() -> tuple[str, ...]:
+    from ..data import FAMILIES
+
+    return tuple(FAMILIES)
+
+
 def _describe_images(settings: dict[str, Any]) -> dict[str, list[Any]]:
     """Image descriptions of a benchmark run, regenerated from its settings."""
-    from ..data import make_shape_evidence
+    from ..data import get_family
 
     try:
         n, size, seed = int(settings["n"]), int(settings["size"]), int(settings["seed"])
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"settings: need n, size and seed to regenerate the images ({e})") from None
-    return _image_info(make_shape_evidence(n, size=size, split=settings.get("split", "test"), seed=seed))
+    make = get_family(_family_of(settings), "settings.family").make
+    return _image_info(make(n, size=size, split=settings.get("split", "test"), seed=seed))
 
 
 def _image_info(data: Any) -> dict[str, list[Any]]:
@@ -487,6 +517,7 @@ def estimate_seconds(
     curve_steps: int = 100,
     device: str | torch.device = "cpu",
     model: torch.nn.Module | None = None,
+    family: str = "shapes",
 ) -> dict[str, float]:
     """Seconds :func:`run_benchmark` will take per method, estimated on this machine.
 
@@ -497,10 +528,13 @@ def estimate_seconds(
     (the optimisers' own arithmetic is not counted).
     """
     if model is None:
-        from ..demo import DEMO_PREPROCESSING, load_demo_model
+        from ..data import get_family
+        from ..demo import demo_preprocessing, load_demo_model
 
-        model = load_demo_model(device=device)
-        trained = int(DEMO_PREPROCESSING["input_size"])
+        get_family(family)
+        # The default family calls it as before (callers may substitute load_demo_model).
+        model = load_demo_model(device=device) if family == "shapes" else load_demo_model(device=device, family=family)
+        trained = int(demo_preprocessing(family)["input_size"])
         if size != trained:
             model = _ResizedInput(model, trained)
     fwd = fb = math.inf
@@ -538,8 +572,9 @@ def run_benchmark(
     progress: bool = True,
     model: torch.nn.Module | Callable | None = None,
     curve_steps: int = 100,
+    family: str = "shapes",
 ) -> BenchmarkResult:
-    """Run every method on ``n`` held-out ShapeEvidence images and score it.
+    """Run every method on ``n`` held-out images of a ground-truth family and score it.
 
     Args:
         n: number of ``"test"``-split images (drawn with ``seed``).
@@ -554,23 +589,26 @@ def run_benchmark(
         device: where the model and images live.
         progress: tqdm bar over methods × batches.
         model: classifier taking images normalised with the demo mean / std (default:
-            :func:`~meaningful_perturbation.demo.load_demo_model`).
+            the family's demo model, :func:`~meaningful_perturbation.demo.load_demo_model`).
         curve_steps: grid steps of the deletion / insertion / minimal-area curves.
+        family: ``"shapes"`` (ShapeEvidence, default) or ``"textures"`` (TextureEvidence);
+            see :data:`meaningful_perturbation.data.FAMILIES`. Recorded in ``settings``.
 
     Returns:
         :class:`BenchmarkResult`.
 
     Raises:
-        ConfigError: a bad setting or an unknown method; ``seed`` outside
+        ConfigError: a bad setting, an unknown ``family`` or method; ``seed`` outside
             ``[0, 2**64 - number of batches]``; a ``device`` this build or machine lacks.
     """
     from .. import metrics as M
     from .._runtime import check_device, check_seed
     from ..api import explain
-    from ..data import make_shape_evidence
+    from ..data import get_family
     from ..methods.registry import get_method, resolve_config
     from ..methods.registry import methods as registered
 
+    fam = get_family(family)  # before any work: ConfigError naming the valid families
     n = _check_int(n, "n", 1)
     size = _check_int(size, "size", 32)
     batch_size = _check_int(batch_size, "batch_size", 1)
@@ -606,20 +644,21 @@ def run_benchmark(
     device = check_device(device, "device")  # unknown / absent / meta devices refused up front
 
     if model is None:
-        from ..demo import DEMO_PREPROCESSING, load_demo_model
+        from ..demo import demo_preprocessing, load_demo_model
 
-        model = load_demo_model(device=device)
-        model_name = "demo"
-        trained = int(DEMO_PREPROCESSING["input_size"])
+        # The default family calls it as before (callers may substitute load_demo_model).
+        model = load_demo_model(device=device) if family == "shapes" else load_demo_model(device=device, family=family)
+        model_name = "demo" if family == "shapes" else f"demo:{family}"
+        trained = int(demo_preprocessing(family)["input_size"])
         if size != trained:  # the demo CNN is accurate at its training size only (MODEL_CARD.md)
             model = _ResizedInput(model, trained)
-            model_name = f"demo (inputs resized to {trained} px)"
+            model_name = f"{model_name} (inputs resized to {trained} px)"
     else:
         model_name = type(model).__name__
     if isinstance(model, torch.nn.Module):
         model = model.to(device).eval()
 
-    data = make_shape_evidence(n, size=size, split="test", seed=seed)
+    data = fam.make(n, size=size, split="test", seed=seed)
     t = data.to_tensors(normalize=True)
     images = t.images.to(device)
     labels, masks, distractors = t.labels, t.masks, t.distractors
@@ -710,6 +749,7 @@ def run_benchmark(
             bar.close()
 
     settings = {
+        "family": family,
         "n": n,
         "methods": methods,
         "size": size,

@@ -53,7 +53,8 @@ def _apply_weights_file(module: Any, request: LoadRequest) -> None:
 
 
 def load_demo(arg: str, request: LoadRequest) -> LoadedModel:
-    """``demo``: the small CNN bundled with the package and its preprocessing."""
+    """``demo[:FAMILY]``: a small CNN bundled with the package and its preprocessing;
+    ``FAMILY`` (default ``shapes``) is a key of ``meaningful_perturbation.demo.DEMO_FAMILIES``."""
     try:
         demo = importlib.import_module("meaningful_perturbation.demo")
     except ImportError as exc:
@@ -61,9 +62,16 @@ def load_demo(arg: str, request: LoadRequest) -> LoadedModel:
             f"model spec 'demo': the bundled demo model is not available in this installation "
             f"({exc}); reinstall meaningful-perturbation or use another spec"
         ) from exc
-    model = demo.load_demo_model()
+    family = arg or "shapes"
+    families = getattr(demo, "DEMO_FAMILIES", {"shapes": (None, getattr(demo, "DEMO_PREPROCESSING", None))})
+    if family not in families:
+        raise ConfigError(
+            f"model spec {request.spec!r}: expected demo or demo:FAMILY with FAMILY one of "
+            f"{', '.join(families)}, got {family!r}"
+        )
+    model = demo.load_demo_model(family=family) if arg else demo.load_demo_model()
     _apply_weights_file(model, request)  # every weights file through the one checked reader
-    values = dict(getattr(demo, "DEMO_PREPROCESSING", None) or {})
+    values = dict(families[family][1] or {})
     if "input_size" in values and "resize" not in values:
         size = values["input_size"]
         # The demo images are exactly the input size: resize to it, never crop anything off.

@@ -35,14 +35,16 @@ class _Source:
     takes_argument: bool
     info: ModelSpecInfo
     load: Callable[[str, LoadRequest], LoadedModel]
+    optional_argument: bool = False  # PREFIX and PREFIX:ARG both valid (demo[:FAMILY])
 
 
 _SOURCES: tuple[_Source, ...] = (
     _Source("demo", False, ModelSpecInfo(
-        "demo",
-        "the small CNN bundled with the package (ShapeEvidence classes, 64x64 input)",
-        "demo",
-    ), local.load_demo),
+        "demo[:FAMILY]",
+        "the small CNN bundled with the package, 64x64 input; FAMILY = shapes (default, "
+        "ShapeEvidence classes) or textures (TextureEvidence orientation classes)",
+        "demo:textures",
+    ), local.load_demo, optional_argument=True),
     _Source("torchvision", True, ModelSpecInfo(
         "torchvision:NAME[:WEIGHTS]",
         "torchvision classification model; WEIGHTS = enum member (default DEFAULT) or NONE "
@@ -88,7 +90,7 @@ def list_model_specs() -> list[ModelSpecInfo]:
 
     Example:
         >>> [row.pattern for row in list_model_specs()][:2]
-        ['demo', 'torchvision:NAME[:WEIGHTS]']
+        ['demo[:FAMILY]', 'torchvision:NAME[:WEIGHTS]']
     """
     return [s.info for s in _SOURCES]
 
@@ -109,7 +111,7 @@ def load_model(
 ) -> LoadedModel:
     """Load a classifier and its preprocessing from a spec string.
 
-    Specs (see :func:`list_model_specs`): ``demo``, ``torchvision:NAME[:WEIGHTS]``,
+    Specs (see :func:`list_model_specs`): ``demo[:FAMILY]``, ``torchvision:NAME[:WEIGHTS]``,
     ``timm:NAME``, ``hf:ID_OR_DIR``, ``torchscript:FILE``, ``export:FILE``,
     ``python:FILE.py:FACTORY``.
 
@@ -183,7 +185,9 @@ def load_model(
         raise ConfigError(
             f"model spec {spec!r}: expected {source.info.pattern}, e.g. {source.info.example}"
         )
-    if not source.takes_argument and sep:
+    if source.optional_argument and sep and not arg:
+        raise ConfigError(f"model spec {spec!r}: expected {source.info.pattern}, e.g. {source.info.example}")
+    if not source.takes_argument and not source.optional_argument and sep:
         raise ConfigError(f"model spec {spec!r}: {prefix!r} takes no argument, use {prefix!r}")
     from .._runtime import check_device
 
