@@ -1,0 +1,154 @@
+"""Real-time masker (Dabkowski & Gal 2017): training, oracle, save/load, resume, errors."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+import meaningful_perturbation as mp
+from meaningful_perturbation.errors import ConfigError, InputError, ModelError
+from meaningful_perturbation.masker import ArraySource, TrainConfig, load_masker, train_masker
+from meaningful_perturbation.masker.net import FeatureTap
+
+from oracles import BOXES, TextureOracle, region_masks, textured_image
+
+SIZE = 32
+
+
+def _oracle_data(n_per_class: int = 12, seed: int = 0) -> ArraySource:
+    xs, ys = [], []
+    for i in range(n_per_class):
+        for k in range(len(BOXES)):
+            xs.append(textured_image(SIZE, k, seed=1000 * seed + 10 * i + k))
+            ys.append(k)
+    return ArraySource(torch.cat(xs), torch.tensor(ys), seed=seed)
+
+
+# Small, fast settings for the oracle model: one tapped layer at full resolution.
+FAST = dict(layers=("conv",), width=8, batch_size=8, lr=1e-2, fake_rate=0.0, mask_blur=0.0, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    return TextureOracle(SIZE).eval()
+
+
+@pytest.fixture(scope="module")
+def trained(oracle):
+    torch.manual_seed(0)
+    return train_masker(oracle, _oracle_data(), steps=120, eval_n=0, **FAST)
+
+
+def test_training_lowers_the_objective(trained):
+    h = [r["loss"] for r in trained.history]
+    first, last = sum(h[:10]) / 10, sum(h[-10:]) / 10
+    assert last < 0.7 * first, (first, last)
+
+
+def test_masker_on_an_oracle_finds_its_evidence_region(trained, oracle):
+    """TextureOracle's class k looks only at region k: the mask must keep region k."""
+    hits, contrast = 0, []
+    for k in range(len(BOXES)):
+        for s in range(3):
+            x = textured_image(SIZE, k, seed=5000 + 7 * s + k)
+            m = trained.masker.predict(oracle, x, torch.tensor([k]))[0, 0]
+            reg = region_masks(SIZE, [BOXES[k]])[0].bool()
+            contrast.append(float(m[reg].mean() - m[~reg].mean()))
+            yx = divmod(int(m.argmax()), SIZE)
+            hits += bool(reg[yx])
+    assert hits == 12, hits
+    assert min(contrast) > 0.3, contrast
+
+
+def test_save_load_gives_the_same_masks(trained, oracle, tmp_path):
+    path = trained.masker.save(tmp_path / "m.safetensors")
+    again = load_masker(path)
+    x = torch.cat([textured_image(SIZE, k, seed=77 + k) for k in range(4)])
+    c = torch.arange(4)
+    assert torch.equal(trained.masker.predict(oracle, x, c), again.predict(oracle, x, c))
+    assert again.fingerprint == trained.masker.fingerprint
+    # explain() with the path and with the object: the same Explanation masks, one forward.
+    a = mp.explain(oracle, x, c, method="masker", masker=str(path))
+    b = mp.explain(oracle, x, c, method="masker", masker=again)
+    assert torch.equal(a.masks, b.masks) and torch.equal(a.saliency, a.masks[:, 0])
+    assert a.config["masker"] == str(path)
+    assert (a.scores["masked"] > a.scores["masked_delete"]).all()
+
+
+def test_resume_continues_exactly_as_uninterrupted(oracle, tmp_path):
+    data = _oracle_data(4)
+    full = train_masker(oracle, data, out=tmp_path / "a", steps=6, eval_n=0, **FAST)
+    part = train_masker(oracle, data, out=tmp_path / "b", steps=6, eval_n=0, stop_after=3, **FAST)
+    assert part.steps_run == 3 and not (tmp_path / "b" / "masker.safetensors").exists()
+    done = train_masker(oracle, data, out=tmp_path / "b", steps=6, eval_n=0, resume=True, **FAST)
+    assert done.steps_run == 6 and done.history == full.history
+    sa, sb = full.masker.net.state_dict(), done.masker.net.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert (tmp_path / "b" / "MASKER_CARD.md").read_text().count("conv") >= 1
+    with pytest.raises(ConfigError, match="--resume: the checkpoint was trained with other settings.*lr"):
+        train_masker(oracle, data, out=tmp_path / "b", steps=8, eval_n=0, resume=True, **{**FAST, "lr": 0.5})
+    with pytest.raises(InputError, match="--resume: no checkpoint.safetensors"):
+        train_masker(oracle, data, out=tmp_path / "c", steps=6, resume=True, **FAST)
+
+
+def test_training_leaves_the_classifier_as_found(oracle):
+    oracle.train()
+    oracle.conv.weight.requires_grad_(True)
+    before = oracle.conv.weight.detach().clone()
+    train_masker(oracle, _oracle_data(2), steps=2, eval_n=0, **FAST)
+    assert oracle.training and oracle.conv.weight.requires_grad
+    assert torch.equal(oracle.conv.weight, before)
+    oracle.eval()
+
+
+def test_masker_for_another_classifier_is_refused(trained):
+    other = TextureOracle(SIZE)
+    with torch.no_grad():
+        other.conv.weight.mul_(1.01)
+    x = textured_image(SIZE, 0)
+    with pytest.raises(ModelError, match=r"masker: '<module>' was trained for another classifier: the weights of layers conv differ"):
+        mp.explain(other, x, 0, method="masker", masker=trained.masker)
+    six = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 6))
+    with pytest.raises(ModelError, match="layers: 'conv' is not a layer of the classifier"):
+        mp.explain(six, x, 0, method="masker", masker=trained.masker)
+
+
+def test_wrong_input_size_is_refused(trained, oracle):
+    big = TextureOracle(48)
+    big.conv.load_state_dict(oracle.conv.state_dict())
+    with pytest.raises(InputError, match=r"x: the masker '<module>' was trained on 32x32 images, got 48x48"):
+        mp.explain(big, textured_image(48, 0), 0, method="masker", masker=trained.masker)
+
+
+def test_bad_masker_files_are_refused(tmp_path, oracle):
+    x = textured_image(SIZE, 0)
+    with pytest.raises(InputError, match=r"masker: file '.*nope.safetensors' not found"):
+        mp.explain(oracle, x, 0, method="masker", masker=str(tmp_path / "nope.safetensors"))
+    evil = tmp_path / "evil.safetensors"
+    evil.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(InputError, match="is not a safetensors file .it looks like a pickle, which is never loaded"):
+        mp.explain(oracle, x, 0, method="masker", masker=str(evil))
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, str(plain))
+    with pytest.raises(InputError, match="is a safetensors file but not a masker"):
+        load_masker(plain)
+    with pytest.raises(ConfigError, match="masker: expected a path to a .safetensors masker, 'demo' or a Masker, got int"):
+        mp.explain(oracle, x, 0, method="masker", masker=3)
+
+
+def test_bad_training_settings_are_refused(oracle):
+    with pytest.raises(ConfigError, match="delete_power: expected a value > 0"):
+        train_masker(oracle, _oracle_data(1), steps=1, delete_power=0.0, layers=("conv",))
+    with pytest.raises(ModelError, match="layers: 'nope' is not a layer"):
+        train_masker(oracle, _oracle_data(1), steps=1, layers=("nope",))
+    with pytest.raises(InputError, match="--data: unknown source 'imagenet'"):
+        train_masker(oracle, "imagenet", steps=1, layers=("conv",))
+
+
+def test_feature_tap_removes_its_hooks(oracle):
+    FeatureTap(oracle, ["conv"])(textured_image(SIZE, 0))
+    assert not oracle.conv._forward_hooks
