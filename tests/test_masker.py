@@ -16,6 +16,9 @@ from oracles import BOXES, TextureOracle, region_masks, textured_image
 
 SIZE = 32
 
+# One intra-op thread: many small ops, shared CI cores (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _oracle_data(n_per_class: int = 12, seed: int = 0) -> ArraySource:
     xs, ys = [], []
@@ -31,7 +34,7 @@ FAST = dict(layers=("conv",), width=8, batch_size=8, lr=1e-2, fake_rate=0.0, mas
 
 
 @pytest.fixture(scope="module")
-def oracle():
+def oracle(one_thread):
     return TextureOracle(SIZE).eval()
 
 
@@ -152,3 +155,40 @@ def test_bad_training_settings_are_refused(oracle):
 def test_feature_tap_removes_its_hooks(oracle):
     FeatureTap(oracle, ["conv"])(textured_image(SIZE, 0))
     assert not oracle.conv._forward_hooks
+
+
+def _png(path, seed=3):
+    import numpy as np
+    from PIL import Image
+
+    from meaningful_perturbation.data import make_shape_evidence
+
+    ds = make_shape_evidence(1, size=64, seed=seed)
+    Image.fromarray((ds.images[0].transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)).save(path)
+    return path
+
+
+def test_cli_train_masker_then_explain_with_it(tmp_path, capsys):
+    from meaningful_perturbation.cli import main
+
+    out = tmp_path / "m"
+    rc = main(["train-masker", "--model", "demo", "--data", "shapes", "--out", str(out), "--steps", "2",
+               "--batch-size", "2", "--eval-n", "4", "--device", "cpu", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    assert "mperturb train-masker: 2 steps" in capsys.readouterr().out
+    card = (out / "MASKER_CARD.md").read_text()
+    assert "`demo`" in card and "| delete_power | 0.3 |" in card and "rank accuracy" in card
+    img = _png(tmp_path / "a.png")
+    rc = main(["explain", str(img), "--method", "masker", "--masker", str(out / "masker.safetensors"), "--out",
+               str(tmp_path / "e"), "--device", "cpu", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    ex = mp.Explanation.load(tmp_path / "e" / "a.npz")
+    assert ex.method == "masker" and ex.masks.shape == (1, 1, 64, 64)
+    assert ex.config["masker"] == str(out / "masker.safetensors")
+    rc = main(["explain", str(img), "--method", "masker", "--masker", str(tmp_path / "missing.safetensors"), "--out",
+               str(tmp_path / "f"), "--device", "cpu", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("mperturb: error: masker: file ") and "not found" in err and err.count("\n") == 1
+    rc = main(["train-masker", "--model", "demo", "--out", str(tmp_path / "g"), "--set", "area=-1", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == "mperturb: error: area: expected a value >= 0, got -1\n"

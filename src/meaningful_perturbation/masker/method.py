@@ -4,8 +4,8 @@
 classifier once to read its tapped features, and the masker's decoder once, for the whole
 batch. The result is the usual :class:`~meaningful_perturbation.Explanation`: ``masks``
 ``(N, 1, H, W)`` keep-masks (1 = the evidence kept, as the preservation game), ``saliency =
-masks[:, 0]``, and scores ``clean``, ``masked`` (the class probability of the image with only
-the mask kept, ``Φ(x, m)``) and ``masked_delete`` (with the mask deleted, ``Φ(x, 1 − m)``).
+masks[:, 0]``, and scores ``clean`` ``(N,)``, ``masked`` ``(N, 1)`` (the class probability of the image with only
+the mask kept, ``Φ(x, m)``) and ``masked_delete`` ``(N, 1)`` (with the mask deleted, ``Φ(x, 1 − m)``).
 A target set of several classes gets the pixelwise maximum of its classes' masks.
 
 Errors: a masker trained for another classifier (class count, tapped layers or their
@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..core.head import model_output
 from ..core.objective import Targets, class_probability
 from ..core.perturbation import blend
 from ..errors import ConfigError
@@ -41,6 +42,8 @@ class MaskerConfig:
     levels: int = 2  # Φ(x, m) = x·m + blur(x)·(1 − m) (Dabkowski & Gal 2017 §4)
     reference_size: int = 224  # pixel defaults are for 224×224 inputs
     top_k: int = 1  # classes explained when target is None: top-1
+    game: str = "preserve"  # the masks keep the evidence (saliency = m), as the preservation game; fixed
+
 
     def validate(self) -> None:
         if not isinstance(self.masker, (str, Masker)) and not hasattr(self.masker, "__fspath__"):
@@ -51,6 +54,8 @@ class MaskerConfig:
         check_range("levels", self.levels, 2, integer=True)
         check_range("reference_size", self.reference_size, 1, integer=True)
         check_range("top_k", self.top_k, 1, integer=True)
+        if self.game != "preserve":
+            raise ConfigError(f"game: the masker's masks keep the evidence; expected 'preserve', got {self.game!r}")
 
 
 def _run(ctx: Context, cfg: MaskerConfig) -> Explanation:
@@ -73,14 +78,13 @@ def _run(ctx: Context, cfg: MaskerConfig) -> Explanation:
     scores = {"clean": class_probability(ctx.clean_logits, ctx.targets, ctx.head)}
     with torch.no_grad():
         levels = perturbation_levels(ctx.x, cfg, generator=ctx.generator)
-        both = torch.cat([blend(levels, m.unsqueeze(2))[:, 0], blend(levels, 1 - m.unsqueeze(2))[:, 0]])
+        # One forward for the three scored inputs: Φ(x, m), Φ(x, 1 − m) and Φ(x, 0).
+        three = torch.cat([blend(levels, m.unsqueeze(2))[:, 0], blend(levels, 1 - m.unsqueeze(2))[:, 0], levels[:, 0]])
         if ctx.input_dtype is not None:
-            both = both.to(ctx.input_dtype)
-        from ..core.head import model_output
-
-        p = class_probability(model_output(ctx.model(both), 2 * n, where="model"), Targets(ctx.targets.lists * 2, device=x.device), ctx.head)
-        scores["masked"], scores["masked_delete"] = p[:n], p[n:]
-        scores["perturbed"] = class_probability(model_output(ctx.model(levels[:, 0].to(x.dtype)), n, where="model"), ctx.targets, ctx.head)
+            three = three.to(ctx.input_dtype)
+        out = model_output(ctx.model(three), 3 * n, where="model")
+        p = class_probability(out, Targets(ctx.targets.lists * 3, device=x.device), ctx.head)
+        scores["masked"], scores["masked_delete"], scores["perturbed"] = p[:n, None], p[n : 2 * n, None], p[2 * n :]
     config = config_as_dict(cfg)
     config["masker"] = masker.source
     return Explanation(
