@@ -192,3 +192,23 @@ def test_cli_train_masker_then_explain_with_it(tmp_path, capsys):
     rc = main(["train-masker", "--model", "demo", "--out", str(tmp_path / "g"), "--set", "area=-1", "-q"])
     err = capsys.readouterr().err
     assert rc == 2 and err == "mperturb: error: area: expected a value >= 0, got -1\n"
+
+
+def test_distillation_from_a_run_folder_moves_the_masks_towards_the_teacher(tmp_path):
+    """`run:DIR` reads a `mperturb run` folder (here: the `center` prior as teacher, fast)."""
+    from meaningful_perturbation.cli import main
+    from meaningful_perturbation.masker import RunFolderSource
+    from meaningful_perturbation.models import load_model
+
+    for i in range(3):
+        _png((tmp_path / "imgs").mkdir(exist_ok=True) or tmp_path / "imgs" / f"i{i}.png", seed=20 + i)
+    assert main(["run", str(tmp_path / "imgs"), "--out", str(tmp_path / "r"), "--method", "center", "--device", "cpu", "-q"]) == 0
+    lm = load_model("demo")
+    src = RunFolderSource(str(tmp_path / "r"), lm.preprocessing)
+    assert src.images.shape == (3, 3, 64, 64) and float(src.teacher.max()) == 1.0
+    only = dict(area=0.0, tv=0.0, preserve=0.0, delete=0.0, distil=1.0, fake_rate=0.0, batch_size=3, lr=1e-2, width=8)
+    r = train_masker(lm.model, src, steps=25, eval_n=0, **only)
+    d = [h["distil"] for h in r.history]
+    assert d[-1] < 0.5 * d[0], d
+    with pytest.raises(InputError, match="--data: .* has no results"):
+        RunFolderSource(str(tmp_path / "imgs"), lm.preprocessing)
