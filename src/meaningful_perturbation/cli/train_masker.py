@@ -69,14 +69,13 @@ def run(args: argparse.Namespace) -> int:
             overrides[key] = tuple(value) if isinstance(value, list) else value
     device = str(check_device(args.device or "auto", "--device"))
     spec = args.model or "demo"
-    if spec != "demo" and "layers" not in overrides:
-        raise ConfigError("--layers: required for a model other than demo; name the classifier modules feeding the "
-                          "masker, deepest first (e.g. layer4 layer3 layer2 for a torchvision ResNet)")
     loaded = load_model(spec, weights=args.weights, trust_code=args.trust_code, device=device, offline=args.offline,
                         progress=not args.quiet)
     prep = None
     if str(args.data).startswith("run:"):
-        prep = resolve_model_preprocessing(loaded, {}, device=device, names=CLI_OPTION_NAMES)
+        given = {n: getattr(args, n) for n in ("input_size", "resize", "channels", "mean", "std") if getattr(args, n, None) is not None}
+        given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
+        prep = resolve_model_preprocessing(loaded, given, device=device, names=CLI_OPTION_NAMES)
     cfg = TrainConfig(**overrides) if overrides else TrainConfig()
     src = data_source(args.data, seed=cfg.seed, preprocessing=prep)
     if args.eval_n < 0:

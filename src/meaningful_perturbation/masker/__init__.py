@@ -21,7 +21,7 @@ Example:
 
 from pathlib import Path
 
-from .data import ArraySource, RunFolderSource, ShapesSource, data_source, register_data_source
+from .data import ArraySource, GroundTruthSource, RunFolderSource, ShapesSource, data_source, register_data_source
 from .model import Masker, MaskerSpec, load_masker
 from .net import FeatureTap, MaskerNet, classifier_fingerprint
 from .train import TrainConfig, TrainResult, evaluate_masker, masker_loss, model_card, train_masker
@@ -33,6 +33,7 @@ __all__ = [
     "DEMO_MASKER_PATH",
     "ArraySource",
     "FeatureTap",
+    "GroundTruthSource",
     "Masker",
     "MaskerNet",
     "MaskerSpec",

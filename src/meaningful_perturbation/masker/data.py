@@ -32,7 +32,7 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["ShapesSource", "ArraySource", "RunFolderSource", "register_data_source", "data_source", "DATA_SOURCES"]
+__all__ = ["GroundTruthSource", "ShapesSource", "ArraySource", "RunFolderSource", "register_data_source", "data_source", "DATA_SOURCES"]
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -41,25 +41,38 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return g
 
 
-class ShapesSource:
-    """ShapeEvidence images, ``size`` px, a fresh draw of the train split at every step."""
+class GroundTruthSource:
+    """A generated ground-truth family: ``make(n, size=, split=, seed=)`` returning an object
+    whose ``to_tensors()`` has ``images`` (normalised), ``labels`` and ``masks`` (the
+    interface of :func:`~meaningful_perturbation.data.make_shape_evidence`). Training draws
+    fresh ``"train"`` images at every step; the card's quality uses the ``"test"`` split.
 
-    def __init__(self, size: int = 64, seed: int = 0) -> None:
-        self.size, self.seed = int(size), int(seed)
-        self.description = f"ShapeEvidence train split, {self.size} px, fresh images every step (seed {self.seed})"
+    A second family with the same interface trains with one line::
+
+        register_data_source("textures", lambda arg, *, seed, preprocessing=None:
+                             GroundTruthSource(make_textures, int(arg or 64), seed, "textures"))
+    """
+
+    def __init__(self, make: Callable[..., Any], size: int = 64, seed: int = 0, name: str = "generated") -> None:
+        self.make, self.size, self.seed = make, int(size), int(seed)
+        self.description = f"{name} train split, {self.size} px, fresh images every step (seed {self.seed})"
 
     def batch(self, step: int, size: int):
-        from ..data import make_shape_evidence
-
-        ds = make_shape_evidence(int(size), size=self.size, split="train", seed=(self.seed * 100_003 + int(step)) % (2**31))
-        t = ds.to_tensors()
+        t = self.make(int(size), size=self.size, split="train", seed=(self.seed * 100_003 + int(step)) % (2**31)).to_tensors()
         return t.images, t.labels.long(), None
 
     def evaluation(self, n: int):
+        t = self.make(int(n), size=self.size, split="test", seed=7).to_tensors()
+        return t.images, t.labels.long(), t.masks.bool()
+
+
+class ShapesSource(GroundTruthSource):
+    """ShapeEvidence images, ``size`` px, a fresh draw of the train split at every step."""
+
+    def __init__(self, size: int = 64, seed: int = 0) -> None:
         from ..data import make_shape_evidence
 
-        t = make_shape_evidence(int(n), size=self.size, split="test", seed=7).to_tensors()
-        return t.images, t.labels.long(), t.masks.bool()
+        super().__init__(make_shape_evidence, size, seed, "ShapeEvidence")
 
 
 class ArraySource:

@@ -19,7 +19,7 @@ from torch import nn
 
 from .._atomic import atomic_path
 from ..core.mask import UpsampledMask
-from ..errors import InputError, ModelError
+from ..errors import InputError
 from .net import FeatureTap, MaskerNet, check_fingerprint
 
 __all__ = ["MaskerSpec", "Masker", "load_masker", "FORMAT", "VERSION"]
