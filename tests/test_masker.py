@@ -212,3 +212,27 @@ def test_distillation_from_a_run_folder_moves_the_masks_towards_the_teacher(tmp_
     assert d[-1] < 0.5 * d[0], d
     with pytest.raises(InputError, match="--data: .* has no results"):
         RunFolderSource(str(tmp_path / "imgs"), lm.preprocessing)
+
+
+def test_the_shipped_demo_masker_is_the_default_and_finds_the_shapes():
+    from meaningful_perturbation.data import make_shape_evidence
+    from meaningful_perturbation.demo import load_demo_model
+    from meaningful_perturbation.masker import DEMO_MASKER_PATH
+    from meaningful_perturbation.metrics import pointing_game, scaled_tolerance
+
+    assert DEMO_MASKER_PATH.stat().st_size < 1_000_000
+    model = load_demo_model()
+    t = make_shape_evidence(16, size=64, split="test", seed=3).to_tensors()
+    ex = mp.explain(model, t.images, t.labels, method="masker")
+    assert ex.config["masker"].endswith("demo_masker.safetensors")
+    assert float(ex.masks.min()) >= 0 and float(ex.masks.max()) <= 1
+    assert pointing_game(ex.saliency, t.masks, tolerance=scaled_tolerance(64)).accuracy >= 0.9
+    assert float(ex.masks.mean()) < 0.2  # a small region, not the whole image
+    # keeping the mask keeps the class; deleting it removes it (down to the fully blurred level)
+    assert (ex.scores["masked"][:, 0] > 0.5).float().mean() >= 0.9
+    assert (ex.scores["masked_delete"][:, 0] < ex.scores["clean"]).all()
+    # the same batch one image at a time: the same masks (one decoder pass per batch, eval mode)
+    one = mp.explain(model, t.images[:1], t.labels[:1], method="masker")
+    assert torch.allclose(one.masks, ex.masks[:1], atol=1e-5)
+    with pytest.raises(InputError, match="trained on 64x64 images, got 96x96"):
+        mp.explain(model, torch.zeros(1, 3, 96, 96), 0, method="masker")
