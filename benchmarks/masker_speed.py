@@ -5,7 +5,9 @@ Both go through the public ``explain`` with the demo model on N ShapeEvidence te
 (64 px) in batches of ``--batch-size``; each timed call is a full ``explain`` (clean forward,
 target resolution, the method, the result's scores). Configurations alternate round-robin
 after a warm-up of each; the table gives medians over ``--rounds`` rounds and the ratio of
-masks per second (the issue's bar: masker >= 100x paper on CPU).
+masks per second (the issue's bar: masker >= 100x paper on CPU). ``masker`` builds the full
+Explanation (its scores cost one forward of 3N images); ``masker scores=False`` only the masks
+(one classifier pass for the clean scores, one for the features, one decoder pass).
 
 Usage:
     python benchmarks/masker_speed.py [--n 16] [--batch-size 16] [--rounds 3] [--device cpu]
@@ -42,7 +44,11 @@ def main() -> None:
     model = load_demo_model(device=device)
     t = make_shape_evidence(args.n, size=64, split="test", seed=7).to_tensors()
     x, y = t.images.to(device), t.labels.to(device)
-    configs = {"masker": dict(method="masker", masker=args.masker), "paper": dict(method="paper", steps=args.paper_steps)}
+    configs = {
+        "masker": dict(method="masker", masker=args.masker),
+        "masker scores=False": dict(method="masker", masker=args.masker, scores=False),
+        "paper": dict(method="paper", steps=args.paper_steps),
+    }
 
     def sync() -> None:
         if device.type == "cuda":

@@ -236,3 +236,10 @@ def test_the_shipped_demo_masker_is_the_default_and_finds_the_shapes():
     assert torch.allclose(one.masks, ex.masks[:1], atol=1e-5)
     with pytest.raises(InputError, match="trained on 64x64 images, got 96x96"):
         mp.explain(model, torch.zeros(1, 3, 96, 96), 0, method="masker")
+
+
+def test_scores_false_gives_the_same_masks_without_the_scoring_pass(trained, oracle):
+    x = torch.cat([textured_image(SIZE, k, seed=90 + k) for k in range(4)])
+    a = mp.explain(oracle, x, torch.arange(4), method="masker", masker=trained.masker)
+    b = mp.explain(oracle, x, torch.arange(4), method="masker", masker=trained.masker, scores=False)
+    assert torch.equal(a.masks, b.masks) and set(b.scores) == {"clean"}

@@ -43,6 +43,7 @@ class MaskerConfig:
     reference_size: int = 224  # pixel defaults are for 224×224 inputs
     top_k: int = 1  # classes explained when target is None: top-1
     game: str = "preserve"  # the masks keep the evidence (saliency = m), as the preservation game; fixed
+    scores: bool = True  # score Φ(x, m), Φ(x, 1 − m), Φ(x, 0) (one forward of 3N); False: masks only, "clean" score only
 
 
     def validate(self) -> None:
@@ -54,8 +55,24 @@ class MaskerConfig:
         check_range("levels", self.levels, 2, integer=True)
         check_range("reference_size", self.reference_size, 1, integer=True)
         check_range("top_k", self.top_k, 1, integer=True)
+        if not isinstance(self.scores, bool):
+            raise ConfigError(f"scores: expected True or False, got {self.scores!r}")
         if self.game != "preserve":
             raise ConfigError(f"game: the masker's masks keep the evidence; expected 'preserve', got {self.game!r}")
+
+
+@torch.no_grad()
+def _scores(ctx: Context, cfg: MaskerConfig, m: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``masked`` ``(N, 1)``, ``masked_delete`` ``(N, 1)`` and ``perturbed`` ``(N,)``: class
+    probabilities of Φ(x, m), Φ(x, 1 − m) and Φ(x, 0), in one forward of 3N images."""
+    n = m.shape[0]
+    levels = perturbation_levels(ctx.x, cfg, generator=ctx.generator)
+    three = torch.cat([blend(levels, m.unsqueeze(2))[:, 0], blend(levels, 1 - m.unsqueeze(2))[:, 0], levels[:, 0]])
+    if ctx.input_dtype is not None:
+        three = three.to(ctx.input_dtype)
+    out = model_output(ctx.model(three), 3 * n, where="model")
+    p = class_probability(out, Targets(ctx.targets.lists * 3, device=ctx.x.device), ctx.head)
+    return {"masked": p[:n, None], "masked_delete": p[n : 2 * n, None], "perturbed": p[2 * n :]}
 
 
 def _run(ctx: Context, cfg: MaskerConfig) -> Explanation:
@@ -76,15 +93,8 @@ def _run(ctx: Context, cfg: MaskerConfig) -> Explanation:
     if ctx.callback is not None:
         ctx.callback(1, 1)
     scores = {"clean": class_probability(ctx.clean_logits, ctx.targets, ctx.head)}
-    with torch.no_grad():
-        levels = perturbation_levels(ctx.x, cfg, generator=ctx.generator)
-        # One forward for the three scored inputs: Φ(x, m), Φ(x, 1 − m) and Φ(x, 0).
-        three = torch.cat([blend(levels, m.unsqueeze(2))[:, 0], blend(levels, 1 - m.unsqueeze(2))[:, 0], levels[:, 0]])
-        if ctx.input_dtype is not None:
-            three = three.to(ctx.input_dtype)
-        out = model_output(ctx.model(three), 3 * n, where="model")
-        p = class_probability(out, Targets(ctx.targets.lists * 3, device=x.device), ctx.head)
-        scores["masked"], scores["masked_delete"], scores["perturbed"] = p[:n, None], p[n : 2 * n, None], p[2 * n :]
+    if cfg.scores:
+        scores.update(_scores(ctx, cfg, m))
     config = config_as_dict(cfg)
     config["masker"] = masker.source
     return Explanation(
