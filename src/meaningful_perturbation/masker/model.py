@@ -104,6 +104,9 @@ class Masker:
         tap = FeatureTap(model, self.spec.layers)
         out, feats = tap(x)
         if check:
+            from ..core.head import unwrap_output
+
+            out = unwrap_output(out)
             classes_out = out.shape[-1] if isinstance(out, torch.Tensor) else self.spec.num_classes
             check_fingerprint(self.fingerprint, model, classes_out, x.shape[-2:], where=repr(self.source))
         self.net.to(x.device)

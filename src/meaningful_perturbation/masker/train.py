@@ -46,7 +46,7 @@ from torch import nn
 
 from .._atomic import atomic_path, atomic_write_text
 from ..core.frozen import frozen
-from ..core.head import LOGITS, Head
+from ..core.head import LOGITS, Head, check_head_option, model_output, resolve_head, unwrap_output
 from ..core.objective import Targets, class_probability, tv_term
 from ..core.perturbation import blend
 from ..errors import ConfigError, InputError, ModelError
@@ -143,12 +143,12 @@ def masker_loss(model: Callable, masker: Masker, x: torch.Tensor, classes: torch
     levels = _levels(x, cfg)
     both = torch.cat([blend(levels, full), blend(levels, 1 - full)], dim=0).reshape(2 * b, *x.shape[1:])
     targets = Targets([[int(c)] for c in classes.tolist()] * 2, device=x.device)
-    p = class_probability(model(both), targets, head)
+    p = class_probability(unwrap_output(model(both)), targets, head)
     p_keep, p_del = p[:b], p[b:]
     real = (~fake).to(p.dtype)
     if cfg.score_floor:
         with torch.no_grad():
-            floor = class_probability(model(levels[:, 0]), Targets([[int(c)] for c in classes.tolist()], device=x.device), head)
+            floor = class_probability(unwrap_output(model(levels[:, 0])), Targets([[int(c)] for c in classes.tolist()], device=x.device), head)
         p_del = torch.maximum(p_del, floor)
     keep_term = -torch.log(p_keep.clamp_min(1e-6))
     del_term = p_del.clamp_min(1e-6) ** cfg.delete_power
@@ -248,6 +248,7 @@ def train_masker(
     classifier_name: str = "<module>",
     stop_after: int | None = None,
     device: str | torch.device = "cpu",
+    head: str = "auto",
     **overrides: Any,
 ) -> TrainResult:
     """Train a masker for ``model`` (module docstring) and write it to ``out``.
@@ -266,6 +267,8 @@ def train_masker(
         eval_n: held-out images for the card's quality line (when the data has ground truth).
         stop_after: stop after this many steps of this call (checkpoint written; for tests
             and time-boxed runs).
+        head: how the classifier's output is read (as in :func:`~meaningful_perturbation.explain`;
+            ``"auto"`` decides from the output on the first batch).
 
     Returns:
         :class:`TrainResult` (the masker, per-step term history, steps, seconds, quality).
@@ -293,7 +296,9 @@ def train_masker(
         x0 = x0.to(device)
         tap = FeatureTap(model, cfg.layers)
         logits0, feats0 = tap(x0)
-        num_classes = int(logits0.shape[-1])
+        out0 = model_output(logits0, x0.shape[0], where="model")
+        num_classes = int(out0.shape[-1])
+        model_head = resolve_head(check_head_option(head), out0)
         size = tuple(input_size or x0.shape[-2:])
         scale = min(size) / cfg.reference_size
         spec = MaskerSpec(layers=cfg.layers, channels=tuple(int(f.shape[1]) for f in feats0), num_classes=num_classes,
@@ -324,7 +329,7 @@ def train_masker(
                     raise InputError(f"data: step {step} gave images of {tuple(x.shape[-2:])}, the masker's input size is {spec.input_size}")
                 classes, fake = _draw_classes(labels.cpu(), num_classes, cfg.fake_rate, g)
                 _, feats = tap(x)
-                loss, terms = masker_loss(model, masker, x, classes.to(device), fake.to(device), cfg, feats,
+                loss, terms = masker_loss(model, masker, x, classes.to(device), fake.to(device), cfg, feats, head=model_head,
                                           teacher=teacher.to(device) if teacher is not None else None)
                 if not math.isfinite(float(loss.detach())):
                     raise ModelError(f"train-masker: the loss became {float(loss.detach())} at step {step}; lower --lr")
@@ -348,7 +353,7 @@ def train_masker(
         if ev is not None:
             quality = evaluate_masker(masker, model, ev[0].to(device), ev[1].to(device), ev[2].to(device))
     seconds = time.perf_counter() - t0
-    masker.info = {"classifier": classifier_name, "data": getattr(src, "description", str(data)), "config": _cfg_json(cfg),
+    masker.info = {"classifier": classifier_name, "head": model_head.kind, "data": getattr(src, "description", str(data)), "config": _cfg_json(cfg),
                    "steps": steps_run, "final_terms": history[-1] if history else {}, "quality": quality}
     if outdir is not None and steps_run == cfg.steps:
         masker.save(outdir / WEIGHTS)
