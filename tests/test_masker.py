@@ -243,3 +243,18 @@ def test_scores_false_gives_the_same_masks_without_the_scoring_pass(trained, ora
     a = mp.explain(oracle, x, torch.arange(4), method="masker", masker=trained.masker)
     b = mp.explain(oracle, x, torch.arange(4), method="masker", masker=trained.masker, scores=False)
     assert torch.equal(a.masks, b.masks) and set(b.scores) == {"clean"}
+
+
+def test_feature_tap_reads_a_layer_before_a_later_in_place_change():
+    class InPlace(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Identity()
+
+        def forward(self, x):
+            y = self.a(x * 1.0)
+            y.mul_(0)  # a later in-place op on the tapped output
+            return y.mean(dim=(2, 3))
+
+    _, feats = FeatureTap(InPlace(), ["a"])(torch.ones(1, 2, 4, 4))
+    assert float(feats[0].min()) == 1.0

@@ -78,7 +78,8 @@ class FeatureTap:
 
         def hook(i: int):
             def fn(_module, _inputs, output):
-                store[i] = output
+                # Cloned now: a later in-place layer (ReLU(inplace=True), +=) cannot change it.
+                store[i] = output.detach().clone() if isinstance(output, torch.Tensor) else output
 
             return fn
 
@@ -93,7 +94,7 @@ class FeatureTap:
                     if not isinstance(f, torch.Tensor) or f.dim() != 4:
                         got = "no output" if f is None else (f"tensor {tuple(f.shape)}" if isinstance(f, torch.Tensor) else type(f).__name__)
                         raise ModelError(f"layers: layer {name!r} must output an (N, C, h, w) feature map, got {got}")
-                    feats.append(f.detach().clone().float())
+                    feats.append(f.float())
         finally:
             for h in handles:
                 h.remove()
