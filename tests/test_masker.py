@@ -9,7 +9,7 @@ import torch
 
 import meaningful_perturbation as mp
 from meaningful_perturbation.errors import ConfigError, InputError, ModelError
-from meaningful_perturbation.masker import ArraySource, TrainConfig, load_masker, train_masker
+from meaningful_perturbation.masker import ArraySource, load_masker, train_masker
 from meaningful_perturbation.masker.net import FeatureTap
 
 from oracles import BOXES, TextureOracle, region_masks, textured_image
