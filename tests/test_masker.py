@@ -258,3 +258,10 @@ def test_feature_tap_reads_a_layer_before_a_later_in_place_change():
 
     _, feats = FeatureTap(InPlace(), ["a"])(torch.ones(1, 2, 4, 4))
     assert float(feats[0].min()) == 1.0
+
+
+def test_a_target_set_gets_the_pixelwise_max_of_its_classes_masks(trained, oracle):
+    x = textured_image(SIZE, 1, seed=123)
+    both = mp.explain(oracle, x, [[0, 1]], method="masker", masker=trained.masker)
+    one = [mp.explain(oracle, x, k, method="masker", masker=trained.masker).masks for k in (0, 1)]
+    assert torch.allclose(both.masks, torch.maximum(*one), atol=1e-6)

@@ -83,13 +83,10 @@ def _run(ctx: Context, cfg: MaskerConfig) -> Explanation:
     rows = [(i, c) for i, classes in enumerate(ctx.targets.lists) for c in classes]
     idx = torch.tensor([i for i, _ in rows], device=x.device)
     classes = torch.tensor([c for _, c in rows], device=x.device)
-    if max(classes.tolist()) >= masker.spec.num_classes:
-        raise ConfigError(f"target: class {max(classes.tolist())} is outside the masker's {masker.spec.num_classes} classes")
     xs = x if len(rows) == n else x[idx]
-    m = masker.predict(ctx.model, xs, classes).to(ctx.x.dtype)  # (R, 1, H, W)
+    m = masker.predict(ctx.model, xs, classes).to(ctx.x.dtype)  # (R, 1, H, W); checks the classifier first
     if len(rows) != n:
-        out = torch.zeros((n, 1, *m.shape[-2:]), dtype=m.dtype, device=m.device)
-        m = out.index_reduce_(0, idx, m, "amax", include_self=False)
+        m = torch.stack([m[idx == i].amax(dim=0) for i in range(n)])  # every image has >= 1 class
     if ctx.callback is not None:
         ctx.callback(1, 1)
     scores = {"clean": class_probability(ctx.clean_logits, ctx.targets, ctx.head)}
