@@ -185,8 +185,12 @@ def _save_checkpoint(path: Path, masker: Masker, opt: torch.optim.Optimizer, ste
         for key, v in st.items():
             t = v if isinstance(v, torch.Tensor) else torch.tensor(v)
             tensors[f"optim.{pid}.{key}"] = t.detach().cpu().contiguous()
+    # The per-step terms as one float64 tensor (exact for Python floats; a JSON header would
+    # grow past safetensors' header limit on long runs), their names in the header.
+    names = list(history[0]) if history else []
+    tensors["history"] = torch.tensor([[h.get(k, float("nan")) for k in names] for h in history], dtype=torch.float64).reshape(len(history), len(names))
     header = {"format": "mperturb-masker-checkpoint", "step": str(step), "config": json.dumps(_cfg_json(cfg), sort_keys=True),
-              "param_groups": json.dumps(sd["param_groups"]), "history": json.dumps(history), "spec": masker.spec.to_json(),
+              "param_groups": json.dumps(sd["param_groups"]), "history_terms": json.dumps(names), "spec": masker.spec.to_json(),
               "fingerprint": json.dumps(masker.fingerprint, sort_keys=True), "meta": json.dumps(meta, sort_keys=True)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
@@ -215,7 +219,9 @@ def _load_checkpoint(path: Path, masker: Masker, opt: torch.optim.Optimizer, cfg
             _, pid, key = k.split(".", 2)
             state.setdefault(int(pid), {})[key] = v
     opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-    return int(meta["step"]), json.loads(meta["history"])
+    names = json.loads(meta["history_terms"])
+    history = [dict(zip(names, row)) for row in tensors["history"].tolist()]
+    return int(meta["step"]), history
 
 
 def evaluate_masker(masker: Masker, model: Callable, x: torch.Tensor, labels: torch.Tensor, gt: torch.Tensor, *, batch_size: int = 64) -> dict[str, float]:
