@@ -92,6 +92,8 @@ def test_resume_continues_exactly_as_uninterrupted(oracle, tmp_path):
     assert (tmp_path / "b" / "MASKER_CARD.md").read_text().count("conv") >= 1
     with pytest.raises(ConfigError, match="--resume: the checkpoint was trained with other settings.*lr"):
         train_masker(oracle, data, out=tmp_path / "b", steps=8, eval_n=0, resume=True, **{**FAST, "lr": 0.5})
+    with pytest.raises(InputError, match="--out: .* holds the checkpoint.safetensors of an earlier training; pass --resume"):
+        train_masker(oracle, data, out=tmp_path / "b", steps=6, eval_n=0, **FAST)
     with pytest.raises(InputError, match="--resume: no checkpoint.safetensors"):
         train_masker(oracle, data, out=tmp_path / "c", steps=6, resume=True, **FAST)
 

@@ -296,6 +296,9 @@ def train_masker(
         outdir.mkdir(parents=True, exist_ok=True)
     if resume and (outdir is None or not (outdir / CHECKPOINT).is_file()):
         raise InputError(f"--resume: no {CHECKPOINT} in {str(outdir)!r}; start without --resume")
+    if not resume and outdir is not None and (outdir / CHECKPOINT).exists():
+        raise InputError(f"--out: {str(outdir)!r} holds the {CHECKPOINT} of an earlier training; pass --resume to "
+                         "continue it, or choose another --out")
     t0 = time.perf_counter()
     with frozen(model):
         x0, y0, _ = src.batch(0, 2)
