@@ -267,3 +267,26 @@ def test_a_target_set_gets_the_pixelwise_max_of_its_classes_masks(trained, oracl
     both = mp.explain(oracle, x, [[0, 1]], method="masker", masker=trained.masker)
     one = [mp.explain(oracle, x, k, method="masker", masker=trained.masker).masks for k in (0, 1)]
     assert torch.allclose(both.masks, torch.maximum(*one), atol=1e-6)
+
+
+def test_a_tampered_masker_header_is_one_input_error(trained, tmp_path):
+    import json as _json
+
+    from safetensors.torch import save_file
+
+    path = trained.masker.save(tmp_path / "m.safetensors")
+    from meaningful_perturbation.masker.model import read_safetensors
+
+    tensors, meta = read_safetensors(path, what="m", option="masker")
+    for key, value in [("fingerprint", "[1, 2]"), ("fingerprint", "[" * 100000 + "]" * 100000), ("config", "{}"),
+                       ("info", "3")]:
+        bad = tmp_path / f"bad_{key}.safetensors"
+        save_file(tensors, str(bad), metadata={**meta, key: value})
+        with pytest.raises(InputError, match="has a damaged masker header or weights"):
+            load_masker(bad)
+    short = dict(tensors)
+    short.pop(next(iter(short)))
+    save_file(short, str(tmp_path / "short.safetensors"), metadata=meta)
+    with pytest.raises(InputError, match="has a damaged masker header or weights"):
+        load_masker(tmp_path / "short.safetensors")
+    assert _json.loads(meta["fingerprint"]) == trained.masker.fingerprint

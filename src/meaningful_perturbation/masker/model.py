@@ -174,9 +174,17 @@ def load_masker(path: str | os.PathLike) -> Masker:
         spec = MaskerSpec.from_json(meta["config"])
         fingerprint = json.loads(meta["fingerprint"])
         info = json.loads(meta.get("info", "{}"))
+        ok = (isinstance(fingerprint, dict) and isinstance(fingerprint.get("params_sha256"), str)
+              and isinstance(fingerprint.get("classes"), int) and isinstance(fingerprint.get("layers"), list)
+              and all(isinstance(v, str) for v in fingerprint["layers"]) and isinstance(fingerprint.get("input_size"), list)
+              and len(fingerprint["input_size"]) == 2 and all(isinstance(v, int) for v in fingerprint["input_size"]))
+        if not ok:
+            raise ValueError("the classifier fingerprint is not {classes, input_size, layers, params_sha256}")
+        if not isinstance(info, dict):
+            raise ValueError("the info entry is not a JSON object")
         net = MaskerNet(spec.channels, spec.num_classes, spec.width)
         net.load_state_dict(tensors, strict=True)
-    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+    except (KeyError, ValueError, TypeError, RuntimeError, RecursionError) as e:
         raise InputError(f"masker: {str(path)!r} has a damaged masker header or weights ({' '.join(str(e).split())[:200]})") from None
     net.eval()
     return Masker(spec, net, fingerprint, info, source=str(path))
