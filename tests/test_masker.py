@@ -290,3 +290,25 @@ def test_a_tampered_masker_header_is_one_input_error(trained, tmp_path):
     with pytest.raises(InputError, match="has a damaged masker header or weights"):
         load_masker(tmp_path / "short.safetensors")
     assert _json.loads(meta["fingerprint"]) == trained.masker.fingerprint
+
+
+def test_a_ground_truth_family_of_the_data_package_is_a_data_source(monkeypatch):
+    """After `data.families` exists (a table of ShapeEvidence-like generators), `--data NAME`
+    trains on any family with no other change."""
+    import sys
+    import types
+
+    import meaningful_perturbation.data as data_pkg
+    from meaningful_perturbation.data import make_shape_evidence
+    from meaningful_perturbation.masker import data_source
+
+    fake = types.ModuleType("meaningful_perturbation.data.families")
+    fake.FAMILIES = {"fake": types.SimpleNamespace(make=make_shape_evidence, title="FakeEvidence")}
+    monkeypatch.setitem(sys.modules, "meaningful_perturbation.data.families", fake)
+    monkeypatch.setattr(data_pkg, "families", fake, raising=False)
+    src = data_source("fake:32", seed=1)
+    x, y, teacher = src.batch(0, 2)
+    assert x.shape == (2, 3, 32, 32) and teacher is None and src.description.startswith("FakeEvidence train split, 32 px")
+    assert torch.equal(x, make_shape_evidence(2, size=32, split="train", seed=100_003).to_tensors().images)
+    with pytest.raises(InputError, match="--data: fake takes an image size"):
+        data_source("fake:big")

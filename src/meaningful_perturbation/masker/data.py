@@ -17,7 +17,10 @@ Built in (``--data`` of ``mperturb train-masker``):
 ``run:DIR``        distillation: the images and masks of a ``mperturb run`` folder
                    (``paper`` / ``extremal`` ...), see :class:`RunFolderSource`.
 
-Other families register a factory with :func:`register_data_source` (one line), after which
+``NAME[:SIZE]``     any ground-truth family of ``meaningful_perturbation.data.families``
+                   (where present, e.g. ``textures``), as ``shapes``.
+
+Other sources register a factory with :func:`register_data_source` (one line), after which
 ``--data NAME[:ARG]`` trains on them.
 """
 
@@ -176,6 +179,16 @@ register_data_source("npz", lambda arg, *, seed, preprocessing=None: ArraySource
 register_data_source("run", lambda arg, *, seed, preprocessing=None: RunFolderSource(arg or "", preprocessing, seed=seed))
 
 
+def _family(name: str) -> Any:
+    """The ground-truth family ``name`` of ``meaningful_perturbation.data.families`` (a table of
+    generators with ShapeEvidence's interface, where the package has one), else ``None``."""
+    try:
+        from ..data import families
+    except ImportError:
+        return None
+    return getattr(families, "FAMILIES", {}).get(name)
+
+
 def data_source(spec: Any, *, seed: int = 0, preprocessing: Any = None):
     """A data source from ``spec``: an object with ``batch`` (returned as is) or ``"NAME[:ARG]"``.
 
@@ -188,6 +201,11 @@ def data_source(spec: Any, *, seed: int = 0, preprocessing: Any = None):
         raise InputError(f"data: expected a source name ({', '.join(DATA_SOURCES)}) or an object with batch(step, size), got {type(spec).__name__}")
     name, _, arg = spec.partition(":")
     if name not in DATA_SOURCES:
+        family = _family(name)
+        if family is not None:  # a ground-truth family of meaningful_perturbation.data.families
+            if arg and not arg.isdigit():
+                raise InputError(f"--data: {name} takes an image size, e.g. {name}:64, got {spec!r}")
+            return GroundTruthSource(family.make, int(arg) if arg else 64, seed, getattr(family, "title", name))
         raise InputError(f"--data: unknown source {name!r}; expected one of {', '.join(f'{k}[:ARG]' for k in DATA_SOURCES)}")
     if name == "shapes" and arg and not arg.isdigit():
         raise InputError(f"--data: shapes takes an image size, e.g. shapes:64, got {spec!r}")
