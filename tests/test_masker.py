@@ -312,3 +312,15 @@ def test_a_ground_truth_family_of_the_data_package_is_a_data_source(monkeypatch)
     assert torch.equal(x, make_shape_evidence(2, size=32, split="train", seed=100_003).to_tensors().images)
     with pytest.raises(InputError, match="--data: fake takes an image size"):
         data_source("fake:big")
+
+
+def test_benchmark_runs_the_masker(tmp_path, capsys):
+    import json
+
+    from meaningful_perturbation.cli import main
+
+    rc = main(["benchmark", "--methods", "masker", "--n", "4", "--curve-steps", "2", "--out", str(tmp_path), "--device", "cpu", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    rows = json.loads((tmp_path / "benchmark.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["masker"]
+    assert "| masker |" in (tmp_path / "benchmark.md").read_text()
