@@ -324,3 +324,24 @@ def test_benchmark_runs_the_masker(tmp_path, capsys):
     rows = json.loads((tmp_path / "benchmark.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["masker"]
     assert "| masker |" in (tmp_path / "benchmark.md").read_text()
+
+
+def test_the_runner_calls_the_masker_once_per_batch(tmp_path, monkeypatch):
+    from meaningful_perturbation.cli import main
+    from meaningful_perturbation.masker.net import MaskerNet
+
+    calls = []
+    real = MaskerNet.forward
+
+    def counting(self, feats, classes):
+        calls.append(int(classes.shape[0]))
+        return real(self, feats, classes)
+
+    monkeypatch.setattr(MaskerNet, "forward", counting)
+    (tmp_path / "imgs").mkdir()
+    for i in range(5):
+        _png(tmp_path / "imgs" / f"i{i}.png", seed=40 + i)
+    assert main(["run", str(tmp_path / "imgs"), "--out", str(tmp_path / "r"), "--method", "masker", "--batch-size", "4",
+                 "--device", "cpu", "-q"]) == 0
+    assert sorted(calls) == [1, 4]
+    assert len(list((tmp_path / "r" / "items").glob("*.npz"))) == 5
