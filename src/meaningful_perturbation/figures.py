@@ -267,7 +267,7 @@ def _plot_history(fig: Any, grid: Any, col: int, history: Mapping[str, Any] | No
     curves = {k: v for k, v in curves.items() if v.size > 0}
     if not curves:
         ax = fig.add_subplot(grid[:, col])
-        ax.text(0.5, 0.5, "no optimisation\n(this method learns no mask)", ha="center", va="center", fontsize=9)
+        ax.text(0.5, 0.5, "no optimisation\n(no mask is optimised per image)", ha="center", va="center", fontsize=9)
         ax.axis("off")
         return
     top = fig.add_subplot(grid[0, col])

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_methods_entry)
     p = sub.add_parser("models", help="list the model spec forms accepted by --model")
     p.set_defaults(func=_cmd_models)
-    for name in ("benchmark", "run", "report", "evaluate"):  # optional subcommands, cli/<name>.py when present
+    for name in ("benchmark", "run", "report", "evaluate", "train_masker"):  # optional subcommands, cli/<name>.py when present
         try:
             module = importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as e:

@@ -160,6 +160,9 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
                    help="JSON object of config overrides (applied before --set)")
     g.add_argument("--seed", type=int, default=0,
                    help="random seed, an int in [-2**63, 2**64) (default 0)")
+    g.add_argument("--masker", default=None, metavar="FILE",
+                   help="with --method masker: a masker trained by `mperturb train-masker` (.safetensors); "
+                        "default: the one shipped for the demo model")
     g.add_argument("--head", default="auto", choices=HEADS,
                    help="how the model's output is read: logits (softmax), probabilities (the model ends in a "
                         "softmax), sigmoid (multi-label or one-column binary logits), sigmoid-probabilities; "
@@ -245,6 +248,8 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
         overrides["steps"] = args.steps
     if getattr(args, "areas", None) is not None:
         overrides["areas"] = list(args.areas)
+    if getattr(args, "masker", None) is not None:
+        overrides["masker"] = args.masker
     # JSON lists -> tuples (configs are frozen dataclasses with tuple fields).
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     method = getattr(args, "method", "paper") or "paper"
