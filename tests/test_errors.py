@@ -55,7 +55,7 @@ def test_bad_target(target, pattern):
 
 
 def test_unknown_method_and_override():
-    with pytest.raises(ConfigError, match=r"method: unknown method 'nope'; valid methods: paper, paper-loc, seed, extremal, extremal-fast, gradient"):
+    with pytest.raises(ConfigError, match=r"method: unknown method 'nope'; valid methods: paper, paper-loc, seed, extremal, extremal-fast, .*gradient"):
         mp.explain(_model(), X, method="nope")
     with pytest.raises(ConfigError, match=r"'stepz': not a setting of method 'paper'; valid settings: steps, lr"):
         mp.explain(_model(), X, stepz=3)
