@@ -168,13 +168,15 @@ def resolve_layer_name(model: nn.Module, name: str) -> str:
         raise ConfigError(f"layer: {name!r} ends {len(suffix)} module names ({', '.join(map(repr, suffix[:4]))}); give more of it")
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
     rest = [n for n in names if n not in close]
-    shown = close + rest[: max(0, 8 - len(close))]
-    listing = ", ".join(map(repr, shown)) + (f" ... ({len(names)} in all)" if len(names) > len(shown) else "")
-    raise ConfigError(
-        f"layer: the model has no module {name!r}; expected a name from model.named_modules(): "
-        + (f"closest {', '.join(map(repr, close))}; " if close else "")
-        + (f"valid names include {listing}" if names else "the model has no submodules")
-    )
+    shown = rest[: max(0, 8 - len(close))]
+    listing = ", ".join(map(repr, shown)) + (f" ... ({len(names)} in all)" if len(names) > len(close) + len(shown) else "")
+    if not names:
+        found = "the model has no submodules"
+    elif close:
+        found = f"closest {', '.join(map(repr, close))}" + (f"; others: {listing}" if shown else "")
+    else:
+        found = f"valid names include {listing}"
+    raise ConfigError(f"layer: the model has no module {name!r}; expected a name from model.named_modules(): {found}")
 
 
 # --------------------------------------------------------------------------- the gate
