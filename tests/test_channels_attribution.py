@@ -289,3 +289,28 @@ def test_cli_layer_option(tmp_path, capsys):
     summary = json.loads((out / "img_summary.json").read_text())
     assert summary["channels"]["layer"] == "features.13" and len(summary["channels"]["channel_masks"][0]) == 64
     assert (out / "img_panel.png").stat().st_size > 0
+
+
+def test_runner_layer_option(tmp_path, capsys):
+    from PIL import Image
+    import numpy as np
+
+    from meaningful_perturbation.runner import read_jsonl
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(2):
+        Image.fromarray((np.random.default_rng(i).random((40, 40, 3)) * 255).astype(np.uint8)).save(imgs / f"i{i}.png")
+    out = tmp_path / "out"
+    fast = ["--model", "demo", "--steps", "2", "--input-size", "32", "--areas", "0.1", "-q"]
+    assert main(["run", str(imgs), "--out", str(out), "--layer", "classifer", *fast]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mperturb: error: layer: the model has no module 'classifer'")
+    assert not (out / "results.jsonl").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["run", str(imgs), "--out", str(out), "--layer", "features.13", *fast]) == 0, capsys.readouterr().err
+    recs = read_jsonl(out / "results.jsonl")
+    assert len(recs) == 2
+    ex = Explanation.load(out / "items" / f"{recs[0]['id']}.npz")
+    assert ex.method == "extremal-channels" and ex.channel_masks.shape == (1, 1, 64) and ex.extra["layer"] == "features.13"
