@@ -314,3 +314,43 @@ def test_runner_layer_option(tmp_path, capsys):
     assert len(recs) == 2
     ex = Explanation.load(out / "items" / f"{recs[0]['id']}.npz")
     assert ex.method == "extremal-channels" and ex.channel_masks.shape == (1, 1, 64) and ex.extra["layer"] == "features.13"
+
+
+@pytest.mark.filterwarnings("ignore::meaningful_perturbation.AreaWarning")  # 5 steps: not converged
+def test_mean_perturbation_keeps_a_pooled_head_unchanged():
+    # Replacing a channel by its mean over positions leaves its global average unchanged, so
+    # a GAP + linear head cannot tell: removing every channel changes nothing.
+    ex = run(perturbation="mean", steps=5)
+    assert torch.allclose(ex.scores["perturbed"], ex.scores["clean"], atol=1e-6)
+    assert torch.allclose(ex.scores["masked"][:, 0], ex.scores["clean"], atol=1e-6)
+
+
+class _ChannelsLast(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.oracle = Oracle()
+        self.to_nhwc = _Permute()
+
+    def forward(self, x):
+        a = self.to_nhwc(self.oracle.features(x))  # (N, h, w, C)
+        return self.oracle.fc(a.mean(dim=(1, 2)))
+
+
+class _Permute(nn.Module):
+    def forward(self, a):
+        return a.permute(0, 2, 3, 1)
+
+
+def test_channels_last_layout():
+    x = images()
+    ex = mp.explain(_ChannelsLast(), x, target=torch.tensor([0, 1]), method="extremal-channels", layer="to_nhwc",
+                    layout="nhwc", **FAST)
+    assert ex.extra["layout"] == "nhwc" and ex.extra["layer_shape"] == [SIZE, SIZE, 16]
+    assert _binary(ex.channel_masks[:, 0]) == [EVIDENCE[0], EVIDENCE[1]]
+    assert float(ex.masks[0, 0, : SIZE // 2, : SIZE // 2].mean()) > 0.8
+
+
+def test_automatic_layer_error_names_this_method():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
+    with pytest.raises(ConfigError, match=r"^layer: no submodule .* so extremal-channels has no layer to choose; pass layer="):
+        mp.explain(model, torch.randn(1, 3, 4, 4), target=0, method="extremal-channels", steps=2)

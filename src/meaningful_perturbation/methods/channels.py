@@ -282,7 +282,7 @@ def _run(ctx: Context, cfg: ChannelsConfig) -> Explanation:
             "wrap the function in an nn.Module"
         )
     xin = to_model_input(ctx.x, ctx.input_dtype)
-    name = _gc.find_layer(model, xin[:1]) if cfg.layer is None else resolve_layer_name(model, cfg.layer)
+    name = _automatic_layer(model, xin[:1], ctx.method) if cfg.layer is None else resolve_layer_name(model, cfg.layer)
     module = model.get_submodule(name)
     gate = _Gate(name, cfg.perturbation)
     handle = module.register_forward_hook(gate)
@@ -290,6 +290,28 @@ def _run(ctx: Context, cfg: ChannelsConfig) -> Explanation:
         return _optimise(ctx, cfg, model, xin, name, gate)
     finally:
         handle.remove()
+
+
+def _automatic_layer(model: nn.Module, x: torch.Tensor, method: str) -> str:
+    """Grad-CAM's automatic layer (:func:`.baselines.gradcam.find_layer`), its warning and
+    error reworded for this method."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            name = _gc.find_layer(model, x)
+        except ConfigError:
+            raise ConfigError(
+                f"layer: no submodule of the model returns a 4-D (N, C, h, w) feature map or a (N, T, C) token "
+                f"sequence on a patch grid, so {method} has no layer to choose; pass layer='<module name>'"
+            ) from None
+    for w in caught:
+        text = str(w.message)
+        if text.startswith("gradcam: "):
+            text = f"{method}: " + text[len("gradcam: "):].replace(
+                "Grad-CAM this close to the input is little more than an edge map",
+                "channels this close to the input are edge and colour detectors")
+        warnings.warn(text, w.category, stacklevel=4)
+    return name
 
 
 def _optimise(ctx: Context, cfg: ChannelsConfig, model: nn.Module, xin: torch.Tensor, name: str, gate: _Gate) -> Explanation:
