@@ -1,6 +1,6 @@
 """``extremal-channels``: extremal perturbation of the channels of an intermediate layer.
 
-Fong, Patrick & Vedaldi (ICCV 2019), "Attribution at intermediate layers": instead of a
+Fong, Patrick & Vedaldi (ICCV 2019), section on intermediate layers: instead of a
 spatial mask on the image, a mask ``m ∈ [0, 1]^C`` over the ``C`` channels of a chosen
 layer's activation ``a`` (``(N, C, h, w)`` feature map or ``(N, T, C)`` token sequence) is
 learned; the layer's output is replaced by the gated activation
