@@ -143,7 +143,7 @@ def _channels(text: str) -> int:
 
 
 def add_method_options(parser: argparse.ArgumentParser) -> None:
-    """``--method --target --areas --steps --set --config --seed``."""
+    """``--method --target --areas --steps --layer --set --config --seed``."""
     g = parser.add_argument_group("method")
     g.add_argument("--method", default=None, metavar="NAME",
                    help="preset (see `mperturb methods`); default paper (extremal-channels with --layer)")
