@@ -404,13 +404,9 @@ def _optimise(ctx: Context, cfg: ChannelsConfig, model: nn.Module, xin: torch.Te
     keep = 1 - m if cfg.game == "delete" else m
     maps = channel_maps(act, m, layout, grid_prefix, (H, W))
     achieved = (m > 0.5).float().mean(dim=-1)
-    salient = []
-    for i in range(n):
-        row = []
-        for j in range(k):
-            order = torch.argsort(m[i, j], descending=True, stable=True)
-            row.append([int(c) for c in order if float(m[i, j, c]) > 0.5])
-        salient.append(row)
+    mc = m.detach().float().cpu()  # one transfer, not one per channel
+    order = torch.argsort(mc, dim=-1, descending=True, stable=True)
+    salient = [[[int(c) for c in order[i, j] if mc[i, j, c] > 0.5] for j in range(k)] for i in range(n)]
     extra: dict[str, Any] = {
         "layer": name,
         "layer_shape": list(act.shape[1:]),
