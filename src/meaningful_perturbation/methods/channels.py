@@ -93,7 +93,7 @@ class ChannelsConfig:
     momentum: float = 0.9  # SGD momentum 0.9 (2019 reference code, as extremal)
     dampening: float = 0.9  # SGD dampening 0.9 (2019 reference code, as extremal)
     game: str = "preserve"  # 2019 §3: preservation is the default game; "delete" and "dual" available
-    perturbation: str = "zero"  # a removed channel is set to 0 (gating a_c by m_c, as the paper's channel mask); "mean": to its mean over positions
+    perturbation: str = "zero"  # a removed channel is set to 0 (the mask multiplies the activation, a_c·m_c); "mean": to its mean over positions
     score: str = "logit"  # "simple" reward = the class logit (2019 §3); "contrastive" available
     area_weight: float = 300.0  # λ0 = 300 (2019 reference code, as extremal)
     area_growth: float = 1.0035  # λ_t = λ0·1.0035^t over 800 steps (2019 reference code); other step counts follow the same path
