@@ -22,6 +22,7 @@ OVERRIDES = {
     # The oracle is not mirror-symmetric: no flip jitter.
     "extremal": {"steps": STEPS, "areas": (0.1,), "jitter": "none"},
     "extremal-fast": {"steps": STEPS, "areas": (0.1,), "jitter": "none"},
+    "extremal-channels": {"steps": STEPS, "areas": (1 / 3,)},  # one of the oracle's 3 Laplacian channels
     "rise": {"n_masks": 200},
     "occlusion": {"window": 8, "stride": 4, "reference_size": 32},
 }

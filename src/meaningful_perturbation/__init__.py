@@ -11,7 +11,9 @@ Conventions:
     * ``target`` is an int, an ``(N,)`` integer tensor, or a list of class lists per image.
     * A **mask** ``m`` lies in [0, 1] with **1 = keep the original pixel**, 0 = fully
       perturbed. Result masks are ``(N, K, H, W)``: K masks per image (K areas for
-      extremal, K = 1 otherwise).
+      extremal, K = 1 otherwise). Channel attribution (``extremal-channels``) learns
+      ``channel_masks`` ``(N, K, C)`` over a layer's channels (1 = channel kept); its
+      ``masks`` are display maps of the salient channels' activation (docs/channels.md).
     * **saliency** is ``(N, H, W)`` and always "higher = more important": ``1 - m`` for the
       deletion game, ``m`` for preservation, the sum over the K areas for extremal.
     * Everything follows ``x.device``; all randomness comes from ``seed``: same seed, same

@@ -82,6 +82,10 @@ class Explanation:
             ``"probabilities"``, ``"sigmoid"`` or ``"sigmoid-probabilities"``
             (see :mod:`meaningful_perturbation.core.head`). Files written before the option
             existed load as ``"logits"``.
+        channel_masks: ``None``, or for channel attribution (``extremal-channels``) the
+            ``(N, K, C)`` float keep-masks in [0, 1] over the ``C`` channels of the layer
+            named in ``extra["layer"]`` (1 = channel kept); ``masks`` then holds the display
+            maps. Optional in files: those without it load as ``None``.
     """
 
     saliency: torch.Tensor
@@ -93,6 +97,7 @@ class Explanation:
     config: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     head: str = "logits"
+    channel_masks: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.saliency.shape[0])
@@ -107,6 +112,7 @@ class Explanation:
             f"images={n}",
             f"saliency={tuple(self.saliency.shape)}",
             f"masks={tuple(self.masks.shape)}",
+            *([f"channel_masks={tuple(self.channel_masks.shape)}"] if self.channel_masks is not None else []),
             f"target=[{tg}]",
         ]
         clean = self.scores.get("clean")
@@ -140,6 +146,7 @@ class Explanation:
             config=dict(self.config),
             extra=_slice_extra(self.extra, idx, len(self)),
             head=self.head,
+            channel_masks=None if self.channel_masks is None else self.channel_masks[idx],
         )
 
     # ------------------------------------------------------------------ files
@@ -166,11 +173,15 @@ class Explanation:
             "history": sorted(self.history),
             "scores": sorted(self.scores),
         }
+        if self.channel_masks is not None:
+            meta["channel_masks"] = True  # optional member (files without it load as None)
         arrays = {
             "saliency": self.saliency.detach().cpu().float().numpy(),
             "masks": self.masks.detach().cpu().float().numpy(),
             "__meta__": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
         }
+        if self.channel_masks is not None:
+            arrays["channel_masks"] = self.channel_masks.detach().cpu().float().numpy()
         for k, v in self.history.items():
             arrays[f"history/{k}"] = v.detach().cpu().float().numpy()
         for k, v in self.scores.items():
@@ -183,8 +194,8 @@ class Explanation:
     def load(cls, path: str | os.PathLike, *, max_bytes: int = MAX_LOAD_BYTES) -> "Explanation":
         """Read a file written by :meth:`save`, checking it before trusting it.
 
-        Only the members the format defines are read — ``__meta__``, ``saliency``, ``masks``
-        and the ``history/<name>`` and ``scores/<name>`` arrays the metadata lists; anything
+        Only the members the format defines are read — ``__meta__``, ``saliency``, ``masks``,
+        ``channel_masks`` when the metadata says ``"channel_masks": true``, and the ``history/<name>`` and ``scores/<name>`` arrays the metadata lists; anything
         else in the archive is never decompressed. Each array's ``.npy`` header is read
         first and checked (numeric dtype, the shape the format expects, data size equal to
         what the zip directory declares, the total within ``max_bytes``) before its data is
@@ -195,7 +206,7 @@ class Explanation:
         str, ``target`` one list of int class indices per image, ``config`` and ``extra``
         objects, ``head`` one of the model-head kinds, ``history`` and ``scores`` lists of
         names); ``saliency`` float ``(N, H, W)``; ``masks`` float ``(N, K, H, W)``; each history
-        array float ``(steps, N, K')``; each scores array float with first dimension ``N``.
+        array float ``(steps, N, K')``; the optional ``channel_masks`` float ``(N, K, C)``; each scores array float with first dimension ``N``.
 
         Args:
             path: the ``.npz`` file.
@@ -250,6 +261,13 @@ class Explanation:
                                                 what=f"(N, ...) with N = {n}", match={0: n}))
                 for k in meta["scores"]
             }
+            channel_masks = None
+            if meta.get("channel_masks") is True:
+                channel_masks = torch.from_numpy(reader.read(
+                    "channel_masks", kinds="f", ndim=3, what=f"(N, K, C) with N = {n}, K = {masks.shape[1]}",
+                    match={0: n, 1: masks.shape[1]}))
+            elif "channel_masks" in meta:
+                raise InputError(f"{where}: metadata 'channel_masks' is {_short(meta['channel_masks'])}, expected true")
         return cls(
             saliency=torch.from_numpy(sal),
             masks=torch.from_numpy(masks),
@@ -260,6 +278,7 @@ class Explanation:
             config=meta["config"],
             extra=meta["extra"],
             head=meta["head"],
+            channel_masks=channel_masks,
         )
 
 

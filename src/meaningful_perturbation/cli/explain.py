@@ -171,6 +171,8 @@ def _panel_columns(ex: Any, x: torch.Tensor, names: list[str], to_image: Any) ->
     p = _p_label(names, ex.head)
     masked = ex.scores.get("masked")
     areas = ex.extra.get("areas")
+    if getattr(ex, "channel_masks", None) is not None:
+        return _channel_columns(ex, x, p, to_image)
     if isinstance(areas, list) and len(areas) > 0 and masked is not None:
         region_word = "deleted" if ex.config.get("game", "delete") == "delete" else "kept"
         cols = []
@@ -189,7 +191,27 @@ def _panel_columns(ex: Any, x: torch.Tensor, names: list[str], to_image: Any) ->
     return [(perturbed_label, None if img is None else to_image(img[0])), (region_label, shown)]
 
 
+def _channel_columns(ex: Any, x: torch.Tensor, p: str, to_image: Any) -> list[tuple[str, Any]]:
+    """Channel attribution (``extremal-channels``): one column per channel fraction, the input
+    times the normalised activation of the salient channels (kept by preservation, removed by
+    deletion), titled with their count, the layer and the target's probability with the
+    primary game's channel mask."""
+    word = "removed" if ex.config.get("game") == "delete" else "kept"
+    layer, total = ex.extra.get("layer", "?"), ex.extra.get("channels", ex.channel_masks.shape[-1])
+    masked = ex.scores.get("masked")
+    cols = []
+    for k, a in enumerate(ex.extra.get("areas", [None] * ex.masks.shape[1])):
+        count = len(ex.extra.get("salient_channels", [[[]]])[0][k])
+        target = f" (target {float(a):.1%})" if a is not None else ""
+        score = f"\n{p} = {float(masked[0, k]):.3f}" if masked is not None else ""
+        title = f"{word}: {count} of {total} channels{target}\nof {layer}: their activation{score}"
+        cols.append((title, to_image(x[0].cpu(), ex.masks[0, k : k + 1].cpu().clamp(0, 1))))
+    return cols
+
+
 def _colorbar_label(ex: Any) -> str:
+    if getattr(ex, "channel_masks", None) is not None:
+        return "salient channels' activation (sum of maps)"
     if "perturbed" not in ex.scores:
         return "saliency (arbitrary units)"
     if isinstance(ex.extra.get("areas"), list) and ex.config.get("saliency_area") is None:
@@ -272,6 +294,11 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
         loaded, settings.preprocessing, device=settings.device, names=CLI_OPTION_NAMES
     )
     class_names = prep.class_names
+    layer = settings.config.get("layer")
+    if isinstance(layer, str) and isinstance(loaded.model, torch.nn.Module):
+        from ..methods.channels import resolve_layer_name
+
+        resolve_layer_name(loaded.model, layer)  # a bad --layer fails before anything is written
     device = torch.device(settings.device)
     if isinstance(settings.target, str) and settings.target not in ("top1", "top5"):
         # Check a class name before anything is written (indices need the model's output size).
@@ -365,6 +392,8 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
             "model": loaded.spec,
             "seconds": round(seconds, 4),
             "original_size": list(geometry.original_size),
+            **({"channels": {key: ex.extra.get(key) for key in ("layer", "channels", "areas", "salient_channels")}
+                | {"channel_masks": ex.channel_masks[0].tolist()}} if ex.channel_masks is not None else {}),
         })
         if low and settings.model == "demo" and not noted["demo"]:
             noted["demo"] = True

@@ -143,10 +143,10 @@ def _channels(text: str) -> int:
 
 
 def add_method_options(parser: argparse.ArgumentParser) -> None:
-    """``--method --target --areas --steps --set --config --seed``."""
+    """``--method --target --areas --steps --layer --set --config --seed``."""
     g = parser.add_argument_group("method")
-    g.add_argument("--method", default="paper", metavar="NAME",
-                   help="preset (see `mperturb methods`); default paper")
+    g.add_argument("--method", default=None, metavar="NAME",
+                   help="preset (see `mperturb methods`); default paper (extremal-channels with --layer)")
     g.add_argument("--target", default=None, metavar="CLASS[,CLASS...]|top1|top5",
                    help="class index or name, several separated by commas (scores summed, e.g. 2,7 for a "
                         "multi-label model), top1, or top5 (5 top classes, scores summed); "
@@ -154,6 +154,9 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--areas", type=float, nargs="+", default=None, metavar="A",
                    help="mask areas (extremal)")
     g.add_argument("--steps", type=int, default=None, metavar="N", help="optimisation steps")
+    g.add_argument("--layer", default=None, metavar="NAME",
+                   help="module name as in model.named_modules() (e.g. features.10): the layer whose channels "
+                        "extremal-channels attributes (implies --method extremal-channels), or gradcam's layer")
     g.add_argument("--set", dest="set_values", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field; VALUE parsed as JSON when possible (repeatable)")
     g.add_argument("--config", default=None, metavar="FILE",
@@ -252,8 +255,14 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
         overrides["masker"] = args.masker
     # JSON lists -> tuples (configs are frozen dataclasses with tuple fields).
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    method = getattr(args, "method", "paper") or "paper"
+    layer = getattr(args, "layer", None)
+    method = getattr(args, "method", None) or ("extremal-channels" if layer is not None else "paper")
     spec = get_method(method)
+    if layer is not None:
+        if "layer" not in config_as_dict(spec.default_config()):
+            raise ConfigError(f"--layer: method {method!r} takes no layer; use --method extremal-channels "
+                              "(channel attribution) or gradcam, or drop --layer")
+        overrides["layer"] = layer
     try:
         cfg = resolve_config(spec, overrides)
     except TypeError as e:  # a value of the wrong type deep inside a dataclass check

@@ -56,7 +56,7 @@ class MethodSpec:
 
 _REGISTRY: dict[str, MethodSpec] = {}
 # Listing order, independent of which module happened to be imported first.
-_ORDER = ("paper", "paper-loc", "seed", "extremal", "extremal-fast", "masker", "gradient", "gradcam", "occlusion", "rise", "random", "center")
+_ORDER = ("paper", "paper-loc", "seed", "extremal", "extremal-fast", "extremal-sweep", "extremal-channels", "masker", "gradient", "gradcam", "occlusion", "rise", "random", "center")
 
 
 def _ordered() -> list[str]:

@@ -369,6 +369,11 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
         class_names = prep.class_names
         device = torch.device(device_name)
         _probe_model(loaded.model, prep, device)
+        layer = settings.config.get("layer")
+        if isinstance(layer, str) and isinstance(loaded.model, torch.nn.Module):
+            from ..methods.channels import resolve_layer_name
+
+            resolve_layer_name(loaded.model, layer)  # a bad --layer: refused before any output
         if isinstance(settings.target, str) and settings.target not in ("top1", "top5"):
             target_from_option(settings.target, torch.zeros(1, len(class_names or ()) or 1), class_names)
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.overrides.items()}
