@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import InputError
-from ._common import find_image, first_existing, read_xml, sorted_files
+from ._common import find_image, first_existing, image_size, read_xml, sorted_files, warn_counts
 
 __all__ = ["iter_imagenet", "read_synsets", "IMAGES_CANDIDATES", "ANNOTATION_CANDIDATES", "SYNSET_CANDIDATES"]
 
@@ -177,14 +177,25 @@ def iter_imagenet(
     if info is not None:
         info.update({"images": str(img_dir), "annotations": str(ann), "synsets": str(syn), "classes": len(wnids)})
 
+    empty = "image(s) without any box (empty PredictionString / no <object>; no pair)"
+    bad_size = "annotation(s) whose <size> disagrees with the image file (the file's size is used)"
+    questionable = {empty: 0, bad_size: 0}
+
     def records(stem: str, filename: str | None, size: list[int] | None,
                 objs: list[tuple[str, list[float]]], where: str) -> Iterator[dict[str, Any]]:
+        if not objs:
+            questionable[empty] += 1
+            return
         by_class: dict[str, list[list[float]]] = {}
         for w, box in objs:
             if w not in index:
                 raise InputError(f"{where}: WordNet id {w!r} is not in the synset file {syn.name}")
             by_class.setdefault(w, []).append(box)
-        path = str(find_image(img_dir, stem, filename))
+        path = str(find_image(img_dir, stem, filename, ".JPEG"))
+        real = image_size(path) if size is not None else None
+        if real is not None and list(real) != list(size):
+            questionable[bad_size] += 1
+            size = list(real)
         for w in sorted(by_class, key=index.__getitem__):
             yield {"path": path, "image": stem, "target": index[w], "class": w, "boxes": by_class[w],
                    "classes_in_image": len(by_class), "size": size}
@@ -197,3 +208,4 @@ def iter_imagenet(
             rec = read_xml(ann / name, one_based=False)
             objs = [(o["name"], o["box"]) for o in rec["objects"]]
             yield from records(Path(name).stem, None, rec["size"], objs, str(ann / name))
+    warn_counts(questionable, f"--annotations: {ann.name}")

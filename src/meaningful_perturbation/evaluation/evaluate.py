@@ -37,6 +37,7 @@ import torch
 from .._atomic import atomic_open, atomic_write_text
 from .._terminal import escape_text
 from ..errors import ConfigError, InputError, MeaningfulPerturbationError
+from ..datasets._rle import rle_decode, rle_string
 from .protocols import DATASETS, PROTOCOLS, resolve_protocol
 
 __all__ = ["EvaluateOptions", "EvaluateSummary", "evaluate", "write_manifest", "segments_mask", "aggregate",
@@ -122,36 +123,9 @@ def _manifest_rows(path: Path) -> Iterator[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------- ground-truth masks
-def _rle_decode(counts: list[int], h: int, w: int) -> np.ndarray:
-    flat = np.zeros(h * w, dtype=bool)
-    pos, val = 0, False
-    for c in counts:
-        if val:
-            flat[pos : pos + c] = True
-        pos += c
-        val = not val
-    return flat.reshape(w, h).T  # COCO RLE runs are column-major
-
-
 def _rle_string(s: str) -> list[int]:
-    """COCO's compressed RLE string (LEB128-like, 5 bits a character, deltas from the count
-    two runs back) → run lengths."""
-    counts: list[int] = []
-    i = 0
-    while i < len(s):
-        x, k, more = 0, 0, True
-        while more:
-            c = ord(s[i]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            i += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
+    """COCO's compressed RLE string → run lengths (see :func:`meaningful_perturbation.datasets._rle.rle_string`)."""
+    return rle_string(s)
 
 
 def segments_mask(segments: list[Any], boxes: list[list[float]], original: tuple[int, int],
@@ -159,7 +133,11 @@ def segments_mask(segments: list[Any], boxes: list[list[float]], original: tuple
     """Union of COCO instance segmentations at ``shape`` ``(h, w)`` of an ``original`` ``(H, W)``
     image: polygons (``[[x0, y0, x1, y1, ...], ...]``, pixel-edge coordinates), uncompressed
     RLE (``{"counts": [...], "size": [H, W]}``, crowd regions) or compressed RLE strings. An
-    instance without a segmentation counts with its box."""
+    instance without a segmentation counts with its box.
+
+    Raises:
+        InputError: a malformed segmentation (the loader checks them all before anything is
+            explained, :func:`meaningful_perturbation.datasets._rle.check_segmentation`)."""
     from PIL import Image, ImageDraw
 
     h, w = shape
@@ -174,10 +152,9 @@ def segments_mask(segments: list[Any], boxes: list[list[float]], original: tuple
                 pts = [(float(poly[k]) * sx, float(poly[k + 1]) * sy) for k in range(0, len(poly) - 1, 2)]
                 if len(pts) >= 3:
                     draw.polygon(pts, fill=1, outline=1)
-        elif isinstance(seg, dict) and "counts" in seg and "size" in seg:
-            rh, rw = (int(v) for v in seg["size"])
-            counts = seg["counts"] if isinstance(seg["counts"], list) else _rle_string(str(seg["counts"]))
-            m = _rle_decode([int(c) for c in counts], rh, rw)
+        elif isinstance(seg, dict):
+            m = rle_decode(seg)
+            rh, rw = m.shape
             if (rh, rw) != (h, w):
                 m = np.asarray(Image.fromarray(m).resize((w, h), Image.NEAREST))
             out |= m
@@ -300,7 +277,10 @@ class _Scorer:
         if name == "imagenet-loc":
             from ..metrics import box_iou, saliency_to_box
 
-            gt = torch.tensor([[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy] for b in ev["boxes"]], dtype=torch.float64)
+            H, W = original  # boxes clipped to the image (as the VOC masks are), then scaled
+            gt = torch.tensor([[min(max(b[0], 0.0), W) * sx, min(max(b[1], 0.0), H) * sy,
+                                min(max(b[2], 0.0), W) * sx, min(max(b[3], 0.0), H) * sy] for b in ev["boxes"]],
+                              dtype=torch.float64)
             correct = {}
             for rule in self.p["rules"]:
                 alphas = self.p["alphas"][rule]
