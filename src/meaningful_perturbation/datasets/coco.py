@@ -111,7 +111,7 @@ def iter_coco(
         by_image.setdefault(iid, []).append(a)
     del anns
     if info is not None:
-        info.update({"annotations": str(ann), "images": str(img_dir), "classes": len(names)})
+        info.update({"annotations": str(ann), "images": str(img_dir), "classes": len(names), "class_names": names})
     warn_counts(questionable, f"--data: {ann.name}")
     for im in images_list:
         iid = int(im["id"])

@@ -60,6 +60,17 @@ def read_synsets(path: str | os.PathLike[str]) -> list[str]:
     return wnids
 
 
+def _synset_names(path: Path, wnids: list[str]) -> list[str]:
+    """``"n01440764 tench"``: the WordNet id and the first name after it on its line (the id
+    alone where the line has none), in the file's order."""
+    names = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        parts = line.strip().split(None, 1)
+        if len(parts) == 2:
+            names[parts[0]] = parts[1].split(",")[0].strip()
+    return [f"{w} {names[w]}" if names.get(w) else w for w in wnids]
+
+
 def _locate(data: Path, images: str | None, annotations: str | None, synsets: str | None) -> tuple[Path, Path, Path]:
     if not data.is_dir():
         raise InputError(f"--data: expected the ImageNet folder, {str(data)!r} is not a folder")
@@ -175,7 +186,8 @@ def iter_imagenet(
     wnids = read_synsets(syn)
     index = {w: i for i, w in enumerate(wnids)}
     if info is not None:
-        info.update({"images": str(img_dir), "annotations": str(ann), "synsets": str(syn), "classes": len(wnids)})
+        info.update({"images": str(img_dir), "annotations": str(ann), "synsets": str(syn), "classes": len(wnids),
+                     "class_names": _synset_names(syn, wnids)})
 
     empty = "image(s) without any box (empty PredictionString / no <object>; no pair)"
     bad_size = "annotation(s) whose <size> disagrees with the image file (the file's size is used)"

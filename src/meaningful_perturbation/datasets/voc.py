@@ -58,7 +58,7 @@ def iter_voc(
         raise InputError(f"--data: no image list {str(ids_file)!r} (the VOC 2007 {split} split)")
     index = {c: i for i, c in enumerate(VOC_CLASSES)}
     if info is not None:
-        info.update({"root": str(root), "split": split, "classes": len(VOC_CLASSES)})
+        info.update({"root": str(root), "split": split, "classes": len(VOC_CLASSES), "class_names": list(VOC_CLASSES)})
     try:
         f = open(ids_file, encoding="utf-8")
     except OSError as e:

@@ -641,6 +641,8 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
     if info.get("classes") != n_classes:
         raise ConfigError(f"--model: the model has {n_classes} output classes but the {DATASETS[dataset]} has "
                           f"{info.get('classes')} (protocol {opts.protocol}); use a model trained on this data set")
+    if info.get("class_names"):  # progress lines and results.jsonl name the data set's classes
+        ropts = dataclasses.replace(ropts, class_names=tuple(str(c) for c in info["class_names"]))
     if rank == 0:
         _prepare_out(out, state, opts)
         if opts.resume:
@@ -727,7 +729,8 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
                  "params": proto["params"], "changed": changed, "limit": opts.limit,
                  "head": f"{head} ({head_origin})"}
     results["setup"] = {"model": settings.model, "method": settings.method, "dataset": dataset, "data": opts.data,
-                        "head": head, "head_origin": head_origin, "config": settings.config, "dataset_info": info,
+                        "head": head, "head_origin": head_origin, "config": settings.config,
+                        "dataset_info": {k: v for k, v in info.items() if k != "class_names"},
                         "limit": opts.limit, "changed_params": changed}
     if results.get("classes_without_scores"):
         print(escape_text(f"mperturb: warning: {len(results['classes_without_scores'])} class(es) left out of the "

@@ -67,6 +67,7 @@ class RunOptions:
     quiet: bool = False
     thumb_size: int = 160
     retry_failures: bool = False  # with --resume: retry the items of failures.jsonl
+    class_names: tuple[str, ...] | None = None  # names of the output classes instead of the model's (evaluate: the data set's)
 
 
 @dataclass
@@ -366,7 +367,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
         prep = resolve_model_preprocessing(
             loaded, settings.preprocessing, device=device_name, names=CLI_OPTION_NAMES
         )
-        class_names = prep.class_names
+        class_names = tuple(opts.class_names) if opts.class_names else prep.class_names
         device = torch.device(device_name)
         _probe_model(loaded.model, prep, device)
         if isinstance(settings.target, str) and settings.target not in ("top1", "top5"):
