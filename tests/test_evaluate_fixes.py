@@ -392,3 +392,27 @@ def test_results_name_the_data_sets_classes(root, tmp_path):
     assert main(["evaluate", "imagenet-loc", "--data", str(root / "in_xml"), "--out", str(out), "--limit", "1",
                  *model(root, 3)]) == 0
     assert lines(out / "run" / "results.jsonl")[0]["class_name"] == "n01440764 class 0"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(["images", "annotations", "categories"]), st.integers(0, 2),
+       st.sampled_from(["id", "image_id", "category_id", "bbox", "segmentation", "iscrowd", "file_name", "height",
+                        "name"]), _json)
+def test_fuzz_coco_annotations_raise_only_input_error(tmp_path_factory, part, k, key, value):
+    """Any value in any field of the instances JSON: the loader yields records or raises InputError."""
+    from meaningful_perturbation.datasets import iter_coco
+
+    data = tmp_path_factory.mktemp("fz")
+    (data / "val2014").mkdir()
+    js = {"images": [{"id": i, "file_name": f"{i}.jpg", "height": 8, "width": 8} for i in (1, 2, 3)],
+          "annotations": [{"id": i, "image_id": 1 + i % 3, "category_id": 1, "bbox": [0, 0, 2, 2],
+                           "segmentation": [[0, 0, 2, 0, 2, 2]], "iscrowd": 0} for i in (1, 2, 3)],
+          "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}]}
+    js[part][k][key] = value
+    (data / "instances_val2014.json").write_text(json.dumps(js))
+    try:
+        recs = list(iter_coco(data))
+    except InputError:
+        return
+    for r in recs:
+        segments_mask(r["segments"], r["boxes"], (8, 8), (8, 8))

@@ -21,7 +21,7 @@ from ..errors import InputError
 
 __all__ = ["rle_string", "rle_decode", "check_segmentation", "MAX_RLE_PIXELS"]
 
-MAX_RLE_PIXELS = 1 << 28  # 268 M pixels: far above any COCO image, below what would exhaust memory
+MAX_RLE_PIXELS = 1 << 26  # 67 M pixels (8192 x 8192): far above any COCO image, below what would exhaust memory
 
 
 def rle_string(s: str, where: str = "segmentation") -> list[int]:

@@ -74,10 +74,18 @@ def iter_coco(
         names = [str(c["name"]) for c in cats]
         images_list = sorted(js["images"], key=lambda im: int(im["id"]))
         known = {int(im["id"]) for im in images_list}
+        for im in images_list:
+            if not isinstance(im.get("file_name", ""), str):
+                raise TypeError(f"image {im['id']}: file_name is not a string")
+            if "height" in im and "width" in im:
+                hw = [int(im["height"]), int(im["width"])]
+                if min(hw) < 1:
+                    raise ValueError(f"image {im['id']}: height and width must be >= 1, got {hw}")
+        names = [str(c["name"]) for c in cats]  # every category an object with an id and a name
         anns = js["annotations"]
         if not isinstance(anns, list):
             raise TypeError(f"annotations is a {type(anns).__name__}, not a list")
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
         raise InputError(f"--annotations: {str(ann)!r} is not a COCO instances file "
                          f"(expected images, annotations and categories; {type(e).__name__}: {e})") from None
     del js
@@ -93,7 +101,7 @@ def iter_coco(
             raise InputError(f"{where}: expected a JSON object, got {type(a).__name__}")
         try:
             iid, cid = int(a["image_id"]), int(a["category_id"])
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise InputError(f"{where}: expected integer image_id and category_id ({type(e).__name__}: {e})") from None
         if cid not in index:
             raise InputError(f"{where} of image {iid} has unknown category {cid}")
@@ -121,7 +129,7 @@ def iter_coco(
             slot = per.setdefault(index[int(a["category_id"])], {"boxes": [], "segments": [], "crowd": []})
             slot["boxes"].append([x, y, x + w, y + h])  # COCO boxes: [x, y, width, height], pixel edges
             slot["segments"].append(a.get("segmentation"))
-            slot["crowd"].append(int(a.get("iscrowd", 0) or 0))
+            slot["crowd"].append(1 if a.get("iscrowd") in (1, True, "1") else 0)
         path = str(find_image(img_dir, Path(str(im.get("file_name", iid))).stem, im.get("file_name"), ".jpg"))
         size = [int(im["height"]), int(im["width"])] if "height" in im and "width" in im else None
         for c in sorted(per):
