@@ -450,7 +450,10 @@ def to_markdown(res: dict[str, Any], head: dict[str, Any]) -> str:
     columns mean. ``head``: ``model``, ``method``, ``dataset``, ``data`` and optionally
     ``params`` (the resolved protocol parameters), ``changed`` (those differing from the
     protocol's defaults), ``limit`` and ``head`` (the model output head and its origin)."""
-    failed = res["pairs_failed"]
+    failed = f"{res['pairs_failed']}"
+    if res.get("pairs_unscored"):
+        failed += (f" ({res.get('pairs_not_explained', 0)} not explained, {res['pairs_unscored']} explained but "
+                   "not scorable)")
     lines = [f"# mperturb evaluate {res['protocol']}", "",
              f"model `{head['model']}`, method `{head['method']}`, data set {head['dataset']} (`{head['data']}`); "
              f"{_pairs(res['pairs_scored'])} scored, {failed} failed.", ""]
@@ -719,7 +722,7 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
     changed = {k: v for k, v in proto["params"].items() if defaults.get(k) != v}
     head_origin = _head_origin(user_head, proto, head)
     proto["run"] = {"head": head, "head_origin": head_origin, "limit": opts.limit, "changed_params": changed,
-                    "dataset": dataset}
+                    "dataset": dataset, "target": settings.target or "the annotated class"}
     if user_head != "auto" and user_head != PROTOCOLS[proto["name"]]["params"]["head"]:
         proto["params"]["head"] = user_head
         proto["sources"]["head"] = (f"set by --head {user_head} (protocol default: "
@@ -758,14 +761,15 @@ def _resume_fixups(out: Path) -> None:
     (2) an output folder that was copied or moved: the runner's settings name the manifest by
     its absolute path, which is rewritten to the folder's new place."""
     fails = out / SCORE_FAILURES
-    if fails.is_file():
+    items = out / RUN_DIR / "items"
+    if fails.is_file() and items.is_dir() and not items.is_symlink() and not (out / RUN_DIR).is_symlink():
         for line in fails.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 rid = json.loads(line).get("id")
             except (json.JSONDecodeError, AttributeError):
                 continue
             if isinstance(rid, str) and rid and "/" not in rid and "\\" not in rid and not rid.startswith("."):
-                (out / RUN_DIR / "items" / f"{rid}.npz").unlink(missing_ok=True)
+                (items / f"{rid}.npz").unlink(missing_ok=True)
     settings_file = out / RUN_DIR / "settings.json"
     try:
         rec = json.loads(settings_file.read_text(encoding="utf-8"))
