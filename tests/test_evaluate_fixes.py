@@ -247,7 +247,8 @@ def test_damaged_npz_is_named_counted_once_and_reexplained(root, tmp_path, capsy
     assert fails[0]["reason"]
     res = json.loads((out / "results.json").read_text())
     assert (res["pairs_scored"], res["pairs_failed"], res["pairs_not_explained"], res["pairs_unscored"]) == (4, 1, 0, 1)
-    assert "4 pairs scored, 1 (0 not explained, 1 explained but not scorable) failed." in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert "4 pairs scored, 1 (0 not explained, 1 explained but not scorable) failed." in md
     assert main([*base, "--resume"]) == 0  # explained again, then scored
     res = json.loads((out / "results.json").read_text())
     assert (res["pairs_scored"], res["pairs_failed"]) == (5, 0)

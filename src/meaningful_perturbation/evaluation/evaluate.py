@@ -458,7 +458,7 @@ def to_markdown(res: dict[str, Any], head: dict[str, Any]) -> str:
              f"model `{head['model']}`, method `{head['method']}`, data set {head['dataset']} (`{head['data']}`); "
              f"{_pairs(res['pairs_scored'])} scored, {failed} failed.", ""]
     changed = head.get("changed") or {}
-    setup = [f"- parameters differing from the protocol defaults: "
+    setup = ["- parameters differing from the protocol defaults: "
              + (", ".join(f"`{k}={json.dumps(v)}`" for k, v in changed.items()) if changed else "none")]
     if head.get("limit") is not None:
         setup.append(f"- `--limit {head['limit']}`: only the first {_pairs(int(head['limit']))} (a quick look, "

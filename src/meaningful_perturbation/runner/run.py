@@ -67,7 +67,8 @@ class RunOptions:
     quiet: bool = False
     thumb_size: int = 160
     retry_failures: bool = False  # with --resume: retry the items of failures.jsonl
-    class_names: tuple[str, ...] | None = None  # names of the output classes instead of the model's (evaluate: the data set's)
+    # names of the output classes instead of the model's (mperturb evaluate: the data set's)
+    class_names: tuple[str, ...] | None = None
 
 
 @dataclass
