@@ -12,7 +12,7 @@ Output folder ``OUT``::
     OUT/protocol.json    the resolved protocol parameters, each with its source
 
 Steps: (1) the data set's annotations are streamed into ``manifest.jsonl`` (no image is
-opened); (2) :func:`~meaningful_perturbation.runner.run_directory` explains every pair
+decoded; where an XML gives the size, the image file's header is read to check it); (2) :func:`~meaningful_perturbation.runner.run_directory` explains every pair
 (resumable, torchrun-sharded, progress bar); (3) rank 0 scores each saved explanation — the
 saliency mapped back onto the original image (:func:`~meaningful_perturbation.io.map_to_original`,
 boxes are in original pixels) — appending one line per pair to ``scores.jsonl`` (so an
