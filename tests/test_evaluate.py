@@ -141,7 +141,7 @@ def test_pointing_voc_end_to_end_checked_by_hand(root, tmp_path):
     res = results(out)
     assert res["all"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)
     assert res["difficult"] == pytest.approx((0.0 + 0.5) / 2)
-    assert res["per_class"]["bird"] == {"all": 1.0, "difficult": None}
+    assert res["per_class"]["bird"] == {"all": 1.0, "pairs": 1, "difficult": None, "pairs_difficult": 0}
     assert json.loads((out / "run" / "settings.json").read_text())["compared"]["settings"]["head"] == "sigmoid"
 
 
@@ -157,11 +157,14 @@ def test_pointing_coco_end_to_end_with_crowd_masks(root, tmp_path):
 
 def test_deletion_game_end_to_end_and_resume_gives_the_same_numbers(root, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    args = ["evaluate", "deletion-game", "--data", str(root / "in_xml"), *model(root, 3)]
+    # relative-to-blur (explicit, not the paper's): the whole-image box always reaches every level
+    args = ["evaluate", "deletion-game", "--data", str(root / "in_xml"), "--param", "suppression=relative-to-blur",
+            *model(root, 3)]
     assert main([*args, "--out", str(a)]) == 0
     res = results(a)
     scores = [json.loads(x) for x in (a / "scores.jsonl").read_text().splitlines()]
     finite = [s["areas"]["0.99"] for s in scores if isinstance(s["areas"]["0.99"], float)]
+    assert all(0 <= s["p_fully_perturbed"] <= 1 and 0 < s["p_clean"] <= 1 for s in scores)
     assert res["levels"]["0.99"]["images"] == len(finite) > 0
     assert res["levels"]["0.99"]["mean_area_px2"] == pytest.approx(sum(finite) / len(finite))
     assert all(0 < v <= 32 * 32 for v in finite)
@@ -244,7 +247,9 @@ def test_resume_with_other_settings_is_refused_and_force_rescores(root, tmp_path
     assert main(base) == 0
     capsys.readouterr()
     assert main([*base, "--resume", "--param", "tolerance_px=100"]) == 2
-    assert "was made with other settings (params)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "was made with other settings (params.tolerance_px: 15.0 -> 100.0)" in err
+    assert "scoring-only settings: pass --resume --force to re-score the saved explanations" in err
     # --force: the saved explanations are kept, the scores recomputed with the new tolerance
     # (100 px reaches every object of these 64 px images).
     assert main([*base, "--resume", "--force", "--param", "tolerance_px=100"]) == 0

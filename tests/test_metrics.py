@@ -377,15 +377,16 @@ def square_scene():
 
 def test_deletion_game_box_covering_the_evidence():
     model, x, region = square_scene()
-    out = deletion_game_box(model, x, region.unsqueeze(0), 0, blur_sigma=2.0)
+    out = deletion_game_box(model, x, region.unsqueeze(0), 0, blur_sigma=2.0, suppression="relative-to-blur")
     assert sorted(out) == [0.8, 0.9, 0.95, 0.99]
     for level in out:  # blurring the box around R is exactly blurring the whole image for R
         assert out[level].tolist() == [16.0]
     wrong = torch.zeros(1, 12, 12)
     wrong[0, 8:10, 8:10] = 1.0
-    out_wrong = deletion_game_box(model, x, wrong, 0, blur_sigma=2.0)
+    out_wrong = deletion_game_box(model, x, wrong, 0, blur_sigma=2.0, suppression="relative-to-blur")
     assert out_wrong[0.99].tolist() == [144.0]  # only the t = 0 box (whole image) works
-    assert math.isinf(deletion_game_box(model, x, wrong, 0, thresholds=[0.5], blur_sigma=2.0)[0.8].item())
+    assert math.isinf(deletion_game_box(model, x, wrong, 0, thresholds=[0.5], blur_sigma=2.0,
+                                        suppression="relative-to-blur")[0.8].item())
 
 
 def test_deletion_game_box_picks_the_smallest_box_per_level():
@@ -407,7 +408,7 @@ def test_deletion_game_box_picks_the_smallest_box_per_level():
         supp.append(1 - (p - p_blur) / (p_clean - p_blur))
         areas.append(4.0 * kept)
     levels = (0.1, 0.3, 0.99)
-    out = deletion_game_box(model, x, sal, 0, blur_sigma=2.0, levels=levels)
+    out = deletion_game_box(model, x, sal, 0, blur_sigma=2.0, levels=levels, suppression="relative-to-blur")
     for level in levels:
         expected = min([a for a, s_ in zip(areas, supp) if s_ >= level], default=144.0)
         assert out[level].item() == expected
@@ -418,7 +419,9 @@ def test_deletion_game_box_picks_the_smallest_box_per_level():
 def test_deletion_game_box_is_nan_when_blur_does_not_lower_the_score():
     _, x, region = square_scene()
     flat = RegionMean(region, gain=0.0)  # constant probability
-    assert math.isnan(deletion_game_box(flat, x, region.unsqueeze(0), 0)[0.99].item())
+    assert math.isnan(deletion_game_box(flat, x, region.unsqueeze(0), 0, suppression="relative-to-blur")[0.99].item())
+    # the paper's definition: a constant probability is never suppressed (not reached)
+    assert math.isinf(deletion_game_box(flat, x, region.unsqueeze(0), 0)[0.99].item())
 
 
 # ------------------------------------------------------------------ sanity

@@ -47,16 +47,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     e.add_argument("--synsets", default=None, metavar="FILE",
                    help="ImageNet: WordNet ids in the model's class order (default: LOC_synset_mapping.txt in --data)")
     e.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a protocol parameter (JSON value), e.g. heldout_every=5; see protocol.json")
+                   help="override a protocol parameter (JSON value), e.g. heldout_every=5 or degenerate=miss|skip|score "
+                        "(how explanations that found no region are scored; default miss for imagenet-loc and "
+                        "pointing, score for deletion-game); see protocol.json")
     e.add_argument("--limit", type=int, default=None, metavar="N",
                    help="only the first N (image, class) pairs (a quick look, not the papers' numbers)")
     e.add_argument("--out", required=True, metavar="DIR", help="output folder")
     e.add_argument("--batch-size", type=int, default=8, metavar="B", help="images explained together (default 8)")
-    e.add_argument("--resume", action="store_true", help="continue the evaluation in --out")
+    e.add_argument("--resume", action="store_true",
+                   help="continue the evaluation in --out (a --out that does not exist starts a fresh run)")
     e.add_argument("--force", action="store_true",
                    help="start over in --out (removes only its own files); with --resume: accept changed settings")
-    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-item messages")
+    e.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar or per-item messages (the results table still goes to stdout)")
     p.set_defaults(func=run)
+
+    def one_line_error(message: str) -> None:  # the project's form, not argparse's usage block
+        print(f"mperturb: error: evaluate: {' '.join(str(message).split())}", file=sys.stderr)
+        raise SystemExit(2)
+
+    p.error = one_line_error  # type: ignore[method-assign]
     return p
 
 
@@ -81,9 +91,9 @@ def run(args: argparse.Namespace) -> int:
     summary = evaluate(settings, opts)
     code = 1 if summary.failures else 0
     if summary.rank == 0:
-        print(summary.markdown, end="", file=sys.stderr if args.quiet else sys.stdout)
+        print(summary.markdown, end="")  # the table always goes to stdout (-q silences only progress)
         if not args.quiet:
-            print(f"results: {summary.out / 'results.md'}")
+            print(f"results: {summary.out / 'results.md'}", file=sys.stderr)
     if summary.world_size > 1:  # as `mperturb run`: leave before a torchrun/gloo teardown can abort
         sys.stdout.flush()
         sys.stderr.flush()

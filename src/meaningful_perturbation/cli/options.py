@@ -267,6 +267,11 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
         cfg = resolve_config(spec, overrides)
     except TypeError as e:  # a value of the wrong type deep inside a dataclass check
         raise ConfigError(f"--set: invalid value for method {method!r} ({e})") from None
+    except ConfigError as e:  # name the option the bad setting came from
+        if str(e).startswith("-"):
+            raise
+        where = "--set" if getattr(args, "set_values", None) or not getattr(args, "config", None) else "--config"
+        raise ConfigError(f"{where}: {e}") from None
     prep: dict[str, Any] = {}
     for name in ("input_size", "resize", "channels", "mean", "std"):
         value = getattr(args, name, None)

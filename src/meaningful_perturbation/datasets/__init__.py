@@ -1,8 +1,8 @@
 """Loaders for the standard evaluation data sets (ImageNet val boxes, PASCAL VOC 2007, COCO 2014).
 
 Each loader is a generator of :class:`EvalRecord` dicts, one per (image, class) pair, read
-from the annotation files one image at a time (no image is opened and no list of all
-records is built), so ``mperturb evaluate`` can stream 50,000 images into its manifest.
+from the annotation files one image at a time (no image is decoded, only the header of those whose XML gives a
+size, to check it; no list of all records is built), so ``mperturb evaluate`` can stream 50,000 images into its manifest.
 
 Record keys:
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -21,10 +22,11 @@ def first_existing(root: Path, candidates: Sequence[str], *, want: str) -> Path 
     return None
 
 
-def find_image(folder: Path, stem: str, filename: str | None = None) -> Path:
+def find_image(folder: Path, stem: str, filename: str | None = None, default_suffix: str = ".JPEG") -> Path:
     """The image of ``stem`` in ``folder``: ``filename`` when given and present, else the first
-    ``stem + suffix`` that exists; ``folder / (stem + ".JPEG")`` when none does (the runner then
-    records the item as a failure naming the file)."""
+    ``stem + suffix`` that exists. When none does: ``folder / filename`` if the annotation names
+    the file, else ``folder / (stem + default_suffix)`` (the data set's own extension: ``.JPEG``
+    for ImageNet, ``.jpg`` for VOC and COCO), so the runner's failure names the real file."""
     if filename:
         p = folder / filename
         if p.is_file():
@@ -33,17 +35,44 @@ def find_image(folder: Path, stem: str, filename: str | None = None) -> Path:
         p = folder / (stem + s)
         if p.is_file():
             return p.resolve()
-    return (folder / (stem + IMAGE_SUFFIXES[0])).resolve()
+    return (folder / (Path(filename).name if filename else stem + default_suffix)).resolve()
+
+
+def warn_counts(counts: dict[str, int], where: str) -> None:
+    """One ``MeaningfulPerturbationWarning`` per kind of questionable annotation, with its count
+    (the CLI prints each as one ``mperturb: warning:`` line)."""
+    import warnings
+
+    from ..errors import MeaningfulPerturbationWarning
+
+    for what, n in counts.items():
+        if n:
+            warnings.warn(f"{where}: {n} {what}", MeaningfulPerturbationWarning, stacklevel=3)
+
+
+def image_size(path: str | Path) -> tuple[int, int] | None:
+    """``(height, width)`` from the image file's header (the pixels are not decoded), or ``None``
+    when it cannot be read (the runner reports that file)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return int(im.size[1]), int(im.size[0])
+    except (OSError, ValueError, SyntaxError):
+        return None
 
 
 def _num(el: ET.Element | None, tag: str, where: str) -> float:
     node = None if el is None else el.find(tag)
     if node is None or node.text is None:
-        raise InputError(f"{where}: expected a <{tag}> number, found none")
+        raise InputError(f"--data: {where}: expected a <{tag}> number, found none")
     try:
-        return float(node.text.strip())
+        v = float(node.text.strip())
     except ValueError:
-        raise InputError(f"{where}: expected a <{tag}> number, got {node.text.strip()!r}") from None
+        raise InputError(f"--data: {where}: expected a <{tag}> number, got {node.text.strip()!r}") from None
+    if not math.isfinite(v):
+        raise InputError(f"--data: {where}: expected a finite <{tag}> number, got {node.text.strip()!r}")
+    return v
 
 
 def read_xml(path: Path, *, one_based: bool) -> dict[str, Any]:
@@ -74,7 +103,7 @@ def read_xml(path: Path, *, one_based: bool) -> dict[str, Any]:
         x0, y0, x1, y1 = (_num(bb, t, where) for t in ("xmin", "ymin", "xmax", "ymax"))
         box = [x0 - 1, y0 - 1, x1, y1] if one_based else [x0, y0, x1 + 1, y1 + 1]
         if not (box[2] > box[0] and box[3] > box[1]):
-            raise InputError(f"{where}: expected xmax >= xmin and ymax >= ymin, got {[x0, y0, x1, y1]}")
+            raise InputError(f"--data: {where}: expected xmax >= xmin and ymax >= ymin, got {[x0, y0, x1, y1]}")
         difficult = (obj.findtext("difficult") or "0").strip() not in ("", "0")
         objects.append({"name": name, "box": box, "difficult": difficult})
     return {"filename": (root.findtext("filename") or "").strip() or None, "size": size, "objects": objects}

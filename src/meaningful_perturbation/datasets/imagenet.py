@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import InputError
-from ._common import find_image, first_existing, read_xml, sorted_files
+from ._common import find_image, first_existing, image_size, read_xml, sorted_files, warn_counts
 
 __all__ = ["iter_imagenet", "read_synsets", "IMAGES_CANDIDATES", "ANNOTATION_CANDIDATES", "SYNSET_CANDIDATES"]
 
@@ -58,6 +58,17 @@ def read_synsets(path: str | os.PathLike[str]) -> list[str]:
     if not wnids:
         raise InputError(f"--synsets: {str(p)!r} holds no WordNet id")
     return wnids
+
+
+def _synset_names(path: Path, wnids: list[str]) -> list[str]:
+    """``"n01440764 tench"``: the WordNet id and the first name after it on its line (the id
+    alone where the line has none), in the file's order."""
+    names = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        parts = line.strip().split(None, 1)
+        if len(parts) == 2:
+            names[parts[0]] = parts[1].split(",")[0].strip()
+    return [f"{w} {names[w]}" if names.get(w) else w for w in wnids]
 
 
 def _locate(data: Path, images: str | None, annotations: str | None, synsets: str | None) -> tuple[Path, Path, Path]:
@@ -175,16 +186,28 @@ def iter_imagenet(
     wnids = read_synsets(syn)
     index = {w: i for i, w in enumerate(wnids)}
     if info is not None:
-        info.update({"images": str(img_dir), "annotations": str(ann), "synsets": str(syn), "classes": len(wnids)})
+        info.update({"images": str(img_dir), "annotations": str(ann), "synsets": str(syn), "classes": len(wnids),
+                     "class_names": _synset_names(syn, wnids)})
+
+    empty = "image(s) without any box (empty PredictionString / no <object>; no pair)"
+    bad_size = "annotation(s) whose <size> disagrees with the image file (the file's size is used)"
+    questionable = {empty: 0, bad_size: 0}
 
     def records(stem: str, filename: str | None, size: list[int] | None,
                 objs: list[tuple[str, list[float]]], where: str) -> Iterator[dict[str, Any]]:
+        if not objs:
+            questionable[empty] += 1
+            return
         by_class: dict[str, list[list[float]]] = {}
         for w, box in objs:
             if w not in index:
                 raise InputError(f"{where}: WordNet id {w!r} is not in the synset file {syn.name}")
             by_class.setdefault(w, []).append(box)
-        path = str(find_image(img_dir, stem, filename))
+        path = str(find_image(img_dir, stem, filename, ".JPEG"))
+        real = image_size(path) if size is not None else None
+        if real is not None and list(real) != list(size):
+            questionable[bad_size] += 1
+            size = list(real)
         for w in sorted(by_class, key=index.__getitem__):
             yield {"path": path, "image": stem, "target": index[w], "class": w, "boxes": by_class[w],
                    "classes_in_image": len(by_class), "size": size}
@@ -197,3 +220,4 @@ def iter_imagenet(
             rec = read_xml(ann / name, one_based=False)
             objs = [(o["name"], o["box"]) for o in rec["objects"]]
             yield from records(Path(name).stem, None, rec["size"], objs, str(ann / name))
+    warn_counts(questionable, f"--annotations: {ann.name}")

@@ -6,11 +6,13 @@ Output folder ``OUT``::
     OUT/manifest.jsonl   one line per (image, class) pair, streamed from the annotations
     OUT/run/             the runner's folder (items/<id>.npz, results.jsonl, ...; docs/runner.md)
     OUT/scores.jsonl     the protocol's score of every pair (one JSON line each)
+    OUT/score_failures.jsonl  pairs explained but not scorable (e.g. a damaged saved .npz), with
+                         the reason; ``--resume`` explains them again
     OUT/results.json     the final numbers; OUT/results.md the same as a Markdown table
     OUT/protocol.json    the resolved protocol parameters, each with its source
 
 Steps: (1) the data set's annotations are streamed into ``manifest.jsonl`` (no image is
-opened); (2) :func:`~meaningful_perturbation.runner.run_directory` explains every pair
+decoded; where an XML gives the size, the image file's header is read to check it); (2) :func:`~meaningful_perturbation.runner.run_directory` explains every pair
 (resumable, torchrun-sharded, progress bar); (3) rank 0 scores each saved explanation — the
 saliency mapped back onto the original image (:func:`~meaningful_perturbation.io.map_to_original`,
 boxes are in original pixels) — appending one line per pair to ``scores.jsonl`` (so an
@@ -35,7 +37,8 @@ import torch
 from .._atomic import atomic_open, atomic_write_text
 from .._terminal import escape_text
 from ..errors import ConfigError, InputError, MeaningfulPerturbationError
-from .protocols import DATASETS, resolve_protocol
+from ..datasets._rle import rle_decode, rle_string
+from .protocols import DATASETS, PROTOCOLS, resolve_protocol
 
 __all__ = ["EvaluateOptions", "EvaluateSummary", "evaluate", "write_manifest", "segments_mask", "aggregate",
            "dataset_records", "boxes_per_alpha"]
@@ -44,7 +47,8 @@ STATE_FILE = "evaluate.json"
 MANIFEST = "manifest.jsonl"
 RUN_DIR = "run"
 SCORES = "scores.jsonl"
-OWN_FILES = (STATE_FILE, MANIFEST, SCORES, "results.json", "results.md", "protocol.json")
+SCORE_FAILURES = "score_failures.jsonl"
+OWN_FILES = (STATE_FILE, MANIFEST, SCORES, "results.json", "results.md", "protocol.json", SCORE_FAILURES)
 _FORMAT = "meaningful-perturbation/evaluate"
 
 
@@ -119,36 +123,9 @@ def _manifest_rows(path: Path) -> Iterator[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------- ground-truth masks
-def _rle_decode(counts: list[int], h: int, w: int) -> np.ndarray:
-    flat = np.zeros(h * w, dtype=bool)
-    pos, val = 0, False
-    for c in counts:
-        if val:
-            flat[pos : pos + c] = True
-        pos += c
-        val = not val
-    return flat.reshape(w, h).T  # COCO RLE runs are column-major
-
-
 def _rle_string(s: str) -> list[int]:
-    """COCO's compressed RLE string (LEB128-like, 5 bits a character, deltas from the count
-    two runs back) → run lengths."""
-    counts: list[int] = []
-    i = 0
-    while i < len(s):
-        x, k, more = 0, 0, True
-        while more:
-            c = ord(s[i]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            i += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
+    """COCO's compressed RLE string → run lengths (see :func:`meaningful_perturbation.datasets._rle.rle_string`)."""
+    return rle_string(s)
 
 
 def segments_mask(segments: list[Any], boxes: list[list[float]], original: tuple[int, int],
@@ -156,7 +133,11 @@ def segments_mask(segments: list[Any], boxes: list[list[float]], original: tuple
     """Union of COCO instance segmentations at ``shape`` ``(h, w)`` of an ``original`` ``(H, W)``
     image: polygons (``[[x0, y0, x1, y1, ...], ...]``, pixel-edge coordinates), uncompressed
     RLE (``{"counts": [...], "size": [H, W]}``, crowd regions) or compressed RLE strings. An
-    instance without a segmentation counts with its box."""
+    instance without a segmentation counts with its box.
+
+    Raises:
+        InputError: a malformed segmentation (the loader checks them all before anything is
+            explained, :func:`meaningful_perturbation.datasets._rle.check_segmentation`)."""
     from PIL import Image, ImageDraw
 
     h, w = shape
@@ -171,10 +152,9 @@ def segments_mask(segments: list[Any], boxes: list[list[float]], original: tuple
                 pts = [(float(poly[k]) * sx, float(poly[k + 1]) * sy) for k in range(0, len(poly) - 1, 2)]
                 if len(pts) >= 3:
                     draw.polygon(pts, fill=1, outline=1)
-        elif isinstance(seg, dict) and "counts" in seg and "size" in seg:
-            rh, rw = (int(v) for v in seg["size"])
-            counts = seg["counts"] if isinstance(seg["counts"], list) else _rle_string(str(seg["counts"]))
-            m = _rle_decode([int(c) for c in counts], rh, rw)
+        elif isinstance(seg, dict):
+            m = rle_decode(seg)
+            rh, rw = m.shape
             if (rh, rw) != (h, w):
                 m = np.asarray(Image.fromarray(m).resize((w, h), Image.NEAREST))
             out |= m
@@ -279,10 +259,17 @@ class _Scorer:
     def __call__(self, row: dict[str, Any], rec: dict[str, Any]) -> dict[str, Any]:
         ev = row["eval"]
         out: dict[str, Any] = {"id": rec["id"], "image": ev.get("image"), "target": row["target"],
-                               "class": ev.get("class")}
+                               "class": ev.get("class"), "degenerate": bool(rec.get("degenerate"))}
         name = self.proto["name"]
+        policy = self.p.get("degenerate", "score")
+        if out["degenerate"] and policy == "skip":
+            out["skipped"] = True  # counted, not scored (--param degenerate=skip)
+            return out
+        miss = out["degenerate"] and policy == "miss"
         if name == "deletion-game":
             out.update(self._deletion(row, rec))
+            if miss:
+                out["areas"] = {k: ("not reached" if v is not None else None) for k, v in out["areas"].items()}
             return out
         sal, on, original = _saliency_on_original(self.run_dir, rec)
         h, w = on.shape
@@ -290,7 +277,10 @@ class _Scorer:
         if name == "imagenet-loc":
             from ..metrics import box_iou, saliency_to_box
 
-            gt = torch.tensor([[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy] for b in ev["boxes"]], dtype=torch.float64)
+            H, W = original  # boxes clipped to the image (as the VOC masks are), then scaled
+            gt = torch.tensor([[min(max(b[0], 0.0), W) * sx, min(max(b[1], 0.0), H) * sy,
+                                min(max(b[2], 0.0), W) * sx, min(max(b[3], 0.0), H) * sy] for b in ev["boxes"]],
+                              dtype=torch.float64)
             correct = {}
             for rule in self.p["rules"]:
                 alphas = self.p["alphas"][rule]
@@ -300,7 +290,7 @@ class _Scorer:
                     boxes = torch.cat([saliency_to_box(on[None], rule, float(a), component=self.p["component"])
                                        for a in alphas])
                 iou = box_iou(boxes.double()[:, None], gt[None]).amax(dim=1)  # (A,) best IoU over GT boxes
-                correct[rule] = [int(v) for v in (iou >= self.p["iou_threshold"]).tolist()]
+                correct[rule] = [0 if miss else int(v) for v in (iou >= self.p["iou_threshold"]).tolist()]
             out["heldout"] = bool(row["_index"] % self.p["heldout_every"] == 0)
             out["correct"] = correct
             return out
@@ -313,7 +303,7 @@ class _Scorer:
             gt = _boxes_mask(ev["boxes"], original, (h, w))
         tol = min(float(self.p["tolerance_px"]) * min(sy, sx), math.hypot(h, w) + 1.0)
         res = pointing_game(on[None], torch.from_numpy(gt)[None], tolerance=tol)
-        out["hit"] = bool(res.hits[0]) if bool(res.valid[0]) else None
+        out["hit"] = (False if miss else bool(res.hits[0])) if bool(res.valid[0]) else None
         out["point_yx"] = [round(float(v) / s, 2) for v, s in zip(res.points[0].tolist(), (sy, sx))]
         out["gt_fraction"] = round(float(gt.mean()), 6)
         out["difficult"] = bool(gt.mean() < self.p["difficult_area_fraction"]
@@ -328,14 +318,18 @@ class _Scorer:
         sal = Explanation.load(self.run_dir / "items" / f"{rec['id']}.npz").saliency[0].float()
         x, _ = preprocess(load_image(row["path"]), self.prep)
         th = [i / (self.p["thresholds"] - 1) for i in range(self.p["thresholds"])]
-        res = deletion_game_box(self.model, x[None].to(self.device), sal[None].to(self.device), int(row["target"]),
-                                levels=self.p["levels"], thresholds=th, blur_sigma=self.p["blur_sigma"],
-                                head=self.head)
-        areas = {}
+        res, p_clean, p_blur = deletion_game_box(
+            self.model, x[None].to(self.device), sal[None].to(self.device), int(row["target"]),
+            levels=self.p["levels"], thresholds=th, blur_sigma=self.p["blur_sigma"], head=self.head,
+            suppression=self.p.get("suppression", "probability"), return_probabilities=True)
+        areas: dict[str, Any] = {}
         for level, v in res.items():
             a = float(v[0])
-            areas[f"{level:g}"] = None if math.isnan(a) else ("inf" if math.isinf(a) else a)
-        return {"areas": areas, "input_size": list(x.shape[-2:])}
+            # a number (px² at the model input), "not reached" (no box suppresses enough), or
+            # None (not scorable: nothing to suppress)
+            areas[f"{level:g}"] = None if math.isnan(a) else ("not reached" if math.isinf(a) else a)
+        return {"areas": areas, "p_clean": round(float(p_clean[0]), 8),
+                "p_fully_perturbed": round(float(p_blur[0]), 8), "input_size": list(x.shape[-2:])}
 
 
 # ------------------------------------------------------------------------- aggregation
@@ -343,10 +337,36 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def aggregate(proto: dict[str, Any], scores: list[dict[str, Any]], failures: int = 0) -> dict[str, Any]:
-    """The protocol's final numbers from the per-pair ``scores`` (see the module docstring)."""
+def _pairs(n: int) -> str:
+    return f"{n} pair" if n == 1 else f"{n} pairs"
+
+
+def _not_reached(v: Any) -> bool:
+    return v in ("not reached", "inf")  # "inf": scores.jsonl of an earlier version
+
+
+def aggregate(proto: dict[str, Any], scores: list[dict[str, Any]], failures: int = 0,
+              classes: list[str] | None = None) -> dict[str, Any]:
+    """The protocol's final numbers from the per-pair ``scores`` (see the module docstring).
+
+    Args:
+        proto: the resolved protocol (:func:`~meaningful_perturbation.evaluation.protocols.resolve_protocol`).
+        scores: the ``scores.jsonl`` lines (pairs with ``"skipped": true``, degenerate explanations
+            under ``degenerate=skip``, are counted but not scored).
+        failures: pairs that could not be explained or scored.
+        classes: (pointing) every class of the manifest; those without a scored pair are listed
+            under ``classes_without_scores`` (they drop out of the mean over classes).
+
+    Returns:
+        A JSON-ready dict: ``pairs_scored``, ``pairs_failed``, ``pairs_degenerate``,
+        ``pairs_skipped`` and the protocol's numbers (fractions in [0, 1]; areas in px²).
+    """
     name, p = proto["name"], proto["params"]
-    out: dict[str, Any] = {"protocol": name, "pairs_scored": len(scores), "pairs_failed": failures}
+    skipped = [s for s in scores if s.get("skipped")]
+    scores = [s for s in scores if not s.get("skipped")]
+    out: dict[str, Any] = {"protocol": name, "pairs_scored": len(scores), "pairs_failed": failures,
+                           "pairs_degenerate": sum(1 for s in scores + skipped if s.get("degenerate")),
+                           "pairs_skipped": len(skipped), "degenerate_policy": p.get("degenerate", "score")}
     if name == "imagenet-loc":
         held = [s for s in scores if s["heldout"]]
         test = [s for s in scores if not s["heldout"]]
@@ -367,19 +387,23 @@ def aggregate(proto: dict[str, Any], scores: list[dict[str, Any]], failures: int
                            "error": err}
         out["rules"] = rules
     elif name == "pointing":
-        def per_class(rows: list[dict[str, Any]]) -> dict[str, float]:
+        def per_class(rows: list[dict[str, Any]]) -> dict[str, list[bool]]:
             by: dict[str, list[bool]] = {}
             for s in rows:
                 if s.get("hit") is not None:
                     by.setdefault(str(s["class"]), []).append(bool(s["hit"]))
-            return {c: sum(v) / len(v) for c, v in sorted(by.items())}
+            return dict(sorted(by.items()))
 
         allc = per_class(scores)
         diffc = per_class([s for s in scores if s.get("difficult")])
-        out["all"] = _mean(list(allc.values()))
-        out["difficult"] = _mean(list(diffc.values()))
-        out["pairs_difficult"] = sum(1 for s in scores if s.get("difficult"))
-        out["per_class"] = {c: {"all": allc[c], "difficult": diffc.get(c)} for c in allc}
+        out["all"] = _mean([sum(v) / len(v) for v in allc.values()])
+        out["difficult"] = _mean([sum(v) / len(v) for v in diffc.values()])
+        out["pairs_all"] = sum(len(v) for v in allc.values())
+        out["pairs_difficult"] = sum(len(v) for v in diffc.values())
+        out["per_class"] = {c: {"all": sum(v) / len(v), "pairs": len(v),
+                                "difficult": (sum(diffc[c]) / len(diffc[c])) if c in diffc else None,
+                                "pairs_difficult": len(diffc.get(c, []))} for c, v in allc.items()}
+        out["classes_without_scores"] = sorted({str(c) for c in (classes or [])} - set(allc))
     else:
         levels = {}
         for level in p["levels"]:
@@ -387,9 +411,10 @@ def aggregate(proto: dict[str, Any], scores: list[dict[str, Any]], failures: int
             vals = [s["areas"][key] for s in scores]
             finite = [v for v in vals if isinstance(v, (int, float))]
             levels[key] = {"mean_area_px2": _mean(finite), "images": len(finite),
-                           "not_reached": sum(1 for v in vals if v == "inf"),
+                           "not_reached": sum(1 for v in vals if _not_reached(v)),
                            "not_scorable": sum(1 for v in vals if v is None)}
         out["levels"] = levels
+        out["suppression"] = p.get("suppression", "relative-to-blur")
     return out
 
 
@@ -399,29 +424,89 @@ def _fmt(v: Any, pct: bool = False) -> str:
     return f"{100 * v:.1f} %" if pct else (f"{v:g}" if isinstance(v, (int, float)) else str(v))
 
 
+_LEGEND = {
+    "imagenet-loc": [
+        "- **alpha**: the threshold chosen on the held-out pairs (lowest held-out error; ties: the first).",
+        "- **localisation error**: share of the other pairs whose box from the thresholded saliency has "
+        "IoU < {iou} with every ground-truth box of the class (IoU >= {iou} counts as correct).",
+    ],
+    "pointing": [
+        "- **hit**: the saliency maximum lies within {tol:g} px (original image pixels) of an object of the class; "
+        "accuracy = hits / pairs per class, then the mean over classes.",
+        "- **difficult**: pairs whose objects of the class cover less than {frac:g} of the image and whose image "
+        "holds at least {minc} classes (Zhang et al. 2016 §5.1).",
+    ],
+    "deletion-game": [
+        "- **suppression s**: {supp}; the column gives the mean area (px² at the model input) of the smallest "
+        "saliency-derived box that reaches it, over the pairs that reach it (lower is better).",
+        "- **not reached**: no box (not even the whole image) suppresses that much; **not scorable**: the "
+        "class probability of the clean image is 0 (or, relative-to-blur, a whole-image blur does not lower it).",
+    ],
+}
+
+
 def to_markdown(res: dict[str, Any], head: dict[str, Any]) -> str:
-    """``results.md``: the numbers as a Markdown table, with what produced them."""
+    """``results.md``: the numbers as a Markdown table, with what produced them and what the
+    columns mean. ``head``: ``model``, ``method``, ``dataset``, ``data`` and optionally
+    ``params`` (the resolved protocol parameters), ``changed`` (those differing from the
+    protocol's defaults), ``limit`` and ``head`` (the model output head and its origin)."""
+    failed = f"{res['pairs_failed']}"
+    if res.get("pairs_unscored"):
+        failed += (f" ({res.get('pairs_not_explained', 0)} not explained, {res['pairs_unscored']} explained but "
+                   "not scorable)")
     lines = [f"# mperturb evaluate {res['protocol']}", "",
              f"model `{head['model']}`, method `{head['method']}`, data set {head['dataset']} (`{head['data']}`); "
-             f"{res['pairs_scored']} pair(s) scored, {res['pairs_failed']} failed.", ""]
+             f"{_pairs(res['pairs_scored'])} scored, {failed} failed.", ""]
+    changed = head.get("changed") or {}
+    setup = ["- parameters differing from the protocol defaults: "
+             + (", ".join(f"`{k}={json.dumps(v)}`" for k, v in changed.items()) if changed else "none")]
+    if head.get("limit") is not None:
+        setup.append(f"- `--limit {head['limit']}`: only the first {_pairs(int(head['limit']))} (a quick look, "
+                     "not the papers' numbers)")
+    if head.get("head"):
+        setup.append(f"- model output head: {head['head']}")
+    deg = res.get("pairs_degenerate", 0)
+    setup.append(f"- degenerate explanations (no region found that changes the score): {_pairs(deg)}, "
+                 f"policy `degenerate={res.get('degenerate_policy', 'score')}`"
+                 + (f" ({_pairs(res['pairs_skipped'])} left out)" if res.get("pairs_skipped") else ""))
+    lines += setup + [""]
+    p = head.get("params") or {}
     if res["protocol"] == "imagenet-loc":
-        lines += [f"alpha chosen on {res['heldout_pairs']} held-out pair(s), error on the other {res['test_pairs']}.",
+        lines += [f"alpha chosen on {_pairs(res['heldout_pairs'])} held out, error on the other "
+                  f"{_pairs(res['test_pairs'])}.",
                   "", "| rule | alpha | held-out error | localisation error |", "|---|---|---|---|"]
         for rule, r in res["rules"].items():
             lines.append(f"| {rule} | {_fmt(r['alpha'])} | {_fmt(r['heldout_error'], True)} | {_fmt(r['error'], True)} |")
+        legend = [x.format(iou=p.get("iou_threshold", 0.5)) for x in _LEGEND["imagenet-loc"]]
     elif res["protocol"] == "pointing":
-        lines += ["| subset | mean accuracy over classes |", "|---|---|",
-                  f"| all | {_fmt(res['all'], True)} |",
-                  f"| difficult ({res['pairs_difficult']} pairs) | {_fmt(res['difficult'], True)} |", "",
-                  "| class | all | difficult |", "|---|---|---|"]
+        lines += ["| subset | mean accuracy over classes | pairs |", "|---|---|---|",
+                  f"| all | {_fmt(res['all'], True)} | {_pairs(res.get('pairs_all', 0))} |",
+                  f"| difficult | {_fmt(res['difficult'], True)} | {_pairs(res['pairs_difficult'])} |", "",
+                  "| class | all | pairs | difficult | difficult pairs |", "|---|---|---|---|---|"]
         for c, r in res["per_class"].items():
-            lines.append(f"| {c} | {_fmt(r['all'], True)} | {_fmt(r['difficult'], True)} |")
+            lines.append(f"| {c} | {_fmt(r['all'], True)} | {_pairs(r.get('pairs', 0))} | "
+                         f"{_fmt(r['difficult'], True)} | {_pairs(r.get('pairs_difficult', 0))} |")
+        dropped = res.get("classes_without_scores") or []
+        if dropped:
+            lines += ["", f"Classes left out of the means (all their pairs failed or were skipped): "
+                          f"{', '.join(dropped)}."]
+        legend = [x.format(tol=float(p.get("tolerance_px", 15)), frac=float(p.get("difficult_area_fraction", 0.25)),
+                           minc=p.get("difficult_min_classes", 2)) for x in _LEGEND["pointing"]]
     else:
-        lines += ["| suppression | mean box area (px² at the model input) | images | not reached | not scorable |",
-                  "|---|---|---|---|---|"]
+        lines += ["| suppression | mean box area (px² at the model input) | pairs reached | not reached | "
+                  "not scorable |", "|---|---|---|---|---|"]
         for lv, r in res["levels"].items():
             area = "n/a" if r["mean_area_px2"] is None else f"{r['mean_area_px2']:.0f}"
-            lines.append(f"| {float(lv) * 100:g} % | {area} | {r['images']} | {r['not_reached']} | {r['not_scorable']} |")
+            lines.append(f"| {float(lv) * 100:g} % | {area} | {_pairs(r['images'])} | {_pairs(r['not_reached'])} | "
+                         f"{_pairs(r['not_scorable'])} |")
+        supp = ("the box's blur lowers the class probability to (1 - s) x p_clean or below (2017 §5.3)"
+                if res.get("suppression") == "probability" else
+                "the box's blur removes the share s of the drop a whole-image blur gives (relative-to-blur, "
+                "not the paper's definition)")
+        legend = [x.format(supp=supp) for x in _LEGEND["deletion-game"]]
+    lines += ["", "Columns:", *legend, "- **n/a**: no pair to compute the number from.",
+              "- **failed**: pairs that could not be explained or scored (see run/failures.jsonl and "
+              "score_failures.jsonl)."]
     return "\n".join(lines) + "\n"
 
 
@@ -445,19 +530,35 @@ def _prepare_out(out: Path, state: dict[str, Any], opts: EvaluateOptions) -> Non
         if not opts.resume and not opts.force:
             raise InputError(f"--out: {str(out)!r} holds an earlier evaluation; pass --resume to continue it, "
                              "--force to start over, or choose another --out")
-        changed = old.get("compared") != state["compared"] if isinstance(old, dict) else True
+        from ..runner.run import _diff
+
+        a = old.get("compared") if isinstance(old, dict) and isinstance(old.get("compared"), dict) else None
+        changed = a != state["compared"]
         if opts.resume and changed and not opts.force:
-            a = old.get("compared") if isinstance(old, dict) and isinstance(old.get("compared"), dict) else {}
-            b = state["compared"]
-            diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            diff = _diff(a, state["compared"]) if a is not None else ["unreadable evaluate.json"]
+            shown = "; ".join(diff[:5]) + (" ..." if len(diff) > 5 else "")
+            scoring_only = a is not None and all(d.split(":")[0].startswith(_SCORING_ONLY) for d in diff)
+            if any(d.startswith("data:") for d in diff):
+                hint = ("if the data set only moved, pass --resume --force: the pairs whose image paths are "
+                        "unchanged keep their explanations, the others are explained again")
+            elif scoring_only:
+                hint = ("these are scoring-only settings: pass --resume --force to re-score the saved "
+                        "explanations without explaining again")
+            else:
+                hint = "resume with the same settings, or pass --resume --force to continue with the new ones"
             raise ConfigError(f"--resume: the evaluation in {str(out)!r} was made with other settings "
-                              f"({', '.join(diff) or 'unreadable evaluate.json'}); resume with the same ones or "
-                              "pass --force")
+                              f"({shown}); {hint}")
         drop = OWN_FILES if not opts.resume else ((SCORES, "results.json", "results.md") if changed else ())
         for n in drop:  # only this program's own files
             (out / n).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
+# Settings that change only the scoring: a resume with --force re-scores the saved explanations.
+_SCORING_ONLY = ("params.iou_threshold", "params.tolerance_px", "params.difficult_", "params.alphas",
+                 "params.rules", "params.heldout_every", "params.component", "params.degenerate", "params.levels",
+                 "params.thresholds", "params.blur_sigma", "params.suppression")
 
 
 def _model_classes(settings: Any) -> tuple[Any, Any, Any, int, str]:
@@ -508,6 +609,7 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
                           f"got {dataset!r}")
     if opts.limit is not None and (isinstance(opts.limit, bool) or not isinstance(opts.limit, int) or opts.limit < 1):
         raise ConfigError(f"--limit: expected an integer >= 1, got {opts.limit!r}")
+    user_head = settings.head
     if settings.head == "auto" and proto["params"].get("head", "auto") != "auto":
         settings = dataclasses.replace(settings, head=proto["params"]["head"])
     if settings.target is not None and not (opts.protocol == "imagenet-loc" and settings.target in ("top1", "top5")):
@@ -535,11 +637,19 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
     first = next(records, None)  # locations resolved and checked before anything is written
     if first is None:
         raise InputError(f"--data: the annotations in {opts.data!r} hold no (image, class) pair to evaluate")
+    if info.get("classes") != n_classes and dataset == "imagenet":
+        raise InputError(f"--synsets: {info.get('synsets')} lists {info.get('classes')} WordNet ids (one a line) but "
+                         f"the model has {n_classes} output classes; give a synset file with one line per output "
+                         "class, in the model's class order")
     if info.get("classes") != n_classes:
         raise ConfigError(f"--model: the model has {n_classes} output classes but the {DATASETS[dataset]} has "
                           f"{info.get('classes')} (protocol {opts.protocol}); use a model trained on this data set")
+    if info.get("class_names"):  # progress lines and results.jsonl name the data set's classes
+        ropts = dataclasses.replace(ropts, class_names=tuple(str(c) for c in info["class_names"]))
     if rank == 0:
         _prepare_out(out, state, opts)
+        if opts.resume:
+            _resume_fixups(out)
 
     def chained() -> Iterator[dict[str, Any]]:
         yield first
@@ -568,12 +678,14 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
     scorer = _Scorer(proto, run_dir, settings, model, prep, device, head)
     items, _ = load_source(manifest, "jsonl")
     ordered: list[dict[str, Any]] = []
-    unscored = 0
+    unscored: list[dict[str, Any]] = []
+    classes: list[str] = []
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(items), desc="score", unit="pair", disable=opts.quiet or not sys.stderr.isatty())
     for k, (row, item) in enumerate(zip(_manifest_rows(manifest), items)):
         bar.update(1)
+        classes.append(str(row["eval"].get("class", row["target"])))
         rec = by_id.get(item.id)
         if rec is None:
             continue
@@ -585,10 +697,12 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
             except (MeaningfulPerturbationError, OSError, ValueError) as e:
                 # A damaged saved item or an image that cannot be read again: this pair only
                 # (not written, so --resume tries it again).
-                unscored += 1
-                if not opts.quiet:
-                    tqdm.write(escape_text(f"mperturb: cannot score {item.rel}: {' '.join(str(e).split())}"),
-                               file=sys.stderr)
+                reason = " ".join(str(e).split())
+                unscored.append({"id": item.id, "path": row["path"], "image": row["eval"].get("image"),
+                                 "class": row["eval"].get("class"), "stage": "score",
+                                 "error": type(e).__name__, "reason": reason})
+                tqdm.write(escape_text(f"mperturb: cannot score {item.rel} (class {row['eval'].get('class')}): "
+                                       f"{reason}; --resume explains it again"), file=sys.stderr)
                 continue
             append_line(scores_path, s)
         ordered.append(s)
@@ -596,13 +710,73 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
     with atomic_open(scores_path, "w") as f:  # final form: one line per scored pair, manifest order
         for s in ordered:
             f.write(json.dumps(s, separators=(",", ":"), allow_nan=False) + "\n")
-    results = aggregate(proto, ordered, failures=len(items) - len(ordered))
-    results["pairs_unscored"] = unscored  # explained, but their saved item could not be scored
-    head_info = {"model": settings.model, "method": settings.method, "dataset": dataset, "data": opts.data}
-    results["setup"] = {**head_info, "head": head, "config": settings.config, "dataset_info": info,
-                        "limit": opts.limit}
+    if unscored or (out / SCORE_FAILURES).exists():
+        with atomic_open(out / SCORE_FAILURES, "w") as f:
+            for u in unscored:
+                f.write(json.dumps(u, separators=(",", ":"), default=str) + "\n")
+    not_explained = len(items) - len(ordered) - len(unscored)
+    results = aggregate(proto, ordered, failures=not_explained + len(unscored), classes=classes)
+    results["pairs_not_explained"] = not_explained  # listed in run/failures.jsonl
+    results["pairs_unscored"] = len(unscored)  # explained, but not scorable: score_failures.jsonl
+    defaults = PROTOCOLS[proto["name"]]["params"]
+    changed = {k: v for k, v in proto["params"].items() if defaults.get(k) != v}
+    head_origin = _head_origin(user_head, proto, head)
+    proto["run"] = {"head": head, "head_origin": head_origin, "limit": opts.limit, "changed_params": changed,
+                    "dataset": dataset, "target": settings.target or "the annotated class"}
+    if user_head != "auto" and user_head != PROTOCOLS[proto["name"]]["params"]["head"]:
+        proto["params"]["head"] = user_head
+        proto["sources"]["head"] = (f"set by --head {user_head} (protocol default: "
+                                    f"{PROTOCOLS[proto['name']]['params']['head']}: {proto['sources']['head']})")
+        changed["head"] = user_head
+    head_info = {"model": settings.model, "method": settings.method, "dataset": dataset, "data": opts.data,
+                 "params": proto["params"], "changed": changed, "limit": opts.limit,
+                 "head": f"{head} ({head_origin})"}
+    results["setup"] = {"model": settings.model, "method": settings.method, "dataset": dataset, "data": opts.data,
+                        "head": head, "head_origin": head_origin, "config": settings.config,
+                        "dataset_info": {k: v for k, v in info.items() if k != "class_names"},
+                        "limit": opts.limit, "changed_params": changed}
+    if results.get("classes_without_scores"):
+        print(escape_text(f"mperturb: warning: {len(results['classes_without_scores'])} class(es) left out of the "
+                          f"mean (all their pairs failed): {', '.join(results['classes_without_scores'])}"),
+              file=sys.stderr)
     md = to_markdown(results, head_info)
     atomic_write_text(out / "protocol.json", json.dumps(proto, indent=2, sort_keys=True) + "\n")
     atomic_write_text(out / "results.json", json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
     atomic_write_text(out / "results.md", md)
-    return EvaluateSummary(results, md, out, 0, summary.world_size, len(items) - len(ordered))
+    return EvaluateSummary(results, md, out, 0, summary.world_size, not_explained + len(unscored))
+
+
+def _head_origin(user_head: str, proto: dict[str, Any], kind: str) -> str:
+    """Where the model output head came from: ``--head``, the protocol, or auto-detection."""
+    if user_head != "auto":
+        return "--head"
+    if proto["params"].get("head", "auto") != "auto":
+        return f"protocol parameter head={proto['params']['head']}"
+    return "auto-detected"
+
+
+def _resume_fixups(out: Path) -> None:
+    """Before ``--resume`` hands over to the runner: (1) the pairs of ``score_failures.jsonl``
+    (a damaged saved ``.npz``...) lose their saved item, so the runner explains them again;
+    (2) an output folder that was copied or moved: the runner's settings name the manifest by
+    its absolute path, which is rewritten to the folder's new place."""
+    fails = out / SCORE_FAILURES
+    items = out / RUN_DIR / "items"
+    if fails.is_file() and items.is_dir() and not items.is_symlink() and not (out / RUN_DIR).is_symlink():
+        for line in fails.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rid = json.loads(line).get("id")
+            except (json.JSONDecodeError, AttributeError):
+                continue
+            if isinstance(rid, str) and rid and "/" not in rid and "\\" not in rid and not rid.startswith("."):
+                (items / f"{rid}.npz").unlink(missing_ok=True)
+    settings_file = out / RUN_DIR / "settings.json"
+    try:
+        rec = json.loads(settings_file.read_text(encoding="utf-8"))
+        src = rec["compared"]["source"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        return
+    here = str((out / MANIFEST).resolve())
+    if isinstance(src, str) and src != here and Path(src).name == MANIFEST:
+        rec["compared"]["source"] = here  # the folder moved: same manifest, new place
+        atomic_write_text(settings_file, json.dumps(rec, indent=2, sort_keys=True, default=str) + "\n")

@@ -36,6 +36,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "iou_threshold": 0.5,
             "component": "all",
             "heldout_every": 10,
+            "degenerate": "miss",
             "head": "auto",
             "crop": "model",
         },
@@ -47,6 +48,9 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "heldout_every": "2017 §5.2 chose alpha on held-out images; here every 10th (image, class) pair in "
                              "annotation order (the 1st, 11th, ...) is held out for choosing alpha and the others "
                              "are scored (this split is the project's choice, see docs/reproduce.md)",
+            "degenerate": "project choice: a degenerate explanation (no region found that changes the score) carries "
+                          "no information, so it cannot localise: 'miss' (default) counts it as wrong, 'skip' leaves "
+                          "it out, 'score' scores its map as any other",
             "head": "ImageNet classifiers: softmax over 1000 classes (auto-detected)",
             "crop": _CROP_SOURCE,
         },
@@ -60,6 +64,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "difficult_area_fraction": 0.25,
             "difficult_min_classes": 2,
             "voc_split": "test",
+            "degenerate": "miss",
             "head": "sigmoid",
             "crop": "model",
         },
@@ -70,6 +75,9 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
                                        "the class cover less than 1/4 of the image and that contain another class",
             "difficult_min_classes": "Zhang et al. 2016 §5.1: at least one distractor class in the image",
             "voc_split": "Zhang et al. 2016 / Fong et al. 2019 §4.1: VOC 2007 test",
+            "degenerate": "project choice: a degenerate explanation (no region found that changes the score) carries "
+                          "no information, so it cannot point: 'miss' (default) counts it as a miss, 'skip' leaves it "
+                          "out, 'score' scores its map's maximum as any other",
             "head": "Fong et al. 2019 §4.1: multi-label classifiers (one sigmoid per class)",
             "crop": _CROP_SOURCE,
         },
@@ -82,6 +90,8 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "levels": list(DEFAULT_LEVELS),
             "thresholds": 101,
             "blur_sigma": 10.0,
+            "suppression": "probability",
+            "degenerate": "score",
             "head": "auto",
             "crop": "model",
         },
@@ -89,6 +99,12 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "levels": "Fong & Vedaldi 2017 §5.3 (Table 2 reports 99 %)",
             "thresholds": "0, 0.01, ..., 1 on the min-max normalised saliency (metrics.deletion_game)",
             "blur_sigma": "Fong & Vedaldi 2017 §5.3: Gaussian blur sigma = 10 px inside the box, at 224 px",
+            "suppression": "Fong & Vedaldi 2017 §5.3 / Table 2: a box reaches level s when its blur lowers the class "
+                           "probability to (1 - s) * p_clean; 'relative-to-blur' (not the paper's) measures the share "
+                           "of the drop a whole-image blur gives",
+            "degenerate": "project choice: a degenerate explanation (no region found that changes the score) still "
+                          "gives boxes the model can measure, so it is scored ('miss': counted as not reached at "
+                          "every level; 'skip': left out)",
             "head": "ImageNet classifiers: softmax probability of the class",
             "crop": _CROP_SOURCE,
         },
@@ -166,7 +182,14 @@ def resolve_protocol(name: str, overrides: Mapping[str, Any] | None = None) -> d
                 raise ConfigError(f"--param alphas: rule {r!r} takes alpha in [0, 1], got {grid!r}")
         if params["component"] not in ("all", "largest"):
             raise ConfigError(f"--param component: expected 'all' or 'largest', got {params['component']!r}")
+    if params["degenerate"] not in ("miss", "skip", "score"):
+        raise ConfigError(f"--param degenerate: expected 'miss', 'skip' or 'score', got {params['degenerate']!r}")
     if name == "deletion-game":
+        from ..metrics.deletion_game import SUPPRESSION_MODES
+
+        if params["suppression"] not in SUPPRESSION_MODES:
+            raise ConfigError(f"--param suppression: expected one of {', '.join(SUPPRESSION_MODES)}, "
+                              f"got {params['suppression']!r}")
         lv = params["levels"]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1 for v in lv):
             raise ConfigError(f"--param levels: expected numbers in (0, 1], got {lv!r}")

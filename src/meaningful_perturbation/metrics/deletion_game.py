@@ -8,10 +8,14 @@ and the class probability re-measured. With
 * ``p_blur`` the probability of the whole image blurred,
 * ``p_box`` the probability with only the box blurred,
 
-the normalised score is ``s = (p_box − p_blur) / (p_clean − p_blur)`` and the suppression
-``1 − s``. For every level (80, 90, 95, 99 %) the result is the area of the smallest box
-whose suppression reaches the level. A saliency map that points at the evidence gives
-small boxes: **lower is better**.
+the suppression of a box is, by default (``suppression="probability"``, the 2017 paper's
+definition, §5.3 / Table 2), ``1 − p_box / p_clean``: a box reaches level ``s`` when its blur
+lowers the class probability to ``(1 − s)·p_clean`` or below. The explicit, non-default
+``suppression="relative-to-blur"`` measures instead the share of the drop that blurring the
+whole image gives, ``1 − (p_box − p_blur) / (p_clean − p_blur)`` (the whole-image box then
+always reaches every level). For every level (80, 90, 95, 99 %) the result is the area of the
+smallest box whose suppression reaches the level. A saliency map that points at the evidence
+gives small boxes: **lower is better**.
 """
 
 from __future__ import annotations
@@ -27,12 +31,15 @@ from .faithfulness import DEFAULT_BLUR_SIGMA, make_substrate
 from .localisation import _box_mask
 from .weak_localisation import _tight_boxes
 
-__all__ = ["DEFAULT_LEVELS", "DEFAULT_THRESHOLDS", "deletion_game_box", "threshold_boxes"]
+__all__ = ["DEFAULT_LEVELS", "DEFAULT_THRESHOLDS", "SUPPRESSION_MODES", "deletion_game_box", "threshold_boxes"]
 
 # Suppression levels reported in the 2017 paper (§5.3, Table 2 uses 99 %).
 DEFAULT_LEVELS = (0.8, 0.9, 0.95, 0.99)
 # Thresholds on the min–max normalised saliency: 0, 0.01, ..., 1.
 DEFAULT_THRESHOLDS = tuple(i / 100 for i in range(101))
+# How a box's suppression is measured: the paper's (2017 §5.3: the probability drops to
+# (1 - s) * p_clean), or relative to the drop a whole-image blur gives (not the paper's).
+SUPPRESSION_MODES = ("probability", "relative-to-blur")
 
 
 def threshold_boxes(saliency: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
@@ -67,7 +74,9 @@ def deletion_game_box(
     blur_sigma: float = DEFAULT_BLUR_SIGMA,
     batch_size: int = 64,
     head: str = "auto",
-) -> dict[float, torch.Tensor]:
+    suppression: str = "probability",
+    return_probabilities: bool = False,
+) -> dict[float, torch.Tensor] | tuple[dict[float, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Area of the smallest saliency-derived box whose blurring suppresses the class (2017 §5.3).
 
     Boxes come from :func:`threshold_boxes` (one per threshold; identical boxes are
@@ -86,12 +95,23 @@ def deletion_game_box(
         batch_size: images per model call.
         head: how the model's output is read (``"auto"``, ``"logits"``, ``"probabilities"``,
             ``"sigmoid"``, ``"sigmoid-probabilities"``; see ``meaningful_perturbation.core.head``).
+        suppression: ``"probability"`` (default; 2017 §5.3: level ``s`` is reached when
+            ``p_box ≤ (1 − s)·p_clean``) or ``"relative-to-blur"`` (reached when
+            ``(p_box − p_blur) / (p_clean − p_blur) ≤ 1 − s``; not the paper's definition).
+        return_probabilities: also return ``p_clean`` and ``p_blur`` (``(N,)`` float64 each,
+            the class probability of the image and of the whole image blurred).
 
     Returns:
-        ``{level: (N,) float64 area in px²}``. ``inf`` where no box reaches the level
-        (blurring even the whole image does not suppress enough, or the saliency boxes
-        miss the evidence); ``nan`` where the image cannot be scored because
-        ``p_clean ≤ p_blur`` (blurring the whole image does not lower the probability).
+        ``{level: (N,) float64 area in px²}`` (with ``return_probabilities``: the tuple
+        ``(areas, p_clean, p_blur)``). ``inf`` where no box reaches the level (blurring even
+        the whole image does not suppress enough, or the saliency boxes miss the evidence);
+        ``nan`` where the image cannot be scored: ``p_clean = 0`` (``"probability"``: nothing
+        to suppress) or ``p_clean ≤ p_blur`` (``"relative-to-blur"``: blurring the whole
+        image does not lower the probability).
+
+    Raises:
+        InputError: a model that is not callable, images and saliency of mismatched shapes,
+            levels outside (0, 1], thresholds outside [0, 1], an unknown ``suppression``.
     """
     if not callable(model):
         raise InputError(f"model: expected a callable (N, C, H, W) -> (N, classes), got {describe(model)}")
@@ -102,6 +122,8 @@ def deletion_game_box(
     lv = [float(v) for v in levels] if isinstance(levels, Sequence) and not isinstance(levels, str) else None
     if not lv or not all(0 < v <= 1 for v in lv):
         raise InputError(f"levels: expected a non-empty sequence of numbers in (0, 1], got {describe(levels)}")
+    if suppression not in SUPPRESSION_MODES:
+        raise InputError(f"suppression: expected one of {', '.join(SUPPRESSION_MODES)}, got {describe(suppression)}")
     th = torch.as_tensor(DEFAULT_THRESHOLDS if thresholds is None else thresholds, dtype=torch.float64)
     if th.dim() != 1 or th.numel() == 0 or not ((th >= 0) & (th <= 1)).all():
         raise InputError(f"thresholds: expected a non-empty 1-D sequence in [0, 1], got {describe(thresholds)}")
@@ -126,13 +148,19 @@ def deletion_game_box(
         model, lambda q: (both[q], target[q % n]), 2 * n, batch_size, x.device, head
     ).double()
     p_clean, p_blur = p_ends[:n], p_ends[n:]
-    denom = (p_clean - p_blur).unsqueeze(1)
+    if suppression == "probability":
+        denom = p_clean.unsqueeze(1)
+        achieved = 1.0 - p_box / torch.where(denom > 0, denom, torch.ones_like(denom))
+    else:
+        denom = (p_clean - p_blur).unsqueeze(1)
+        achieved = 1.0 - (p_box - p_blur.unsqueeze(1)) / torch.where(denom > 0, denom, torch.ones_like(denom))
     scorable = denom.squeeze(1) > 0
-    suppression = 1.0 - (p_box - p_blur.unsqueeze(1)) / torch.where(denom > 0, denom, torch.ones_like(denom))
     area = ((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])).double()
     out = {}
     for level in lv:
-        reached = suppression >= level
+        reached = achieved >= level - 1e-12  # float tolerance: p_box = (1 - s) p_clean reaches s
         best = torch.where(reached, area, torch.full_like(area, math.inf)).amin(dim=1)
         out[level] = torch.where(scorable, best, torch.full_like(best, math.nan))
+    if return_probabilities:
+        return out, p_clean, p_blur
     return out

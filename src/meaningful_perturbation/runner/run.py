@@ -67,6 +67,8 @@ class RunOptions:
     quiet: bool = False
     thumb_size: int = 160
     retry_failures: bool = False  # with --resume: retry the items of failures.jsonl
+    # names of the output classes instead of the model's (mperturb evaluate: the data set's)
+    class_names: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -366,7 +368,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
         prep = resolve_model_preprocessing(
             loaded, settings.preprocessing, device=device_name, names=CLI_OPTION_NAMES
         )
-        class_names = prep.class_names
+        class_names = tuple(opts.class_names) if opts.class_names else prep.class_names
         device = torch.device(device_name)
         _probe_model(loaded.model, prep, device)
         layer = settings.config.get("layer")
