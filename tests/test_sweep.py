@@ -73,9 +73,13 @@ def test_ranking_reproduces_every_mask_as_a_top_k_cut(swept):
     _, _, ex = swept
     n, k, h, w = ex.masks.shape
     sal = ex.saliency.reshape(n, -1)
-    # every pixel has its own rank: values 1 − r/P, r = 0 … P−1
-    assert torch.equal(torch.sort(sal, dim=1, descending=True).values,
-                       (1 - torch.arange(h * w) / (h * w)).expand(n, -1))
+    # every pixel has its own rank r = 0 … P−1, and the value 1 − log(1 + e/a_1)/log(1 + 1/a_1),
+    # e = (r + 1)/P the area at which it enters
+    P = h * w
+    e = torch.arange(1, P + 1, dtype=torch.float64) / P
+    want = (1 - torch.log1p(e / AREAS[0]) / math.log1p(1 / AREAS[0])).float()
+    assert torch.equal(torch.sort(sal, dim=1, descending=True).values, want.expand(n, -1))
+    assert bool((want[:-1] > want[1:]).all())  # distinct
     for j in range(k):
         c = int(ex.masks[0, j].sum())
         top = torch.zeros(n, h * w)
@@ -95,9 +99,14 @@ def test_rank_saliency_breaks_ties_by_the_tie_score_then_by_index():
     score = torch.tensor([[[1.0, 2.0], [2.0, 1.0]]])
     tie = torch.tensor([[[0.0, 0.0], [5.0, 9.0]]])
     # order: (1,0) [2, tie 5], (0,1) [2, tie 0], (1,1) [1, tie 9], (0,0) [1, tie 0]
-    assert torch.equal(rank_saliency(score, tie), torch.tensor([[[0.25, 0.75], [1.0, 0.5]]]))
+    # P = 4, knee 1/4: rank r enters at e = (r + 1)/4 and gets 1 − log(1 + 4e)/log 5 = 1 − log(r + 2)/log 5
+    v = [1 - math.log(r + 2) / math.log(5) for r in range(4)]
+    assert torch.allclose(rank_saliency(score, tie), torch.tensor([[[v[3], v[1]], [v[0], v[2]]]]), atol=1e-7)
     # no tie score: the first index first
-    assert torch.equal(rank_saliency(torch.zeros(1, 2, 2)), torch.tensor([[[1.0, 0.75], [0.5, 0.25]]]))
+    assert torch.allclose(rank_saliency(torch.zeros(1, 2, 2)), torch.tensor([[[v[0], v[1]], [v[2], v[3]]]]), atol=1e-7)
+    # knee 0.5: 1 − log(1 + 2e)/log 3, e = 1/4 … 1
+    w = [1 - math.log1p(2 * (r + 1) / 4) / math.log(3) for r in range(4)]
+    assert torch.allclose(rank_saliency(torch.zeros(1, 2, 2), knee=0.5), torch.tensor([[[w[0], w[1]], [w[2], w[3]]]]), atol=1e-7)
 
 
 def test_nested_masks_of_a_known_ranking():

@@ -343,6 +343,12 @@ def _plot_curve(ax: Any, curve: Mapping[str, Any]) -> None:
         ax.axvline(100 * float(suff), color="tab:green", linewidth=1.0, label=f"sufficient area {100 * float(suff):.1f}%")
     ax.set_xscale("log")
     ax.set_xlim(areas.min() / 1.2, areas.max() * 1.2)
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ticks = [t for t in (0.5, 1, 2, 5, 10, 20, 50, 100) if areas.min() / 1.2 <= t <= areas.max() * 1.2]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
     ax.set_ylim(-0.02, max(1.02, float(np.nanmax(kept)) + 0.02))  # probabilities; a summed sigmoid may pass 1
     ax.set_xlabel("kept area (% of image, log scale)", fontsize=8)
     ax.set_ylabel(label, fontsize=8)

@@ -219,7 +219,7 @@ def _colorbar_label(ex: Any) -> str:
     if "perturbed" not in ex.scores:
         return "saliency (arbitrary units)"
     if ex.method == "extremal-sweep":
-        return "rank: 1 − area at which the pixel is kept"
+        return "how early the pixel is kept\n(log scale of the area at entry; 1 = first)"
     if isinstance(ex.extra.get("areas"), list) and ex.config.get("saliency_area") is None:
         return "number of area masks covering the pixel"
     return "deleted (1 − mask)" if ex.config.get("game", "delete") == "delete" else "kept (mask)"

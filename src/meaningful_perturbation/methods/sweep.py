@@ -20,10 +20,16 @@ top cuts of that order: mask ``k`` keeps the ``round(a_k·H·W)`` highest-ranked
 keep, 0 = perturb, binary). They are nested (``M_1 ≤ M_2 ≤ …``) and have exactly their
 area by construction, and the ranking reproduces each of them as a top-k cut.
 
-The saliency is the ranking itself: ``saliency(p) = 1 − rank(p) / (H·W)`` in ``(0, 1]``,
-all values distinct, so ``1 − saliency(p)`` (plus ``1/(H·W)``) is the area at which ``p``
-enters the kept region, and the top ``k`` pixels of the saliency, for every ``k``, are the
-paper's "regions in order of decreasing importance".
+The saliency is the ranking itself, on a log scale of the area at which a pixel enters the
+kept region: with ``r(p)`` its rank (0 = first) and ``P = H·W``, the region holding ``p`` and
+every pixel before it has area ``e(p) = (r + 1)/P``, and
+``saliency(p) = 1 − log(1 + e/a_1) / log(1 + 1/a_1)`` (``a_1``: the smallest area of the
+ladder): 1 at ``e → 0``, 0 for the last pixel, strictly decreasing in the rank, so all
+values are distinct. Above ``a_1`` the scale is logarithmic like the geometric ladder
+(entering at 5% or 10% differs as much as at 20% or 40%); below it, inside the smallest
+region, it is nearly linear, so the pixels the smallest mask keeps span a band of the colour
+range instead of the first few taking half of it. Only the order matters for the cuts: the top ``k`` pixels of the saliency,
+for every ``k``, are the paper's "regions in order of decreasing importance".
 
 The area–score curve is scored on the masks actually reported (the nested cuts, not the
 optimised ``m_k``): ``scores["masked"]`` ``(N, K)`` is the target's probability of the
@@ -113,19 +119,24 @@ class SweepConfig(ExtremalConfig):
         super().validate()
 
 
-def rank_saliency(score: torch.Tensor, tie: torch.Tensor | None = None) -> torch.Tensor:
+def rank_saliency(score: torch.Tensor, tie: torch.Tensor | None = None, knee: float | None = None) -> torch.Tensor:
     """A strict ranking of every pixel as a saliency map.
 
     Pixels are ordered by ``score`` (descending), ties by ``tie`` (descending), then by pixel
-    index (row-major, first first). The pixel ranked ``r`` (0 = first) gets ``1 − r/P``.
+    index (row-major, first first). The pixel ranked ``r`` (0 = first) enters the kept region
+    at area ``e = (r + 1)/P`` (``P = H·W``; the region holding it and every pixel before it)
+    and gets ``1 − log(1 + e/knee) / log(1 + 1/knee)``: nearly linear in ``e`` below ``knee``,
+    logarithmic above.
 
     Args:
         score: ``(N, H, W)`` ranking score (higher = earlier).
         tie: ``(N, H, W)`` tie-break score, or ``None``.
+        knee: area (fraction in (0, 1]) where the scale turns logarithmic; ``None``: ``1/P``.
 
     Returns:
-        ``(N, H, W)`` float32 in ``(0, 1]``, ``P = H·W`` distinct values per image: ``1`` for
-        the first pixel, ``1/P`` for the last.
+        ``(N, H, W)`` float32 in ``[0, 1)``, strictly decreasing in the rank (``P`` distinct
+        values per image while consecutive ones differ by more than float32 rounding: images
+        up to ~10⁶ pixels), ``0`` for the last pixel.
     """
     n, h, w = score.shape
     P = h * w
@@ -137,7 +148,9 @@ def rank_saliency(score: torch.Tensor, tie: torch.Tensor | None = None) -> torch
     order = order.gather(1, sec)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(P, device=s.device).expand(n, P).contiguous())
-    return (1.0 - rank.float() / P).reshape(n, h, w)
+    k = 1.0 / P if knee is None else float(knee)
+    e = (rank.double() + 1) / P
+    return (1.0 - torch.log1p(e / k) / math.log1p(1.0 / k)).float().reshape(n, h, w)
 
 
 def area_counts(areas: tuple[float, ...], pixels_total: int) -> list[int]:
@@ -148,11 +161,11 @@ def area_counts(areas: tuple[float, ...], pixels_total: int) -> list[int]:
 def nested_masks(saliency: torch.Tensor, areas: tuple[float, ...]) -> torch.Tensor:
     """Top cuts of a ranking saliency (:func:`rank_saliency`): binary keep-masks.
 
-    Mask ``k`` keeps the ``c_k = round(a_k·H·W)`` (at least 1) pixels of highest saliency;
-    with the strictly ranked saliency that is ``saliency > 1 − c_k/(H·W)``.
+    Mask ``k`` keeps the ``c_k = round(a_k·H·W)`` (at least 1) pixels of highest saliency
+    (equal values: the first pixel index first, as in :func:`rank_saliency`).
 
     Args:
-        saliency: ``(N, H, W)`` from :func:`rank_saliency` (distinct values ``1 − r/P``).
+        saliency: ``(N, H, W)``, e.g. from :func:`rank_saliency` (distinct values).
         areas: increasing fractions in (0, 1).
 
     Returns:
@@ -160,7 +173,10 @@ def nested_masks(saliency: torch.Tensor, areas: tuple[float, ...]) -> torch.Tens
     """
     n, h, w = saliency.shape
     P = h * w
-    rank = torch.round((1.0 - saliency.float()) * P)  # 0 = first
+    order = torch.sort(saliency.reshape(n, P), dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(P, device=order.device).expand(n, P).contiguous())
+    rank = rank.reshape(n, h, w)  # 0 = first
     counts = torch.tensor(area_counts(areas, P), dtype=rank.dtype, device=rank.device)
     return (rank.unsqueeze(1) < counts.view(1, -1, 1, 1)).float()
 
@@ -177,7 +193,7 @@ def _run(ctx: Context, cfg: SweepConfig):
         if cfg.smooth > 0:
             s = gaussian_blur(s.unsqueeze(1), cfg.smooth * min(H, W)).squeeze(1)
         tie = gaussian_blur(s.unsqueeze(1), tie_sigma).squeeze(1)
-        return rank_saliency(s, tie)
+        return rank_saliency(s, tie, knee=areas[0])
 
     ex = run_problem(ctx, problem, cfg, saliency=saliency, extra={"areas": list(areas)})
     soft = ex.masks
