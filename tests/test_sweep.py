@@ -291,3 +291,39 @@ def test_cli_bad_ladder_is_one_error_line(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert rc == 2 and len(err) == 1
     assert err[0].startswith("mperturb: error: areas: expected areas sorted in increasing order, got 0.3 before 0.1")
+
+
+def _tiny(tmp_path):
+    f = tmp_path / "tiny_model.py"
+    f.write_text(TINY)
+    img = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(img)
+    return f"python:{f}:build", img
+
+
+def _strict(text):
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+    return __import__("json").loads(text, parse_constant=refuse)
+
+
+def test_cli_explain_and_run_accept_the_sweep(tmp_path, capsys):
+    spec, img = _tiny(tmp_path)
+    out = tmp_path / "o"
+    # keep_fraction 1: the sufficient area is usually none (NaN), written as null
+    assert main(["explain", str(img), "--model", spec, "--trust-code", "--method", "extremal-sweep", "--steps", "3",
+                 "--set", "keep_fraction=1.0", "--out", str(out), "-q"]) == 0
+    summary = _strict((out / "img_summary.json").read_text())
+    assert len(summary["scores"]["masked"]) == len(DEFAULT_AREAS) and "sufficient_area" in summary["scores"]
+    ex = Explanation.load(out / "img.npz")
+    suff = float(ex.scores["sufficient_area"][0])
+    assert summary["scores"]["sufficient_area"] == (None if math.isnan(suff) else pytest.approx(suff))
+    with Image.open(out / "img_panel.png") as panel:  # original, saliency, 4 masks, history, curve
+        assert panel.width > 3.3 * 100 * 8
+    run_out = tmp_path / "r"
+    (tmp_path / "imgs").mkdir()
+    img.rename(tmp_path / "imgs" / img.name)
+    assert main(["run", str(tmp_path / "imgs"), "--model", spec, "--trust-code", "--method", "extremal-sweep", "--steps", "2",
+                 "--out", str(run_out), "-q"]) == 0
+    items = list((run_out / "items").glob("*.npz"))
+    assert len(items) == 1 and area_curve(Explanation.load(items[0]))["preserved"].shape == (1, len(DEFAULT_AREAS))
