@@ -158,7 +158,7 @@ def test_best_envelope_and_sufficient_area():
     clean = torch.tensor([1.0, 0.5])
     got = sufficient_area(curve, clean, AREAS, 0.9)
     assert got[0].item() == pytest.approx(0.1)  # first area with p ≥ 0.9·1.0
-    assert math.isnan(got[1].item())  # no area keeps 0.45 of 0.5
+    assert got[1].item() == 1.0  # no area keeps 0.45 of 0.5: the whole image (the clean score itself)
     assert sufficient_area(curve, clean, AREAS, 0.5)[1].item() == pytest.approx(0.2)  # 0.3 is the first ≥ 0.25
 
 
@@ -170,9 +170,8 @@ def test_area_curve_readout(swept):
     assert torch.all(c["best"][:, 1:] >= c["best"][:, :-1])
     for i in range(2):  # the sufficient area is the first rung at ≥ 0.9·clean
         ok = (c["preserved"][i] >= 0.9 * c["clean"][i]).nonzero().flatten().tolist()
-        want = AREAS[ok[0]] if ok else math.nan
-        got = float(c["sufficient_area"][i])
-        assert (math.isnan(want) and math.isnan(got)) or got == pytest.approx(want)
+        want = AREAS[ok[0]] if ok else 1.0
+        assert float(c["sufficient_area"][i]) == pytest.approx(want)
     with pytest.raises(ConfigError, match="ex: expected an extremal-sweep explanation"):
         area_curve(mp.explain(_oracle()[0], _oracle()[1], method="gradient"))
 
@@ -226,7 +225,7 @@ def test_save_load_round_trips_the_curve(swept, tmp_path):
     assert a["areas"] == b["areas"] and a["keep_fraction"] == b["keep_fraction"]
     for key in ("preserved", "best", "clean", "perturbed"):
         assert torch.equal(a[key], b[key])
-    assert torch.equal(a["sufficient_area"].nan_to_num(-1), b["sufficient_area"].nan_to_num(-1))
+    assert torch.equal(a["sufficient_area"], b["sufficient_area"])
     assert torch.equal(back.masks, ex.masks) and torch.equal(back.saliency, ex.saliency)
 
 
@@ -310,14 +309,14 @@ def _strict(text):
 def test_cli_explain_and_run_accept_the_sweep(tmp_path, capsys):
     spec, img = _tiny(tmp_path)
     out = tmp_path / "o"
-    # keep_fraction 1: the sufficient area is usually none (NaN), written as null
     assert main(["explain", str(img), "--model", spec, "--trust-code", "--method", "extremal-sweep", "--steps", "3",
                  "--set", "keep_fraction=1.0", "--out", str(out), "-q"]) == 0
     summary = _strict((out / "img_summary.json").read_text())
     assert len(summary["scores"]["masked"]) == len(DEFAULT_AREAS) and "sufficient_area" in summary["scores"]
     ex = Explanation.load(out / "img.npz")
     suff = float(ex.scores["sufficient_area"][0])
-    assert summary["scores"]["sufficient_area"] == (None if math.isnan(suff) else pytest.approx(suff))
+    assert summary["scores"]["sufficient_area"] == pytest.approx(suff)
+    assert any(suff == pytest.approx(a) for a in DEFAULT_AREAS + (1.0,))  # a rung, or 1.0: the whole image
     with Image.open(out / "img_panel.png") as panel:  # original, saliency, 4 masks, history, curve
         assert panel.width > 3.3 * 100 * 8
     run_out = tmp_path / "r"

@@ -339,7 +339,7 @@ def _plot_curve(ax: Any, curve: Mapping[str, Any]) -> None:
     if whole is not None:
         ax.axhline(float(whole), color="tab:orange", linewidth=0.8, linestyle="--", label=f"all perturbed {float(whole):.3f}")
     suff = curve.get("sufficient_area")
-    if suff is not None and np.isfinite(float(suff)):
+    if suff is not None and np.isfinite(float(suff)) and float(suff) < 1:  # 1.0: no rung suffices
         ax.axvline(100 * float(suff), color="tab:green", linewidth=1.0, label=f"sufficient area {100 * float(suff):.1f}%")
     ax.set_xscale("log")
     ax.set_xlim(areas.min() / 1.2, areas.max() * 1.2)

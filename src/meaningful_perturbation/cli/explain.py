@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 import time
@@ -83,14 +82,6 @@ def _unique_stems(paths: list[Path]) -> list[str]:
 
 def _write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
-
-
-def _nan_to_none(v: Any) -> Any:
-    """NaN (e.g. an area sweep's ``sufficient_area`` when no area suffices) → ``None``, so the
-    summary stays strict JSON (``null``), in lists too."""
-    if isinstance(v, list):
-        return [_nan_to_none(u) for u in v]
-    return None if isinstance(v, float) and math.isnan(v) else v
 
 
 def _json_default(o: Any) -> Any:
@@ -362,7 +353,7 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
         figures.save_overlay(out / f"{stem}_overlay.png", original, sal_orig, value_range=value_range)
         targets = ex.target[0]
         names = [class_names[c] if class_names and c < len(class_names) else str(c) for c in targets]
-        scores = {k: _nan_to_none(v[0].tolist()) for k, v in ex.scores.items()}
+        scores = {k: v[0].tolist() for k, v in ex.scores.items()}
         clean = scores.get("clean")
         masked = scores.get("masked")
         low = low_confidence(clean)

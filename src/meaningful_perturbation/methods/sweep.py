@@ -37,7 +37,8 @@ preserved input ``blend(levels, M_k)`` (and ``scores["masked_delete"]`` of the d
 ``blend(levels, 1 − M_k)`` when ``game="dual"``). The optimised masks' scores are kept as
 ``scores["optimised"]`` (``"optimised_delete"``) for comparison. ``scores["sufficient_area"]``
 ``(N,)`` is the smallest ``a_k`` whose preserved score is at least ``keep_fraction`` times the
-clean score (NaN when no area of the ladder reaches it). :func:`area_curve` collects them.
+clean score, and 1.0 (the whole image, which keeps the clean score itself) when no area of the
+ladder reaches it. :func:`area_curve` collects them.
 
 Monotonicity. The reported masks are nested and their areas increase (by construction); the
 class score of a preserved input is **not** monotone in general (revealing more of an image
@@ -221,7 +222,8 @@ def _run(ctx: Context, cfg: SweepConfig):
 
 
 def sufficient_area(curve: torch.Tensor, clean: torch.Tensor, areas: tuple[float, ...], keep_fraction: float) -> torch.Tensor:
-    """``(N,)``: the smallest ``areas[k]`` with ``curve[i, k] >= keep_fraction·clean[i]``, NaN if none.
+    """``(N,)``: the smallest ``areas[k]`` with ``curve[i, k] >= keep_fraction·clean[i]``; 1.0 if
+    none (the whole image kept is the clean image: it keeps the clean score, ``keep_fraction ≤ 1``).
 
     Args:
         curve: ``(N, K)`` preserved scores; clean: ``(N,)`` clean scores (same units);
@@ -229,7 +231,7 @@ def sufficient_area(curve: torch.Tensor, clean: torch.Tensor, areas: tuple[float
     """
     ok = curve >= keep_fraction * clean.reshape(-1, 1)
     a = torch.tensor(areas, dtype=torch.float32).expand_as(curve)
-    return torch.where(ok, a, torch.full_like(a, math.inf)).min(dim=1).values.nan_to_num(posinf=math.nan)
+    return torch.where(ok, a, torch.ones_like(a)).min(dim=1).values
 
 
 def area_curve(ex: Any) -> dict[str, Any]:
@@ -240,8 +242,8 @@ def area_curve(ex: Any) -> dict[str, Any]:
         preserved input at each area (the reported, nested masks), ``best`` ``(N, K)`` its
         running maximum over the areas (non-decreasing), ``deleted`` ``(N, K)`` of the deleted
         input (``dual`` only, else ``None``), ``clean`` and ``perturbed`` ``(N,)``,
-        ``sufficient_area`` ``(N,)`` (NaN where no area keeps ``keep_fraction`` of the clean
-        score) and ``keep_fraction``.
+        ``sufficient_area`` ``(N,)`` (1.0 where no area of the ladder keeps ``keep_fraction``
+        of the clean score) and ``keep_fraction``.
 
     Raises:
         ConfigError: ``ex`` is not an ``extremal-sweep`` explanation (names what is missing).
