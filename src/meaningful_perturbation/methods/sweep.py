@@ -89,6 +89,8 @@ class SweepConfig(ExtremalConfig):
 
     areas: tuple[float, ...] = DEFAULT_AREAS  # 0.025·√2^(k−2), k = 0..11: the 2019 paper's 2.5/5/10/20% and the √2 rungs between and around them (1.25%-56.6%)
     steps: int = 300  # 12 areas × 300 = 3600 forward+backward passes (+26 forward), under rise's 4001 per image; the λ path of the paper's 800 steps followed over 300 (as extremal-fast); docs/sweep.md, cost
+    saliency_area: float | None = None  # must be None: the sweep's saliency ranks the pixels over all areas
+    smooth: float = 0.0  # off; else σ (fraction of the short side) of a blur of the ranking score before ranking (as extremal's pointing option)
     keep_fraction: float = 0.9  # sufficient area: the smallest area keeping 90% of the clean score ("nearly all" of the evidence); a readout only, it changes no mask
 
     def validate(self) -> None:
