@@ -48,10 +48,10 @@ evidence, with a perturbation below the image): nesting gives ``blend(M_k) ≤ b
 pixel-wise. The envelope ``best[k] = max_{j ≤ k} curve[j]`` (:func:`area_curve`, "best
 preserved score within area ``a_k``") is non-decreasing by definition.
 
-Cost: ``K·steps`` forward+backward passes per image (``2·K·steps`` for ``dual``) plus
-``2·K + 2`` forward passes (the optimised masks, the reported masks, the clean and the fully
-perturbed image). The defaults (12 areas, 300 steps, preservation) cost 3626 passes per
-image, under the 4001 of ``rise``; for ``dual`` use ``steps=150``.
+Cost: ``K·steps`` forward+backward passes per image plus ``2·K + 2`` forward passes (the
+optimised masks, the reported masks, the clean and the fully perturbed image); ``dual`` doubles
+both per-area terms (``2·K·steps + 4·K + 2``). The defaults (12 areas, 300 steps, preservation)
+cost 3626 passes per image, under the 4001 of ``rise``; ``dual`` with ``steps=150`` costs 3650.
 """
 
 from __future__ import annotations
