@@ -326,3 +326,15 @@ def test_cli_explain_and_run_accept_the_sweep(tmp_path, capsys):
                  "--out", str(run_out), "-q"]) == 0
     items = list((run_out / "items").glob("*.npz"))
     assert len(items) == 1 and area_curve(Explanation.load(items[0]))["preserved"].shape == (1, len(DEFAULT_AREAS))
+
+
+@pytest.mark.parametrize("game, passes", [("preserve", 3 * 4 + 2 * 3 + 2), ("dual", 2 * 3 * 4 + 4 * 3 + 2)])
+def test_model_passes_per_image(game, passes):
+    # K·steps (+ K·steps for dual) optimisation passes, the optimised and the reported masks
+    # (K each, per game), the clean and the fully perturbed image: the cost docs/sweep.md states
+    model, x = _oracle(24, n=2)
+    seen = []
+    model.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    mp.explain(model, x, target=[0, 1], method="extremal-sweep", areas=(0.05, 0.1, 0.3), steps=4, game=game,
+               jitter="none")
+    assert sum(seen) == 2 * passes
