@@ -355,4 +355,4 @@ def _plot_curve(ax: Any, curve: Mapping[str, Any]) -> None:
     ax.set_title("area–score curve\n(nested masks of the sweep)", fontsize=9)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3, linewidth=0.5)
-    ax.legend(loc="lower right", fontsize=6, frameon=False)
+    ax.legend(loc="best", fontsize=6, frameon=True, framealpha=0.8)
