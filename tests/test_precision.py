@@ -23,13 +23,14 @@ OVERRIDES = {
     "extremal": {"steps": STEPS, "areas": (0.1,), "jitter": "none"},
     "extremal-fast": {"steps": STEPS, "areas": (0.1,), "jitter": "none"},
     "extremal-channels": {"steps": STEPS, "areas": (1 / 3,)},  # one of the oracle's 3 Laplacian channels
+    "extremal-sweep": {"steps": STEPS, "areas": (0.05, 0.1, 0.2), "jitter": "none"},
     "rise": {"n_masks": 200},
     "occlusion": {"window": 8, "stride": 4, "reference_size": 32},
 }
 MODEL_FREE = ("random", "center")
 # Methods whose maps put their maximum inside the evidence box on this oracle (in float32;
 # RISE with 200 masks at 32 px is too noisy for the argmax, so it is compared to float32 only).
-POINTS = ("paper", "paper-loc", "seed", "extremal", "extremal-fast", "gradient", "gradcam", "occlusion")
+POINTS = ("paper", "paper-loc", "seed", "extremal", "extremal-fast", "extremal-sweep", "gradient", "gradcam", "occlusion")
 # Largest |mask difference| from the float32 run allowed for a float64 model (measured: paper
 # 0.076 after 40 Adam steps, the trajectories separate by rounding; the others <= 8e-3).
 F64_TOL = {"paper": 0.2, "seed": 0.05, "occlusion": 0.05}

@@ -476,8 +476,13 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: ``extra`` entries that describe the run, not one image: never sliced by image (a list of
+#: K areas is not a per-image list even when K equals the number of images).
+_RUN_EXTRA = frozenset({"areas", "mask_area"})
+
+
 def _slice_extra(extra: dict[str, Any], idx: slice, n: int) -> dict[str, Any]:
     out = {}
     for k, v in extra.items():
-        out[k] = v[idx] if isinstance(v, list) and len(v) == n else v
+        out[k] = v[idx] if isinstance(v, list) and len(v) == n and k not in _RUN_EXTRA else v
     return out

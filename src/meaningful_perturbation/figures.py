@@ -195,8 +195,10 @@ def save_panel(
     colorbar_label: str = "saliency",
     min_side: int = MIN_TILE_SIDE,
     history_title: str = "optimisation",
+    curve: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Original | saliency (with colour bar) | image columns | loss and score over the steps.
+    """Original | saliency (with colour bar) | image columns | loss and score over the steps
+    (| the area–score curve, when ``curve`` is given).
 
     Args:
         original: ``(H, W, 3)`` image, uint8 or float in [0, 1].
@@ -216,6 +218,11 @@ def save_panel(
         colorbar_label: the colour bar's label; history_title: the title of the curves.
         min_side: image tiles are upscaled (nearest neighbour) to at least this many pixels
             a side, so a small input's perturbation stays visible.
+        curve: an area sweep's curve (``extremal-sweep``), drawn in a last column: ``areas``
+            (K fractions), ``preserved`` (K probabilities of the preserved input) and optional
+            ``deleted`` (K, the dual game's deleted input), ``clean``, ``perturbed``,
+            ``sufficient_area`` (NaN: none), ``keep_fraction`` and ``label`` (the y axis,
+            e.g. ``p(disc)``). Areas are drawn on a log axis in % of the image.
 
     Returns:
         ``path``.
@@ -226,9 +233,11 @@ def save_panel(
 
     cols = list(columns) if columns is not None else [(labels[0], perturbed), (labels[1], preserved)]
     n_img = 2 + len(cols)
-    fig = Figure(figsize=(3.3 * (n_img + 1.3), 4.0), dpi=100)
+    extra = [1.5] if curve is not None else []
+    fig = Figure(figsize=(3.3 * (n_img + 1.3 + sum(extra)), 4.0), dpi=100)
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(2, n_img + 1, width_ratios=[1.0] * n_img + [1.3], hspace=0.55, wspace=0.25)
+    grid = fig.add_gridspec(2, n_img + 1 + len(extra), width_ratios=[1.0] * n_img + [1.3] + extra, hspace=0.55,
+                            wspace=0.25 if curve is None else 0.32)
     sal = np.nan_to_num(_as_numpy(saliency).astype(np.float32), nan=0.0)
     lo, hi = value_range if value_range is not None else (float(sal.min()), float(sal.max()))
     if not hi > lo:
@@ -254,6 +263,8 @@ def save_panel(
         ax.text(0.5, 0.5, textwrap.fill(note, 24), transform=ax.transAxes, ha="center", va="center",
                 fontsize=8, color="black", bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none"})
     _plot_history(fig, grid, n_img, history, history_title)
+    if curve is not None:
+        _plot_curve(fig.add_subplot(grid[:, n_img + 1]), curve)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(left=0.02, right=0.97, top=0.74 if "\n" in title else 0.8, bottom=0.13)
@@ -306,3 +317,42 @@ def _plot_history(fig: Any, grid: Any, col: int, history: Mapping[str, Any] | No
     bottom.tick_params(labelsize=7)
     if scores:
         bottom.legend(loc="best", fontsize=6, frameon=False)
+
+
+def _plot_curve(ax: Any, curve: Mapping[str, Any]) -> None:
+    """The area–score curve of an area sweep on ``ax`` (see :func:`save_panel`'s ``curve``)."""
+    areas = 100 * np.asarray([float(a) for a in curve["areas"]], dtype=np.float64)
+    kept = _as_numpy(curve["preserved"]).reshape(-1).astype(np.float64)
+    label = str(curve.get("label", "p(target)"))
+    ax.plot(areas, kept, marker="o", markersize=3, linewidth=1.4, color="tab:blue", label="preserved (kept region only)")
+    deleted = curve.get("deleted")
+    if deleted is not None:
+        ax.plot(areas, _as_numpy(deleted).reshape(-1), marker="s", markersize=3, linewidth=1.2, color="tab:red",
+                label="deleted (kept region perturbed)")
+    clean, whole = curve.get("clean"), curve.get("perturbed")
+    if clean is not None:
+        ax.axhline(float(clean), color="black", linewidth=0.8, linestyle="--", label=f"clean {float(clean):.3f}")
+        frac = curve.get("keep_fraction")
+        if frac is not None:
+            ax.axhline(float(frac) * float(clean), color="grey", linewidth=0.8, linestyle=":",
+                       label=f"{float(frac):.0%} of clean")
+    if whole is not None:
+        ax.axhline(float(whole), color="tab:orange", linewidth=0.8, linestyle="--", label=f"all perturbed {float(whole):.3f}")
+    suff = curve.get("sufficient_area")
+    if suff is not None and np.isfinite(float(suff)) and float(suff) < 1:  # 1.0: no rung suffices
+        ax.axvline(100 * float(suff), color="tab:green", linewidth=1.0, label=f"sufficient area {100 * float(suff):.1f}%")
+    ax.set_xscale("log")
+    ax.set_xlim(areas.min() / 1.2, areas.max() * 1.2)
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ticks = [t for t in (0.5, 1, 2, 5, 10, 20, 50, 100) if areas.min() / 1.2 <= t <= areas.max() * 1.2]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.set_ylim(-0.02, max(1.02, float(np.nanmax(kept)) + 0.02))  # probabilities; a summed sigmoid may pass 1
+    ax.set_xlabel("kept area (% of image, log scale)", fontsize=8)
+    ax.set_ylabel(label, fontsize=8)
+    ax.set_title("area–score curve\n(nested masks of the sweep)", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3, linewidth=0.5)
+    ax.legend(loc="best", fontsize=6, frameon=True, framealpha=0.8)

@@ -157,7 +157,8 @@ def _p_label(names: list[str], head: str) -> str:
 def _panel_columns(ex: Any, x: torch.Tensor, names: list[str], to_image: Any) -> list[tuple[str, Any]]:
     """The panel's image columns after original and saliency, for image 0: ``(title, image)``.
 
-    Extremal presets: one column per area, the perturbed input the optimiser scored for that
+    Extremal presets: one column per area (an area sweep of more than 5 areas: 4 of them,
+    evenly spaced along the ladder, :func:`_shown_areas`), the perturbed input scored for that
     area, titled with the region's game ("kept region" / "deleted region"), its achieved and
     target area in % of the image and the target's probability on it. Other mask-learning
     presets: the perturbed input (with that probability) and the deleted / kept region
@@ -176,7 +177,8 @@ def _panel_columns(ex: Any, x: torch.Tensor, names: list[str], to_image: Any) ->
     if isinstance(areas, list) and len(areas) > 0 and masked is not None:
         region_word = "deleted" if ex.config.get("game", "delete") == "delete" else "kept"
         cols = []
-        for k, a in enumerate(areas):
+        for k in _shown_areas(len(areas)):
+            a = areas[k]
             img, region, _, _ = _panel_tiles(ex, x, k)
             verb = _verb(ex.config.get("perturbation", "?"))
             rest = "region" if region_word == "deleted" else "rest"
@@ -207,6 +209,28 @@ def _channel_columns(ex: Any, x: torch.Tensor, p: str, to_image: Any) -> list[tu
         title = f"{word}: {count} of {total} channels{target}\nof {layer}: their activation{score}"
         cols.append((title, to_image(x[0].cpu(), ex.masks[0, k : k + 1].cpu().clamp(0, 1))))
     return cols
+#: An area sweep draws this many of its masks (evenly spaced along the ladder, first and last
+#: included); the curve beside them shows every area.
+MAX_AREA_COLUMNS = 4
+
+
+def _shown_areas(k: int) -> list[int]:
+    """Indices of the areas drawn as columns: all up to 5, else :data:`MAX_AREA_COLUMNS` evenly spaced."""
+    if k <= MAX_AREA_COLUMNS + 1:
+        return list(range(k))
+    return sorted({round(j * (k - 1) / (MAX_AREA_COLUMNS - 1)) for j in range(MAX_AREA_COLUMNS)})
+
+
+def _sweep_curve(ex: Any, label: str) -> dict[str, Any] | None:
+    """Image 0's area–score curve for the panel (``extremal-sweep``), else ``None``."""
+    if ex.method != "extremal-sweep":
+        return None
+    from ..methods.sweep import area_curve
+
+    c = area_curve(ex)
+    one = {k: (v[0] if hasattr(v, "shape") else v) for k, v in c.items() if k != "best"}
+    one["label"] = label
+    return one
 
 
 def _colorbar_label(ex: Any) -> str:
@@ -214,6 +238,8 @@ def _colorbar_label(ex: Any) -> str:
         return "salient channels' activation (sum of maps)"
     if "perturbed" not in ex.scores:
         return "saliency (arbitrary units)"
+    if ex.method == "extremal-sweep":
+        return "how early the pixel is kept\n(log scale of the area at entry; 1 = first)"
     if isinstance(ex.extra.get("areas"), list) and ex.config.get("saliency_area") is None:
         return "number of area masks covering the pixel"
     return "deleted (1 − mask)" if ex.config.get("game", "delete") == "delete" else "kept (mask)"
@@ -372,6 +398,7 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
             value_range=value_range, note=reason,
             colorbar_label=_colorbar_label(ex),
             history_title="optimisation" + (f" (area {areas[drawn]:.1%})" if isinstance(areas, list) else ""),
+            curve=_sweep_curve(ex, p),
             title="\n".join(escape_text(t) for t in
                              _panel_title(path.name, settings.method, ex, names, scores, low, settings.model)),
         )

@@ -259,7 +259,7 @@ def perturbed_input(x: torch.Tensor, masks: torch.Tensor, config: Any, *, seed: 
         spec = get_method(method)
         if spec.perturbation_levels is None:
             raise ConfigError(f"method: {method!r} learns no keep-mask, so there is no perturbed input to draw; "
-                              "expected a mask-learning preset (paper, paper-loc, seed, extremal, extremal-fast)")
+                              "expected a mask-learning preset (paper, paper-loc, seed, extremal, extremal-fast, extremal-sweep)")
         build = spec.perturbation_levels
     flat = masks.dim() == 3
     m = masks.unsqueeze(1) if flat else masks

@@ -136,13 +136,14 @@ def config_sources(config_cls: type) -> dict[str, str]:
     import inspect
     import re
 
-    try:
-        src = inspect.getsource(config_cls)
-    except (OSError, TypeError):
-        return {}
-    out = {}
-    for m in re.finditer(r"^\s+(\w+)\s*:[^=\n]+=[^#\n]*#\s*(.+)$", src, flags=re.M):
-        out.setdefault(m.group(1), m.group(2).strip())
+    out: dict[str, str] = {}
+    for cls in config_cls.__mro__:  # a subclass's own comment wins over its base's
+        try:
+            src = inspect.getsource(cls)
+        except (OSError, TypeError):
+            continue
+        for m in re.finditer(r"^\s+(\w+)\s*:[^=\n]+=[^#\n]*#\s*(.+)$", src, flags=re.M):
+            out.setdefault(m.group(1), m.group(2).strip())
     return out
 
 

@@ -1,0 +1,340 @@
+"""`extremal-sweep`: nested masks, the ranking saliency, the area–score curve, batching,
+save/load, bad area ladders (issue 15 §1-2)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+import meaningful_perturbation as mp
+from meaningful_perturbation import ConfigError, Explanation
+from meaningful_perturbation.cli import main
+from meaningful_perturbation.methods import get_method
+from meaningful_perturbation.methods.common import perturbed_input
+from meaningful_perturbation.methods.sweep import (
+    DEFAULT_AREAS,
+    area_curve,
+    nested_masks,
+    rank_saliency,
+    sufficient_area,
+)
+from oracles import TextureOracle, region_masks, textured_image
+
+BOXES = [(0.1, 0.1, 0.4, 0.4), (0.1, 0.6, 0.4, 0.9), (0.6, 0.1, 0.9, 0.4), (0.6, 0.6, 0.9, 0.9)]
+AREAS = (0.05, 0.1, 0.2, 0.4)
+
+
+def _oracle(size=32, n=2):
+    model = TextureOracle(size, BOXES, gain=4.0, bias=0.0, log=True)
+    x = torch.cat([textured_image(size, k, seed=k, boxes=BOXES, grain=size / 64) for k in range(n)])
+    return model, x
+
+
+@pytest.fixture(scope="module")
+def swept():
+    torch.manual_seed(0)
+    model, x = _oracle(32)
+    ex = mp.explain(model, x, target=[0, 1], method="extremal-sweep", areas=AREAS, steps=25, jitter="none")
+    return model, x, ex
+
+
+# -- the default ladder ----------------------------------------------------------------------
+
+def test_default_ladder_is_dense_and_within_rise_cost():
+    cfg = get_method("extremal-sweep").default_config()
+    a = cfg.area_tuple
+    assert a == DEFAULT_AREAS and len(a) >= 10 and a[0] <= 0.0125 and a[-1] >= 0.5
+    assert all(hi / lo == pytest.approx(math.sqrt(2), rel=2e-3) for lo, hi in zip(a, a[1:]))
+    assert {0.025, 0.05, 0.1, 0.2} <= set(a)  # the 2019 paper's areas are rungs of the ladder
+    # K·steps forward+backward passes + the optimised and reported masks (2K) + clean + perturbed
+    assert len(a) * cfg.steps + 2 * len(a) + 2 <= 4001  # rise: 4000 masks + the clean pass
+
+
+# -- nesting and the ranking -----------------------------------------------------------------
+
+def test_masks_are_nested_binary_and_exactly_their_area(swept):
+    _, x, ex = swept
+    m = ex.masks
+    assert m.shape == (2, len(AREAS), 32, 32)
+    assert set(torch.unique(m).tolist()) <= {0.0, 1.0}
+    assert torch.all(m[:, 1:] >= m[:, :-1])  # M_1 ≤ M_2 ≤ … pixel-wise
+    counts = m.sum(dim=(2, 3))
+    expected = torch.tensor([round(a * 32 * 32) for a in AREAS], dtype=counts.dtype)
+    assert torch.equal(counts, expected.expand_as(counts))
+    assert ex.extra["mask_area"] == pytest.approx([c / 1024 for c in expected.tolist()])
+
+
+def test_ranking_reproduces_every_mask_as_a_top_k_cut(swept):
+    _, _, ex = swept
+    n, k, h, w = ex.masks.shape
+    sal = ex.saliency.reshape(n, -1)
+    # every pixel has its own rank r = 0 … P−1, and the value 1 − log(1 + e/a_1)/log(1 + 1/a_1),
+    # e = (r + 1)/P the area at which it enters
+    P = h * w
+    e = torch.arange(1, P + 1, dtype=torch.float64) / P
+    want = (1 - torch.log1p(e / AREAS[0]) / math.log1p(1 / AREAS[0])).float()
+    assert torch.equal(torch.sort(sal, dim=1, descending=True).values, want.expand(n, -1))
+    assert bool((want[:-1] > want[1:]).all())  # distinct
+    for j in range(k):
+        c = int(ex.masks[0, j].sum())
+        top = torch.zeros(n, h * w)
+        top.scatter_(1, sal.topk(c, dim=1).indices, 1.0)
+        assert torch.equal(top.reshape(n, h, w), ex.masks[:, j])
+
+
+def test_ranking_follows_the_masks_and_finds_the_evidence(swept):
+    _, _, ex = swept
+    region = region_masks(32, BOXES)[:2]  # image i's evidence is box i (9% of the image)
+    # the first 9% of the ranking lies mostly on the evidence; a random order would put 9% there
+    top = nested_masks(ex.saliency, (0.09,))[:, 0]
+    assert torch.all((top * region).sum(dim=(1, 2)) / top.sum(dim=(1, 2)) > 0.6)
+
+
+def test_rank_saliency_breaks_ties_by_the_tie_score_then_by_index():
+    score = torch.tensor([[[1.0, 2.0], [2.0, 1.0]]])
+    tie = torch.tensor([[[0.0, 0.0], [5.0, 9.0]]])
+    # order: (1,0) [2, tie 5], (0,1) [2, tie 0], (1,1) [1, tie 9], (0,0) [1, tie 0]
+    # P = 4, knee 1/4: rank r enters at e = (r + 1)/4 and gets 1 − log(1 + 4e)/log 5 = 1 − log(r + 2)/log 5
+    v = [1 - math.log(r + 2) / math.log(5) for r in range(4)]
+    assert torch.allclose(rank_saliency(score, tie), torch.tensor([[[v[3], v[1]], [v[0], v[2]]]]), atol=1e-7)
+    # no tie score: the first index first
+    assert torch.allclose(rank_saliency(torch.zeros(1, 2, 2)), torch.tensor([[[v[0], v[1]], [v[2], v[3]]]]), atol=1e-7)
+    # knee 0.5: 1 − log(1 + 2e)/log 3, e = 1/4 … 1
+    w = [1 - math.log1p(2 * (r + 1) / 4) / math.log(3) for r in range(4)]
+    assert torch.allclose(rank_saliency(torch.zeros(1, 2, 2), knee=0.5), torch.tensor([[[w[0], w[1]], [w[2], w[3]]]]), atol=1e-7)
+
+
+def test_nested_masks_of_a_known_ranking():
+    sal = rank_saliency(torch.arange(16.0).reshape(1, 4, 4))  # pixel 15 first, pixel 0 last
+    m = nested_masks(sal, (0.0625, 0.25, 0.5))
+    assert m[0, 0].flatten().nonzero().flatten().tolist() == [15]
+    assert m[0, 1].flatten().nonzero().flatten().tolist() == [12, 13, 14, 15]
+    assert m[0, 2].flatten().nonzero().flatten().tolist() == list(range(8, 16))
+
+
+# -- the curve -------------------------------------------------------------------------------
+
+def test_curve_is_scored_on_the_reported_masks(swept):
+    model, x, ex = swept
+    n, k = ex.masks.shape[:2]
+    xt = perturbed_input(x, ex.masks, ex.config, seed=ex.extra["seed"], method=ex.method)
+    with torch.no_grad():
+        p = model(xt.reshape(n * k, *x.shape[1:])).softmax(-1).view(n, k, -1)
+    expected = torch.stack([p[0, :, 0], p[1, :, 1]])  # targets 0 and 1
+    assert torch.allclose(ex.scores["masked"], expected, atol=1e-5)
+    assert ex.scores["optimised"].shape == (n, k)  # the optimised (soft) masks' scores, kept apart
+
+
+class _Evidence(nn.Module):
+    """Logit 0 = Σ w·x with w ≥ 0 on non-negative inputs, logit 1 = 0: keeping more of the
+    image never lowers class 0's score, so the score is monotone in a nested kept region."""
+
+    def __init__(self, size):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.w = nn.Parameter(torch.rand(1, 3, size, size, generator=g) ** 4, requires_grad=False)
+
+    def forward(self, x):
+        z = (x * self.w).sum(dim=(1, 2, 3)) / self.w.sum() * 8 - 2
+        return torch.stack([z, torch.zeros_like(z)], dim=1)
+
+
+def test_curve_is_monotone_for_a_model_monotone_in_the_kept_region():
+    x = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(2))  # ≥ 0; fade replaces by 0
+    ex = mp.explain(_Evidence(24), x, target=0, method="extremal-sweep", areas=AREAS + (0.6, 0.8),
+                    steps=15, perturbation="fade", jitter="none")
+    curve = area_curve(ex)["preserved"]
+    assert torch.all(curve[:, 1:] >= curve[:, :-1] - 1e-6), curve
+    assert torch.all(curve[:, -1] > curve[:, 0] + 0.05)  # and it really rises
+
+
+def test_best_envelope_and_sufficient_area():
+    curve = torch.tensor([[0.2, 0.95, 0.9, 0.97], [0.1, 0.2, 0.3, 0.4]])
+    clean = torch.tensor([1.0, 0.5])
+    got = sufficient_area(curve, clean, AREAS, 0.9)
+    assert got[0].item() == pytest.approx(0.1)  # first area with p ≥ 0.9·1.0
+    assert got[1].item() == 1.0  # no area keeps 0.45 of 0.5: the whole image (the clean score itself)
+    assert sufficient_area(curve, clean, AREAS, 0.5)[1].item() == pytest.approx(0.2)  # 0.3 is the first ≥ 0.25
+
+
+def test_area_curve_readout(swept):
+    _, _, ex = swept
+    c = area_curve(ex)
+    assert c["areas"] == list(AREAS) and c["deleted"] is None and c["keep_fraction"] == 0.9
+    assert torch.equal(c["best"], torch.cummax(c["preserved"], dim=1).values)
+    assert torch.all(c["best"][:, 1:] >= c["best"][:, :-1])
+    for i in range(2):  # the sufficient area is the first rung at ≥ 0.9·clean
+        ok = (c["preserved"][i] >= 0.9 * c["clean"][i]).nonzero().flatten().tolist()
+        want = AREAS[ok[0]] if ok else 1.0
+        assert float(c["sufficient_area"][i]) == pytest.approx(want)
+    with pytest.raises(ConfigError, match="ex: expected an extremal-sweep explanation"):
+        area_curve(mp.explain(_oracle()[0], _oracle()[1], method="gradient"))
+
+
+def test_dual_game_scores_the_deleted_input_too():
+    model, x = _oracle(24, n=1)
+    ex = mp.explain(model, x, target=0, method="extremal-sweep", areas=(0.05, 0.2, 0.4), game="dual", steps=5,
+                    jitter="none")
+    c = area_curve(ex)
+    assert c["deleted"].shape == (1, 3) and "optimised_delete" in ex.scores
+    xt = perturbed_input(x, 1 - ex.masks, ex.config, seed=ex.extra["seed"], method=ex.method)[0]
+    with torch.no_grad():
+        p = model(xt).softmax(-1)[:, 0]
+    assert torch.allclose(c["deleted"][0], p, atol=1e-5)
+
+
+# -- batching --------------------------------------------------------------------------------
+
+def test_batch_of_images_equals_one_by_one():
+    model, x = _oracle(24)
+    model, x = model.double(), x.double()
+    kw = dict(method="extremal-sweep", areas=(0.05, 0.1, 0.3), steps=8, jitter="none", init=0.5, lr=0.2)
+    together = mp.explain(model, x, target=[0, 1], **kw)
+    for i in range(2):
+        alone = mp.explain(model, x[i : i + 1], target=[i], **kw)
+        assert torch.equal(alone.masks, together.masks[i : i + 1])
+        assert torch.equal(alone.saliency, together.saliency[i : i + 1])
+        assert torch.allclose(alone.scores["masked"], together.scores["masked"][i : i + 1], atol=1e-6)
+
+
+def test_areas_of_a_sweep_equal_extremal_runs_of_each_area():
+    model, x = _oracle(24, n=1)
+    model, x = model.double(), x.double()
+    areas = (0.05, 0.1, 0.3)
+    kw = dict(target=0, steps=10, jitter="none", init=0.5, lr=0.2)  # masks that move in 10 steps
+    sweep = mp.explain(model, x, method="extremal-sweep", areas=areas, **kw)
+    opt = sweep.scores["optimised"][0]
+    assert opt[0] < opt[1] < opt[2]  # three different masks, not three copies of the start
+    for k, a in enumerate(areas):
+        alone = mp.explain(model, x, method="extremal", areas=(a,), **kw)
+        assert torch.allclose(alone.scores["masked"][:, 0], sweep.scores["optimised"][:, k], atol=1e-6)
+        assert sweep.extra["achieved_area"][0][k] == alone.extra["achieved_area"][0][0]
+
+
+# -- files -----------------------------------------------------------------------------------
+
+def test_save_load_round_trips_the_curve(swept, tmp_path):
+    _, _, ex = swept
+    back = Explanation.load(ex.save(tmp_path / "s.npz"))
+    a, b = area_curve(ex), area_curve(back)
+    assert a["areas"] == b["areas"] and a["keep_fraction"] == b["keep_fraction"]
+    for key in ("preserved", "best", "clean", "perturbed"):
+        assert torch.equal(a[key], b[key])
+    assert torch.equal(a["sufficient_area"], b["sufficient_area"])
+    assert torch.equal(back.masks, ex.masks) and torch.equal(back.saliency, ex.saliency)
+
+
+def test_slicing_keeps_the_ladder_when_images_equal_areas():
+    model, _ = _oracle(24)
+    x = torch.cat([textured_image(24, k % 4, seed=k, boxes=BOXES) for k in range(3)])
+    ex = mp.explain(model, x, method="extremal-sweep", areas=(0.05, 0.1, 0.3), steps=2, jitter="none")
+    one = ex[1]  # 3 images and 3 areas: the areas are not a per-image list
+    assert one.extra["areas"] == [0.05, 0.1, 0.3]
+    assert area_curve(one)["preserved"].shape == (1, 3)
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("areas, says", [
+    ((0.2, 0.1, 0.3), "areas: expected areas sorted in increasing order, got 0.2 before 0.1 in (0.2, 0.1, 0.3)"),
+    ((0.1, 0.1, 0.3), "areas: expected distinct areas, got 0.1 twice in (0.1, 0.1, 0.3)"),
+    ((0.1, 0.2, 1.0), "areas: every area must be a fraction in the open interval (0, 1), got 1.0 in (0.1, 0.2, 1.0)"),
+    ((0.0, 0.2, 0.3), "areas: every area must be a fraction in the open interval (0, 1), got 0.0 in (0.0, 0.2, 0.3)"),
+    ((-0.1, 0.2, 0.3), "got -0.1 in"),
+    ((0.1, float("nan"), 0.3), "got nan in"),
+    ((0.1, "x", 0.3), "got 'x' in"),
+    ((0.1, 0.2), "areas: expected at least 3 areas for a sweep (for one or two use method 'extremal'), got 2: (0.1, 0.2)"),
+    (0.1, "areas: expected a sorted sequence of at least 3 fractions in (0, 1), got 0.1"),
+])
+def test_bad_area_ladders(areas, says):
+    model, x = _oracle(24, n=1)
+    with pytest.raises(ConfigError) as e:
+        mp.explain(model, x, method="extremal-sweep", areas=areas, steps=1)
+    assert says in str(e.value)
+
+
+@pytest.mark.parametrize("setting, says", [
+    ({"game": "delete"}, "game: expected one of 'preserve', 'dual' for extremal-sweep"),
+    ({"saliency_area": 0.1}, "saliency_area: expected None for extremal-sweep"),
+    ({"keep_fraction": 0.0}, "keep_fraction: expected a value > 0"),
+    ({"keep_fraction": 1.5}, "keep_fraction: expected a value <= 1"),
+])
+def test_bad_settings(setting, says):
+    model, x = _oracle(24, n=1)
+    with pytest.raises(ConfigError, match=says):
+        mp.explain(model, x, method="extremal-sweep", steps=1, **setting)
+
+
+TINY = """
+import torch
+def build():
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 6))
+    return m, {"input_size": 32, "resize": 32}
+"""
+
+
+def test_cli_bad_ladder_is_one_error_line(tmp_path, capsys):
+    f = tmp_path / "tiny_model.py"
+    f.write_text(TINY)
+    img = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(img)
+    rc = main(["explain", str(img), "--model", f"python:{f}:build", "--trust-code", "--method", "extremal-sweep",
+               "--areas", "0.3", "0.1", "0.5", "--out", str(tmp_path / "o"), "-q"])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith("mperturb: error: areas: expected areas sorted in increasing order, got 0.3 before 0.1")
+
+
+def _tiny(tmp_path):
+    f = tmp_path / "tiny_model.py"
+    f.write_text(TINY)
+    img = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(img)
+    return f"python:{f}:build", img
+
+
+def _strict(text):
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+    return __import__("json").loads(text, parse_constant=refuse)
+
+
+def test_cli_explain_and_run_accept_the_sweep(tmp_path, capsys):
+    spec, img = _tiny(tmp_path)
+    out = tmp_path / "o"
+    assert main(["explain", str(img), "--model", spec, "--trust-code", "--method", "extremal-sweep", "--steps", "3",
+                 "--set", "keep_fraction=1.0", "--out", str(out), "-q"]) == 0
+    summary = _strict((out / "img_summary.json").read_text())
+    assert len(summary["scores"]["masked"]) == len(DEFAULT_AREAS) and "sufficient_area" in summary["scores"]
+    ex = Explanation.load(out / "img.npz")
+    suff = float(ex.scores["sufficient_area"][0])
+    assert summary["scores"]["sufficient_area"] == pytest.approx(suff)
+    assert any(suff == pytest.approx(a) for a in DEFAULT_AREAS + (1.0,))  # a rung, or 1.0: the whole image
+    with Image.open(out / "img_panel.png") as panel:  # original, saliency, 4 masks, history, curve
+        assert panel.width > 3.3 * 100 * 8
+    run_out = tmp_path / "r"
+    (tmp_path / "imgs").mkdir()
+    img.rename(tmp_path / "imgs" / img.name)
+    assert main(["run", str(tmp_path / "imgs"), "--model", spec, "--trust-code", "--method", "extremal-sweep", "--steps", "2",
+                 "--out", str(run_out), "-q"]) == 0
+    items = list((run_out / "items").glob("*.npz"))
+    assert len(items) == 1 and area_curve(Explanation.load(items[0]))["preserved"].shape == (1, len(DEFAULT_AREAS))
+
+
+@pytest.mark.parametrize("game, passes", [("preserve", 3 * 4 + 2 * 3 + 2), ("dual", 2 * 3 * 4 + 4 * 3 + 2)])
+def test_model_passes_per_image(game, passes):
+    # K·steps (+ K·steps for dual) optimisation passes, the optimised and the reported masks
+    # (K each, per game), the clean and the fully perturbed image: the cost docs/sweep.md states
+    model, x = _oracle(24, n=2)
+    seen = []
+    model.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    mp.explain(model, x, target=[0, 1], method="extremal-sweep", areas=(0.05, 0.1, 0.3), steps=4, game=game,
+               jitter="none")
+    assert sum(seen) == 2 * passes
