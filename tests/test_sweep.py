@@ -289,7 +289,7 @@ def test_cli_bad_ladder_is_one_error_line(tmp_path, capsys):
                "--areas", "0.3", "0.1", "0.5", "--out", str(tmp_path / "o"), "-q"])
     err = capsys.readouterr().err.splitlines()
     assert rc == 2 and len(err) == 1
-    assert err[0].startswith("mperturb: error: areas: expected areas sorted in increasing order, got 0.3 before 0.1")
+    assert err[0].startswith("mperturb: error: --set: areas: expected areas sorted in increasing order, got 0.3 before 0.1")
 
 
 def _tiny(tmp_path):
