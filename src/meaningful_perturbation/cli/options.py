@@ -252,6 +252,13 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
     if getattr(args, "areas", None) is not None:
         overrides["areas"] = list(args.areas)
     if getattr(args, "masker", None) is not None:
+        chosen = getattr(args, "method", None) or "paper"
+        if chosen != "masker":
+            raise ConfigError(f"--masker: --masker needs --method masker (got --method {chosen}); add --method masker "
+                              "or drop --masker")
+        from ..masker.model import as_masker
+
+        as_masker(args.masker, option="--masker")  # a bad file fails now, before the model loads
         overrides["masker"] = args.masker
     # JSON lists -> tuples (configs are frozen dataclasses with tuple fields).
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
@@ -306,3 +313,18 @@ def method_overrides(settings: RunSettings) -> dict[str, Any]:
     """The overrides as keyword arguments for ``explain`` (lists back to tuples)."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in settings.overrides.items()}
 
+
+
+def check_masker_setting(settings: Any, model: Any, prep: Any = None) -> None:
+    """With ``--method masker``: check the masker against the loaded classifier (layers,
+    weights, head, input size) once, before any output is written (``explain``, ``run``).
+
+    Raises:
+        InputError / ModelError: naming ``--masker`` (:func:`~meaningful_perturbation.masker.model.check_masker`).
+    """
+    if getattr(settings, "method", None) != "masker":
+        return
+    from ..masker.model import check_masker
+
+    size = getattr(prep, "input_size", None) if prep is not None else None
+    check_masker(settings.config.get("masker", "demo"), model, input_size=size, option="--masker")
