@@ -193,7 +193,7 @@ def test_cli_train_masker_then_explain_with_it(tmp_path, capsys):
     assert rc == 2 and err.startswith("mperturb: error: --masker: file ") and "not found" in err and err.count("\n") == 1
     rc = main(["train-masker", "--model", "demo", "--out", str(tmp_path / "g"), "--set", "area=-1", "-q"])
     err = capsys.readouterr().err
-    assert rc == 2 and err == "mperturb: error: area: expected a value >= 0, got -1\n"
+    assert rc == 2 and err == "mperturb: error: --set: area: expected a value >= 0, got -1\n"
 
 
 def test_distillation_from_a_run_folder_moves_the_masks_towards_the_teacher(tmp_path):
