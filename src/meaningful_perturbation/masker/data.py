@@ -94,7 +94,15 @@ class ArraySource:
         self.holdout = min(int(holdout), n - 1) if masks is not None else 0
         self.images, self.labels = images.float(), labels.long()
         self.masks, self.teacher = (masks.bool() if masks is not None else None), teacher
-        self.seed, self.description = int(seed), description
+        import hashlib
+
+        h = hashlib.sha256()  # the content, so --resume notices other data under the same name
+        for t in (self.images, self.labels, self.masks, self.teacher):
+            if t is not None:
+                h.update(str(tuple(t.shape)).encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        self.content_sha256 = h.hexdigest()
+        self.seed, self.description = int(seed), f"{description} ({n} images, content SHA-256 {self.content_sha256[:16]})"
         self.num_classes = None  # arrays: only the label range is checked (a subset of the classes is fine)
 
     @classmethod
@@ -117,11 +125,8 @@ class ArraySource:
             if a.dtype.kind not in "biuf":
                 raise InputError(f"--data: {path!r}: array {k!r} has dtype {a.dtype}; expected numbers (images float, labels int, masks bool/0-1)")
         masks = torch.from_numpy(arrays["masks"]) if "masks" in arrays else None
-        import hashlib
-
-        digest = hashlib.sha256(p.read_bytes()).hexdigest()
         return cls(torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"]), masks, seed=seed,
-                   description=f"arrays from {p.name} (SHA-256 {digest[:16]})", holdout=min(64, len(arrays["labels"]) // 5))
+                   description=f"arrays from {p.name}", holdout=min(64, len(arrays["labels"]) // 5))
 
     def batch(self, step: int, size: int):
         n = self.images.shape[0] - self.holdout
