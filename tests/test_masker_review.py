@@ -285,3 +285,24 @@ def test_card_reports_accuracy_and_warns_on_empty_masks():
     w = quality_warnings({"mean_mask_area": 0.001, "pointing_tol": 0.0, "rank_accuracy": 0.0, "classifier_accuracy": 0.2})
     assert len(w) == 3 and "almost) empty" in w[0]
     assert quality_warnings({"mean_mask_area": 0.3, "pointing_tol": 0.8, "rank_accuracy": 0.6, "classifier_accuracy": 0.9}) == []
+
+
+def test_run_resume_compares_the_masker_by_content(tmp_path, capsys):
+    import shutil
+
+    from meaningful_perturbation.masker import DEMO_MASKER_PATH
+
+    (tmp_path / "imgs").mkdir()
+    _png(tmp_path / "imgs" / "a.png")
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    shutil.copy(DEMO_MASKER_PATH, a)
+    shutil.copy(DEMO_MASKER_PATH, b)
+    base = ["run", str(tmp_path / "imgs"), "--out", str(tmp_path / "r"), "--method", "masker", "--device", "cpu", "-q"]
+    assert main(base + ["--masker", str(a)]) == 0
+    assert main(base + ["--masker", str(b), "--resume"]) == 0  # same content, another path: the same masker
+    m = load_masker(b)
+    m.info = {**m.info, "note": "another file"}
+    m.save(b)
+    capsys.readouterr()
+    rc, err = _cli(capsys, *base, "--masker", str(b), "--resume")
+    assert rc == 2 and "--resume: the settings differ" in err and "sha256:" in err
