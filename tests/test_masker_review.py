@@ -246,6 +246,8 @@ def test_an_earlier_masker_or_a_busy_out_is_refused(tmp_path):
         lock.release()
     train_masker(_net(), _arrays(), out=out, steps=1, eval_n=0, layers=("2",), overwrite=True, **FAST)
     assert "Masker card" in (out / "MASKER_CARD.md").read_text()
+    modes = {n: (out / n).stat().st_mode & 0o777 for n in ("MASKER_CARD.md", "masker.safetensors", "checkpoint.safetensors")}
+    assert len(set(modes.values())) == 1, modes  # the weights as readable as the card (safetensors alone writes 0600)
 
 
 def test_distillation_needs_teacher_masks():

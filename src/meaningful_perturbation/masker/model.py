@@ -129,7 +129,16 @@ class Masker:
                 "fingerprint": json.dumps(self.fingerprint, sort_keys=True), "info": json.dumps(self.info, sort_keys=True)}
         with atomic_path(path) as tmp:
             save_file(state, str(tmp), metadata=meta)
+            plain_file_mode(tmp)
         return path
+
+
+def plain_file_mode(path: str | os.PathLike) -> None:
+    """Give ``path`` the mode of a file made by ``open()`` (0666 less the umask, 0644 usually):
+    safetensors writes 0600, unlike every other output of the package."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def read_safetensors(path: str | os.PathLike, *, what: str, option: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

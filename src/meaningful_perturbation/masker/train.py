@@ -54,7 +54,7 @@ import warnings
 from ..errors import ConfigError, InputError, MeaningfulPerturbationWarning, ModelError
 from ..methods.common import check_range, check_choice, perturbation_levels
 from .data import _step_generator, check_source, data_source
-from .model import Masker, MaskerSpec, read_safetensors
+from .model import Masker, MaskerSpec, plain_file_mode, read_safetensors
 from .net import FeatureTap, MaskerNet, classifier_fingerprint
 
 __all__ = ["TrainConfig", "train_masker", "masker_loss", "evaluate_masker", "TrainResult"]
@@ -200,6 +200,7 @@ def _save_checkpoint(path: Path, masker: Masker, opt: torch.optim.Optimizer, ste
               "fingerprint": json.dumps(masker.fingerprint, sort_keys=True), "meta": json.dumps(meta, sort_keys=True)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
+        plain_file_mode(tmp)
 
 
 def _cfg_json(cfg: TrainConfig) -> dict[str, Any]:
