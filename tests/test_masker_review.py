@@ -73,7 +73,7 @@ def test_bad_npz_data_is_one_error_before_training(tmp_path, capsys, case, expec
                    "--device", "cpu")
     assert rc == 2 and err.count("\n") == 1 and err.startswith("mperturb: error: --data: "), err
     assert expected in err and "allow_pickle" not in err and "lower --lr" not in err
-    assert not (tmp_path / "o" / "checkpoint.safetensors").exists()
+    assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
 def test_data_of_another_class_count_is_refused(tmp_path, capsys):

@@ -258,7 +258,8 @@ def check_masker(value: Any, model: Any, *, input_size: Any = None, option: str 
         input_size = (input_size, input_size)
     if isinstance(model, nn.Module):
         try:
-            check_fingerprint(masker.fingerprint, model, None, input_size, where=repr(masker.source), option=option)
+            check_fingerprint(masker.fingerprint, model, None, input_size, where=repr(masker.source),
+                              option="--input-size" if option == "--masker" else option)
         except ModelError as e:
             text = str(e)
             raise ModelError(option + text[len("masker"):] if text.startswith("masker:") else text) from None

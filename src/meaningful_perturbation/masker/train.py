@@ -32,6 +32,7 @@ and deleted images.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -51,7 +52,7 @@ from ..core.objective import Targets, class_probability, tv_term
 from ..core.perturbation import blend
 import warnings
 
-from ..errors import ConfigError, InputError, MeaningfulPerturbationWarning, ModelError
+from ..errors import ConfigError, InputError, MeaningfulPerturbationError, MeaningfulPerturbationWarning, ModelError
 from ..methods.common import check_range, check_choice, perturbation_levels
 from .data import _step_generator, check_source, data_source
 from .model import Masker, MaskerSpec, plain_file_mode, read_safetensors
@@ -337,18 +338,30 @@ def train_masker(
     if outdir is not None:
         if outdir.exists() and not outdir.is_dir():
             raise InputError(f"--out: {str(outdir)!r} exists and is not a folder; pass a folder path")
+        existed = outdir.exists()
         try:
             outdir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise InputError(f"--out: cannot create folder {str(outdir)!r} ({e.strerror}); choose a writable --out") from None
         if not os.access(outdir, os.W_OK):
             raise InputError(f"--out: folder {str(outdir)!r} is not writable; choose a writable --out")
-        from ..runner.owner import FolderLock
+        from ..runner.owner import CONTROL, FolderLock
 
+        made = [outdir / CONTROL] if not (outdir / CONTROL).exists() else []
+        made += [] if existed else [outdir]  # only what this call creates is removed on a refusal
         lock = FolderLock(outdir, "train-masker.lock").acquire()
     try:
         return _train(model, src, data, cfg, outdir, resume, progress, input_size, eval_n, classifier_name, stop_after, device, head,
                       overwrite)
+    except MeaningfulPerturbationError:
+        if lock is not None and made:  # refused before writing: leave no empty folder or lock behind
+            lock.release()
+            lock = None
+            with contextlib.suppress(OSError):
+                (outdir / CONTROL / "train-masker.lock").unlink()
+                for p in made:
+                    p.rmdir()
+        raise
     finally:
         if lock is not None:
             lock.release()
