@@ -316,15 +316,7 @@ def method_overrides(settings: RunSettings) -> dict[str, Any]:
 
 
 def check_masker_setting(settings: Any, model: Any, prep: Any = None) -> None:
-    """With ``--method masker``: check the masker against the loaded classifier (layers,
-    weights, head, input size) once, before any output is written (``explain``, ``run``).
+    """:func:`meaningful_perturbation.masker.model.check_masker_setting`, imported lazily."""
+    from ..masker.model import check_masker_setting as check
 
-    Raises:
-        InputError / ModelError: naming ``--masker`` (:func:`~meaningful_perturbation.masker.model.check_masker`).
-    """
-    if getattr(settings, "method", None) != "masker":
-        return
-    from ..masker.model import check_masker
-
-    size = getattr(prep, "input_size", None) if prep is not None else None
-    check_masker(settings.config.get("masker", "demo"), model, input_size=size, option="--masker")
+    check(settings, model, prep)

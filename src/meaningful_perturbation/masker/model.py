@@ -22,7 +22,7 @@ from ..core.mask import UpsampledMask
 from ..errors import InputError, ModelError
 from .net import FeatureTap, MaskerNet, check_fingerprint
 
-__all__ = ["MaskerSpec", "Masker", "load_masker", "check_masker", "FORMAT", "VERSION"]
+__all__ = ["MaskerSpec", "Masker", "load_masker", "check_masker", "check_masker_setting", "FORMAT", "VERSION"]
 
 FORMAT = "mperturb-masker"
 VERSION = "1"
@@ -264,3 +264,16 @@ def check_masker(value: Any, model: Any, *, input_size: Any = None, option: str 
             text = str(e)
             raise ModelError(option + text[len("masker"):] if text.startswith("masker:") else text) from None
     return masker
+
+
+def check_masker_setting(settings: Any, model: Any, prep: Any = None) -> None:
+    """With ``--method masker``: check the masker against the loaded classifier (layers,
+    weights, head, input size) once, before any output is written (``explain``, ``run``).
+
+    Raises:
+        InputError / ModelError: naming ``--masker`` (:func:`~meaningful_perturbation.masker.model.check_masker`).
+    """
+    if getattr(settings, "method", None) != "masker":
+        return
+    size = getattr(prep, "input_size", None) if prep is not None else None
+    check_masker(settings.config.get("masker", "demo"), model, input_size=size, option="--masker")

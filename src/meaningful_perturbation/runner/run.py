@@ -398,7 +398,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
             from ..methods.channels import resolve_layer_name
 
             resolve_layer_name(loaded.model, layer)  # a bad --layer: refused before any output
-        from ..cli.options import check_masker_setting
+        from ..masker.model import check_masker_setting
 
         check_masker_setting(settings, loaded.model, prep)  # a bad or foreign masker: refused before any item
         if isinstance(settings.target, str) and settings.target not in ("top1", "top5"):
