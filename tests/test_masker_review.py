@@ -315,3 +315,20 @@ def test_run_resume_compares_the_masker_by_content(tmp_path, capsys):
     capsys.readouterr()
     rc, err = _cli(capsys, *base, "--masker", str(b), "--resume")
     assert rc == 2 and "--resume: the settings differ" in err and "sha256:" in err
+
+
+def test_cli_resume_with_nothing_to_do_rewrites_nothing(tmp_path, capsys):
+    out = tmp_path / "m"
+    base = ["train-masker", "--model", "demo", "--data", "shapes:32", "--out", str(out), "--batch-size", "2", "--eval-n", "0",
+            "-q", "--device", "cpu", "--seed", "-4"]
+    assert main(base + ["--steps", "2"]) == 0
+    card = (out / "MASKER_CARD.md").read_text()
+    stamp = (out / "masker.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(base + ["--steps", "2", "--resume"]) == 0
+    assert "already trained 2 steps; nothing to do" in capsys.readouterr().out
+    assert (out / "MASKER_CARD.md").read_text() == card and (out / "masker.safetensors").stat().st_mtime_ns == stamp
+    rc, err = _cli(capsys, *base, "--steps", "1", "--resume")
+    assert rc == 2 and err.startswith("mperturb: error: --steps: the checkpoint in ") and "already has 2 steps" in err
+    rc, err = _cli(capsys, *base, "--steps", "2")
+    assert rc == 2 and "holds the checkpoint.safetensors of an earlier training; pass --resume" in err
