@@ -42,10 +42,10 @@ class MaskerConfig:
     # Φ used for the scores and figures. None (default): the one the masker was trained with
     # (its stored TrainConfig; blur, σ0 = 10 px at 224, 2 levels for maskers without one,
     # as TrainConfig's defaults). A value that differs from the training one warns.
-    perturbation: str | None = None  # "blur" | "constant" | "fade"
-    blur_sigma: float | None = None  # σ0 px at reference_size (TrainConfig: 10 px at 224, Fong & Vedaldi 2017 §4.1)
-    levels: int | None = None  # Φ(x, m) = x·m + blur(x)·(1 − m) (Dabkowski & Gal 2017 §4): 2
-    reference_size: int | None = None  # pixel values are for reference_size inputs (TrainConfig: 224)
+    perturbation: str | None = None  # None: the masker's training one (TrainConfig: "blur"); or "blur" | "constant" | "fade"
+    blur_sigma: float | None = None  # None: the training one; σ0 px at reference_size (TrainConfig: 10 px at 224, Fong & Vedaldi 2017 §4.1)
+    levels: int | None = None  # None: the training one; Φ(x, m) = x·m + blur(x)·(1 − m) (Dabkowski & Gal 2017 §4): 2
+    reference_size: int | None = None  # None: the training one; pixel values are for reference_size inputs (TrainConfig: 224)
     top_k: int = 1  # classes explained when target is None: top-1
     game: str = "preserve"  # the masks keep the evidence (saliency = m), as the preservation game; fixed
     scores: bool = True  # score Φ(x, m), Φ(x, 1 − m), Φ(x, 0) (one forward of 3N); False: masks only, "clean" score only
