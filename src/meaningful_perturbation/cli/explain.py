@@ -30,7 +30,7 @@ from ..errors import InputError
 from ..demo import DEMO_NOTE
 from ..explanation import LOW_CONFIDENCE, low_confidence
 from ..targets import clean_scores, target_from_option
-from .options import RunSettings, add_method_options, add_model_options, build_run_settings, method_overrides
+from .options import RunSettings, add_method_options, add_model_options, build_run_settings, check_masker_setting, method_overrides
 from .._atomic import atomic_write_text, error_files, on_path, os_error_text
 from .._terminal import escape_text
 
@@ -325,6 +325,7 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
         from ..methods.channels import resolve_layer_name
 
         resolve_layer_name(loaded.model, layer)  # a bad --layer fails before anything is written
+    check_masker_setting(settings, loaded.model, prep)  # a masker for another classifier: refused before any write
     device = torch.device(settings.device)
     if isinstance(settings.target, str) and settings.target not in ("top1", "top5"):
         # Check a class name before anything is written (indices need the model's output size).

@@ -252,6 +252,13 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
     if getattr(args, "areas", None) is not None:
         overrides["areas"] = list(args.areas)
     if getattr(args, "masker", None) is not None:
+        chosen = getattr(args, "method", None) or "paper"
+        if chosen != "masker":
+            raise ConfigError(f"--masker: --masker needs --method masker (got --method {chosen}); add --method masker "
+                              "or drop --masker")
+        from ..masker.model import as_masker
+
+        as_masker(args.masker, option="--masker")  # a bad file fails now, before the model loads
         overrides["masker"] = args.masker
     # JSON lists -> tuples (configs are frozen dataclasses with tuple fields).
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
@@ -306,3 +313,10 @@ def method_overrides(settings: RunSettings) -> dict[str, Any]:
     """The overrides as keyword arguments for ``explain`` (lists back to tuples)."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in settings.overrides.items()}
 
+
+
+def check_masker_setting(settings: Any, model: Any, prep: Any = None) -> None:
+    """:func:`meaningful_perturbation.masker.model.check_masker_setting`, imported lazily."""
+    from ..masker.model import check_masker_setting as check
+
+    check(settings, model, prep)

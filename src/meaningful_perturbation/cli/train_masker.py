@@ -43,10 +43,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None, help="seed of every random draw (default 0)")
     t.add_argument("--eval-n", type=int, default=64, metavar="N",
                    help="held-out images for the card's quality line (default 64)")
-    t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.safetensors")
+    t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.safetensors (same settings; --steps may grow)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the masker.safetensors / MASKER_CARD.md of an earlier, finished training in --out")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+    def one_line_error(message: str) -> None:  # the project's form, not argparse's usage block
+        print(f"mperturb: error: train-masker: {' '.join(str(message).split())}", file=sys.stderr)
+        raise SystemExit(2)
+
+    p.error = one_line_error  # type: ignore[method-assign]
     return p
+
+
+#: TrainConfig fields set by their own option (errors name the option, not the field).
+_OPTION_OF = {"steps": "--steps", "batch_size": "--batch-size", "seed": "--seed", "layers": "--layers"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,9 +76,11 @@ def run(args: argparse.Namespace) -> int:
         if key not in valid:
             raise ConfigError(f"--set: {key!r} is not a training setting; valid: {', '.join(sorted(valid))}")
         overrides[key] = tuple(value) if isinstance(value, list) else value
+    given_by_option = set()
     for key, value in (("layers", args.layers), ("steps", args.steps), ("batch_size", args.batch_size), ("seed", args.seed)):
         if value is not None:
             overrides[key] = tuple(value) if isinstance(value, list) else value
+            given_by_option.add(key)
     device = str(check_device(args.device or "auto", "--device"))
     spec = args.model or "demo"
     loaded = load_model(spec, weights=args.weights, trust_code=args.trust_code, device=device, offline=args.offline,
@@ -76,13 +90,36 @@ def run(args: argparse.Namespace) -> int:
         given = {n: getattr(args, n) for n in ("input_size", "resize", "channels", "mean", "std") if getattr(args, n, None) is not None}
         given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
         prep = resolve_model_preprocessing(loaded, given, device=device, names=CLI_OPTION_NAMES)
+    else:
+        # Other sources give images already normalised at their own size: a preprocessing
+        # flag would be silently ignored, so it is refused (the size comes from --data).
+        for name, flag in (("resize", "--resize"), ("channels", "--channels"), ("mean", "--mean"), ("std", "--std")):
+            if getattr(args, name, None) is not None:
+                raise ConfigError(f"{flag}: only with --data run:DIR (images read from files); --data {args.data} gives "
+                                  "images already preprocessed")
     cfg = TrainConfig(**overrides) if overrides else TrainConfig()
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        key = str(e).split(":", 1)[0]
+        if key in given_by_option:
+            raise ConfigError(_OPTION_OF[key] + str(e)[len(key):]) from None
+        raise ConfigError(f"--set: {e}") from None
     src = data_source(args.data, seed=cfg.seed, preprocessing=prep)
     if args.eval_n < 0:
         raise InputError(f"--eval-n: expected a count >= 0, got {args.eval_n}")
+    size = getattr(args, "input_size", None)
+    if size is not None and not str(args.data).startswith("run:"):
+        size = (size, size) if isinstance(size, int) else tuple(size)
+    else:
+        size = None
     result = train_masker(loaded.model, src, out=args.out, config=cfg, resume=args.resume,
                           progress=not args.quiet and sys.stderr.isatty(), eval_n=args.eval_n, classifier_name=spec,
-                          device=device)
+                          device=device, input_size=size, overwrite=args.overwrite)
+    if args.resume and result.new_steps == 0:
+        print(f"mperturb train-masker: already trained {result.steps_run} steps; nothing to do (pass a larger --steps to "
+              f"continue); {Path(args.out) / 'masker.safetensors'} unchanged")
+        return 0
     command = "mperturb " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if sys.argv[1:2] == ["train-masker"] else ["train-masker", "..."]))
     out = Path(args.out)
     atomic_write_text(out / CARD, model_card(result.masker, seconds=result.seconds, history=result.history, command=command))
@@ -91,4 +128,8 @@ def run(args: argparse.Namespace) -> int:
     if q:
         line += f" (held-out pointing@tol {q['pointing_tol']:.2f}, rank accuracy {q['rank_accuracy']:.2f} on {q['n']} images)"
     print(line)
+    from ..masker.train import quality_warnings
+
+    for w in quality_warnings(q):
+        print(f"mperturb: warning: {w}", file=sys.stderr)
     return 0

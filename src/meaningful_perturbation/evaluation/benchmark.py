@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import MeaningfulPerturbationError, ConfigError
 
 __all__ = [
     "BenchmarkResult",
@@ -677,6 +677,14 @@ def run_benchmark(
         )
     tolerance = M.scaled_tolerance(size)
     batches = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    for m, (name, ov) in variants.items():  # a bad or foreign masker: refused before the first batch
+        if name == "masker":
+            from ..masker.model import check_masker
+
+            try:
+                check_masker(ov.get("masker", "demo"), model, input_size=(size, size), option="masker")
+            except MeaningfulPerturbationError as e:
+                raise type(e)(f"methods: {m!r}: {e}") from None
 
     bar = None
     if progress:

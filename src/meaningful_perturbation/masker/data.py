@@ -35,7 +35,7 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["GroundTruthSource", "ShapesSource", "ArraySource", "RunFolderSource", "register_data_source", "data_source", "DATA_SOURCES"]
+__all__ = ["check_source", "known_sources", "GroundTruthSource", "ShapesSource", "ArraySource", "RunFolderSource", "register_data_source", "data_source", "DATA_SOURCES"]
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -56,8 +56,12 @@ class GroundTruthSource:
                              GroundTruthSource(make_textures, int(arg or 64), seed, "textures"))
     """
 
-    def __init__(self, make: Callable[..., Any], size: int = 64, seed: int = 0, name: str = "generated") -> None:
+    def __init__(self, make: Callable[..., Any], size: int = 64, seed: int = 0, name: str = "generated",
+                 num_classes: int | None = None) -> None:
+        if not 8 <= int(size) <= 4096:
+            raise InputError(f"--data: {name} image size must be 8..4096 px, got {size}")
         self.make, self.size, self.seed = make, int(size), int(seed)
+        self.num_classes = num_classes  # the family's class count (checked against the classifier's), None = unknown
         self.description = f"{name} train split, {self.size} px, fresh images every step (seed {self.seed})"
 
     def batch(self, step: int, size: int):
@@ -75,7 +79,9 @@ class ShapesSource(GroundTruthSource):
     def __init__(self, size: int = 64, seed: int = 0) -> None:
         from ..data import make_shape_evidence
 
-        super().__init__(make_shape_evidence, size, seed, "ShapeEvidence")
+        from ..data import CLASSES
+
+        super().__init__(make_shape_evidence, size, seed, "ShapeEvidence", len(CLASSES))
 
 
 class ArraySource:
@@ -83,13 +89,21 @@ class ArraySource:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None = None, teacher: torch.Tensor | None = None,
                  *, seed: int = 0, description: str = "arrays", holdout: int = 0) -> None:
-        if images.dim() != 4 or labels.shape != (images.shape[0],):
-            raise InputError(f"data: expected images (N, C, H, W) and labels (N,), got {tuple(images.shape)} and {tuple(labels.shape)}")
+        _check_arrays(images, labels, masks, teacher)
         n = images.shape[0]
         self.holdout = min(int(holdout), n - 1) if masks is not None else 0
         self.images, self.labels = images.float(), labels.long()
-        self.masks, self.teacher = masks, teacher
-        self.seed, self.description = int(seed), description
+        self.masks, self.teacher = (masks.bool() if masks is not None else None), teacher
+        import hashlib
+
+        h = hashlib.sha256()  # the content, so --resume notices other data under the same name
+        for t in (self.images, self.labels, self.masks, self.teacher):
+            if t is not None:
+                h.update(str(tuple(t.shape)).encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        self.content_sha256 = h.hexdigest()
+        self.seed, self.description = int(seed), f"{description} ({n} images, content SHA-256 {self.content_sha256[:16]})"
+        self.num_classes = None  # arrays: only the label range is checked (a subset of the classes is fine)
 
     @classmethod
     def from_npz(cls, path: str, *, seed: int = 0) -> "ArraySource":
@@ -100,11 +114,17 @@ class ArraySource:
             with np.load(p, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
         except Exception as e:
-            raise InputError(f"--data: {path!r} is not a readable .npz of plain arrays ({' '.join(str(e).split())[:160]})") from None
+            # numpy's own text for a non-npz file suggests allow_pickle=True, which is never done here
+            why = "not a zip of .npy arrays" if ("pickle" in str(e) or isinstance(e, (OSError, EOFError))) else ' '.join(str(e).split())[:160]
+            raise InputError(f"--data: {path!r} is not a readable .npz of plain arrays ({why}); expected a file written "
+                             "by numpy.savez with arrays 'images' (N, C, H, W) float and 'labels' (N,) int") from None
         missing = [k for k in ("images", "labels") if k not in arrays]
         if missing:
             raise InputError(f"--data: {path!r} lacks {', '.join(missing)}; expected arrays 'images' (N, C, H, W) and 'labels' (N,)")
-        masks = torch.from_numpy(arrays["masks"]).bool() if "masks" in arrays else None
+        for k, a in arrays.items():
+            if a.dtype.kind not in "biuf":
+                raise InputError(f"--data: {path!r}: array {k!r} has dtype {a.dtype}; expected numbers (images float, labels int, masks bool/0-1)")
+        masks = torch.from_numpy(arrays["masks"]) if "masks" in arrays else None
         return cls(torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"]), masks, seed=seed,
                    description=f"arrays from {p.name}", holdout=min(64, len(arrays["labels"]) // 5))
 
@@ -166,6 +186,58 @@ class RunFolderSource(ArraySource):
                          description=f"{len(xs)} images of the run folder {root.name} (teacher masks: {files[0].name})")
 
 
+def _check_arrays(images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None, teacher: torch.Tensor | None) -> None:
+    """Refuse training arrays that would fail (or train on garbage) later: shapes, dtypes,
+    finite pixels, labels >= 0, masks matching the images. Raises :class:`InputError` naming ``--data``."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise InputError(f"--data: expected images (N, C, H, W), got shape {tuple(getattr(images, 'shape', ()))}")
+    n, c, h, w = images.shape
+    if n < 1:
+        raise InputError("--data: expected at least one image, got 0")
+    if c > 4 and w in (1, 3, 4):
+        raise InputError(f"--data: images of shape {tuple(images.shape)} look channels-last (N, H, W, C); expected (N, C, H, W): "
+                         "transpose them with images.transpose(0, 3, 1, 2)")
+    if not images.is_floating_point():
+        raise InputError(f"--data: images have dtype {images.dtype}; expected float images already normalised for the classifier")
+    bad = int((~torch.isfinite(images)).sum())
+    if bad:
+        raise InputError(f"--data: images hold {bad} NaN or infinite value(s); expected finite normalised pixels")
+    if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (n,):
+        raise InputError(f"--data: expected labels (N,) = ({n},), got shape {tuple(getattr(labels, 'shape', ()))}")
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        if labels.dtype == torch.bool or not torch.equal(labels, labels.round()):
+            raise InputError(f"--data: labels have dtype {labels.dtype}; expected integer class indices")
+    if int(labels.min()) < 0:
+        raise InputError(f"--data: labels must be class indices >= 0, got {int(labels.min())}")
+    if masks is not None and tuple(masks.shape) != (n, h, w):
+        raise InputError(f"--data: expected masks (N, H, W) = ({n}, {h}, {w}) matching the images, got {tuple(masks.shape)}")
+    if teacher is not None and tuple(teacher.shape) != (n, h, w):
+        raise InputError(f"--data: expected teacher masks (N, H, W) = ({n}, {h}, {w}), got {tuple(teacher.shape)}")
+
+
+def check_source(src: Any, num_classes: int, *, channels: int | None = None, input_size: tuple[int, int] | None = None) -> None:
+    """Check a data source against the classifier before training: label range, the source's
+    class count (when it states one), channels and image size of its arrays.
+
+    Raises:
+        InputError: naming ``--data``, what the classifier expects and what the data holds.
+    """
+    labels = getattr(src, "labels", None)
+    if isinstance(labels, torch.Tensor) and labels.numel() and int(labels.max()) >= num_classes:
+        raise InputError(f"--data: label {int(labels.max())} is out of range for a classifier with {num_classes} classes "
+                         f"(expected 0..{num_classes - 1}); train on data labelled for this model")
+    k = getattr(src, "num_classes", None)
+    if k is not None and int(k) != int(num_classes):
+        raise InputError(f"--data: {getattr(src, 'description', 'the data')} has {k} classes, the classifier outputs {num_classes}; "
+                         "train on data of the model's own classes (e.g. --model demo:textures with --data textures)")
+    images = getattr(src, "images", None)
+    if isinstance(images, torch.Tensor) and channels is not None and images.shape[1] != channels:
+        raise InputError(f"--data: images have {images.shape[1]} channel(s), the classifier takes {channels}")
+    if isinstance(images, torch.Tensor) and input_size is not None and tuple(images.shape[-2:]) != tuple(input_size):
+        raise InputError(f"--data: images are {images.shape[-2]}x{images.shape[-1]}, the requested input size is "
+                         f"{input_size[0]}x{input_size[1]}")
+
+
 DATA_SOURCES: dict[str, Callable[..., Any]] = {}
 
 
@@ -189,6 +261,19 @@ def _family(name: str) -> Any:
     return getattr(families, "FAMILIES", {}).get(name)
 
 
+def known_sources() -> list[str]:
+    """Every ``--data`` form: the registered sources and the ground-truth families."""
+    usage = {"shapes": "shapes[:SIZE]", "npz": "npz:FILE", "run": "run:DIR"}
+    names = [usage.get(k, f"{k}[:ARG]") for k in DATA_SOURCES]
+    try:
+        from ..data import families
+
+        names += [f"{k}[:SIZE]" for k in getattr(families, "FAMILIES", {}) if k not in DATA_SOURCES]
+    except ImportError:
+        pass
+    return names
+
+
 def data_source(spec: Any, *, seed: int = 0, preprocessing: Any = None):
     """A data source from ``spec``: an object with ``batch`` (returned as is) or ``"NAME[:ARG]"``.
 
@@ -205,8 +290,10 @@ def data_source(spec: Any, *, seed: int = 0, preprocessing: Any = None):
         if family is not None:  # a ground-truth family of meaningful_perturbation.data.families
             if arg and not arg.isdigit():
                 raise InputError(f"--data: {name} takes an image size, e.g. {name}:64, got {spec!r}")
-            return GroundTruthSource(family.make, int(arg) if arg else 64, seed, getattr(family, "title", name))
-        raise InputError(f"--data: unknown source {name!r}; expected one of {', '.join(f'{k}[:ARG]' for k in DATA_SOURCES)}")
+            classes = getattr(family, "classes", None)
+            return GroundTruthSource(family.make, int(arg) if arg else 64, seed, getattr(family, "title", name),
+                                     len(classes) if classes is not None else None)
+        raise InputError(f"--data: unknown source {name!r}; expected one of {', '.join(known_sources())}")
     if name == "shapes" and arg and not arg.isdigit():
         raise InputError(f"--data: shapes takes an image size, e.g. shapes:64, got {spec!r}")
     return DATA_SOURCES[name](arg or None, seed=seed, preprocessing=preprocessing)

@@ -23,7 +23,9 @@ import torch
 from ..core.head import model_output
 from ..core.objective import Targets, class_probability
 from ..core.perturbation import blend
-from ..errors import ConfigError
+import warnings
+
+from ..errors import ConfigError, MeaningfulPerturbationWarning
 from ..explanation import Explanation
 from ..methods.common import Context, check_range, perturbation_levels
 from ..methods.registry import config_as_dict, register
@@ -37,10 +39,13 @@ class MaskerConfig:
     """Knobs of the ``masker`` method. Pixel values are given at ``reference_size``."""
 
     masker: Any = "demo"  # a .safetensors masker path, a Masker, or "demo" (the one shipped for the demo model)
-    perturbation: str = "blur"  # Φ used for the scores and figures: the training default (masker.train.TrainConfig)
-    blur_sigma: float = 10.0  # σ0 = 10 px at 224 (as TrainConfig; Fong & Vedaldi 2017 §4.1)
-    levels: int = 2  # Φ(x, m) = x·m + blur(x)·(1 − m) (Dabkowski & Gal 2017 §4)
-    reference_size: int = 224  # pixel defaults are for 224×224 inputs
+    # Φ used for the scores and figures. None (default): the one the masker was trained with
+    # (its stored TrainConfig; blur, σ0 = 10 px at 224, 2 levels for maskers without one,
+    # as TrainConfig's defaults). A value that differs from the training one warns.
+    perturbation: str | None = None  # None: the masker's training one (TrainConfig: "blur"); or "blur" | "constant" | "fade"
+    blur_sigma: float | None = None  # None: the training one; σ0 px at reference_size (TrainConfig: 10 px at 224, Fong & Vedaldi 2017 §4.1)
+    levels: int | None = None  # None: the training one; Φ(x, m) = x·m + blur(x)·(1 − m) (Dabkowski & Gal 2017 §4): 2
+    reference_size: int | None = None  # None: the training one; pixel values are for reference_size inputs (TrainConfig: 224)
     top_k: int = 1  # classes explained when target is None: top-1
     game: str = "preserve"  # the masks keep the evidence (saliency = m), as the preservation game; fixed
     scores: bool = True  # score Φ(x, m), Φ(x, 1 − m), Φ(x, 0) (one forward of 3N); False: masks only, "clean" score only
@@ -49,11 +54,14 @@ class MaskerConfig:
     def validate(self) -> None:
         if not isinstance(self.masker, (str, Masker)) and not hasattr(self.masker, "__fspath__"):
             raise ConfigError(f"masker: expected a path to a .safetensors masker, 'demo' or a Masker, got {type(self.masker).__name__}")
-        if self.perturbation not in ("blur", "constant", "fade"):
+        if self.perturbation is not None and self.perturbation not in ("blur", "constant", "fade"):
             raise ConfigError(f"perturbation: expected one of 'blur', 'constant', 'fade', got {self.perturbation!r}")
-        check_range("blur_sigma", self.blur_sigma, 0, low_open=True)
-        check_range("levels", self.levels, 2, integer=True)
-        check_range("reference_size", self.reference_size, 1, integer=True)
+        if self.blur_sigma is not None:
+            check_range("blur_sigma", self.blur_sigma, 0, low_open=True)
+        if self.levels is not None:
+            check_range("levels", self.levels, 2, integer=True)
+        if self.reference_size is not None:
+            check_range("reference_size", self.reference_size, 1, integer=True)
         check_range("top_k", self.top_k, 1, integer=True)
         if not isinstance(self.scores, bool):
             raise ConfigError(f"scores: expected True or False, got {self.scores!r}")
@@ -61,8 +69,33 @@ class MaskerConfig:
             raise ConfigError(f"game: the masker's masks keep the evidence; expected 'preserve', got {self.game!r}")
 
 
+#: The perturbation of maskers whose file records no training config (TrainConfig's defaults).
+_TRAINED_DEFAULTS = {"perturbation": "blur", "blur_sigma": 10.0, "levels": 2, "reference_size": 224}
+
+
+def perturbation_settings(cfg: MaskerConfig, masker: Masker) -> dict[str, Any]:
+    """The perturbation to score with: the masker's training one (its stored config), with
+    the explicitly set fields of ``cfg`` on top; a set value that differs from the training
+    one warns (:class:`~meaningful_perturbation.errors.MeaningfulPerturbationWarning`): the
+    scores then measure a perturbation the masker was not trained to explain."""
+    trained = dict(_TRAINED_DEFAULTS)
+    stored = masker.info.get("config", {}) if isinstance(masker.info, dict) else {}
+    trained.update({k: stored[k] for k in _TRAINED_DEFAULTS if k in stored})
+    out = dict(trained)
+    for k in _TRAINED_DEFAULTS:
+        v = getattr(cfg, k)
+        if v is None:
+            continue
+        if v != trained[k]:
+            warnings.warn(f"{k}: the masker {masker.source!r} was trained with {k}={trained[k]!r}, got {v!r}; the scores "
+                          "measure a perturbation it was not trained for (drop the setting to use the training one)",
+                          MeaningfulPerturbationWarning, stacklevel=4)
+        out[k] = v
+    return out
+
+
 @torch.no_grad()
-def _scores(ctx: Context, cfg: MaskerConfig, m: torch.Tensor) -> dict[str, torch.Tensor]:
+def _scores(ctx: Context, cfg: dict[str, Any], m: torch.Tensor) -> dict[str, torch.Tensor]:
     """``masked`` ``(N, 1)``, ``masked_delete`` ``(N, 1)`` and ``perturbed`` ``(N,)``: class
     probabilities of Φ(x, m), Φ(x, 1 − m) and Φ(x, 0), in one forward of 3N images."""
     n = m.shape[0]
@@ -90,9 +123,11 @@ def _run(ctx: Context, cfg: MaskerConfig) -> Explanation:
     if ctx.callback is not None:
         ctx.callback(1, 1)
     scores = {"clean": class_probability(ctx.clean_logits, ctx.targets, ctx.head)}
+    pert = perturbation_settings(cfg, masker)
     if cfg.scores:
-        scores.update(_scores(ctx, cfg, m))
+        scores.update(_scores(ctx, pert, m))
     config = config_as_dict(cfg)
+    config.update(pert)  # the perturbation used (figures re-create Φ from it)
     config["masker"] = masker.source
     return Explanation(
         saliency=m[:, 0].detach().float().cpu(),

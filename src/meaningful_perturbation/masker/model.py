@@ -19,10 +19,10 @@ from torch import nn
 
 from .._atomic import atomic_path
 from ..core.mask import UpsampledMask
-from ..errors import InputError
+from ..errors import InputError, ModelError
 from .net import FeatureTap, MaskerNet, check_fingerprint
 
-__all__ = ["MaskerSpec", "Masker", "load_masker", "FORMAT", "VERSION"]
+__all__ = ["MaskerSpec", "Masker", "load_masker", "check_masker", "check_masker_setting", "FORMAT", "VERSION"]
 
 FORMAT = "mperturb-masker"
 VERSION = "1"
@@ -101,7 +101,7 @@ class Masker:
             InputError: ``x`` is not the masker's input size.
             ModelError: ``model`` is not the classifier the masker was trained for.
         """
-        tap = FeatureTap(model, self.spec.layers)
+        tap = FeatureTap(model, self.spec.layers, purpose=f"masker: {self.source!r} was trained for another classifier")
         out, feats = tap(x)
         if check:
             from ..core.head import unwrap_output
@@ -129,7 +129,16 @@ class Masker:
                 "fingerprint": json.dumps(self.fingerprint, sort_keys=True), "info": json.dumps(self.info, sort_keys=True)}
         with atomic_path(path) as tmp:
             save_file(state, str(tmp), metadata=meta)
+            plain_file_mode(tmp)
         return path
+
+
+def plain_file_mode(path: str | os.PathLike) -> None:
+    """Give ``path`` the mode of a file made by ``open()`` (0666 less the umask, 0644 usually):
+    safetensors writes 0600, unlike every other output of the package."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def read_safetensors(path: str | os.PathLike, *, what: str, option: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -158,18 +167,30 @@ def read_safetensors(path: str | os.PathLike, *, what: str, option: str) -> tupl
     return tensors, meta
 
 
-def load_masker(path: str | os.PathLike) -> Masker:
+def load_masker(path: str | os.PathLike, *, option: str = "masker") -> Masker:
     """Load a masker written by :meth:`Masker.save` (safetensors only, never a pickle).
 
+    ``option`` names the argument in errors (``"--masker"`` from the CLI).
+
     Raises:
-        InputError: missing or unreadable file, not a safetensors file, or not a masker.
+        InputError: missing or unreadable file, a folder (pass ``FOLDER/masker.safetensors``),
+            a training checkpoint (pass the ``masker.safetensors`` beside it), not a
+            safetensors file, or not a masker.
     """
-    tensors, meta = read_safetensors(path, what="masker written by train-masker", option="masker")
+    p = Path(path)
+    if p.is_dir():
+        hint = str(p / "masker.safetensors")
+        raise InputError(f"{option}: {str(p)!r} is a folder; pass FOLDER/masker.safetensors ({hint!r})")
+    tensors, meta = read_safetensors(path, what="masker written by train-masker", option=option)
+    if meta.get("format") == "mperturb-masker-checkpoint":
+        beside = p.with_name("masker.safetensors")
+        raise InputError(f"{option}: {str(p)!r} is a training checkpoint, not a masker; pass the masker.safetensors "
+                         f"beside it ({str(beside)!r}){'' if beside.is_file() else ', written when the training finishes (train-masker --resume)'}")
     if meta.get("format") != FORMAT:
-        raise InputError(f"masker: {str(path)!r} is a safetensors file but not a masker (metadata format "
+        raise InputError(f"{option}: {str(path)!r} is a safetensors file but not a masker (metadata format "
                          f"{meta.get('format')!r}, expected {FORMAT!r}); train one with `mperturb train-masker`")
     if meta.get("version") != VERSION:
-        raise InputError(f"masker: {str(path)!r} has masker format version {meta.get('version')!r}; this version reads {VERSION!r}")
+        raise InputError(f"{option}: {str(path)!r} has masker format version {meta.get('version')!r}; this version reads {VERSION!r}")
     try:
         spec = MaskerSpec.from_json(meta["config"])
         fingerprint = json.loads(meta["fingerprint"])
@@ -185,28 +206,28 @@ def load_masker(path: str | os.PathLike) -> Masker:
         net = MaskerNet(spec.channels, spec.num_classes, spec.width)
         net.load_state_dict(tensors, strict=True)
     except (KeyError, ValueError, TypeError, RuntimeError, RecursionError) as e:
-        raise InputError(f"masker: {str(path)!r} has a damaged masker header or weights ({' '.join(str(e).split())[:200]})") from None
+        raise InputError(f"{option}: {str(path)!r} has a damaged masker header or weights ({' '.join(str(e).split())[:200]})") from None
     net.eval()
     return Masker(spec, net, fingerprint, info, source=str(path))
 
 
-def as_masker(value: Any) -> Masker:
+def as_masker(value: Any, *, option: str = "masker") -> Masker:
     """A :class:`Masker` from a path, a :class:`Masker`, or ``"demo"`` (the shipped one)."""
     if isinstance(value, Masker):
         return value
     if value is None or value == "demo":
         from . import DEMO_MASKER_PATH
 
-        return _cached(str(DEMO_MASKER_PATH))
+        return _cached(str(DEMO_MASKER_PATH), option)
     if isinstance(value, (str, os.PathLike)):
-        return _cached(str(value))
-    raise InputError(f"masker: expected a path to a .safetensors masker, 'demo' or a Masker, got {type(value).__name__}")
+        return _cached(str(value), option)
+    raise InputError(f"{option}: expected a path to a .safetensors masker, 'demo' or a Masker, got {type(value).__name__}")
 
 
 _CACHE: dict[str, tuple[tuple[int, int], Masker]] = {}
 
 
-def _cached(path: str) -> Masker:
+def _cached(path: str, option: str = "masker") -> Masker:
     """Load once per file version (the runner calls explain once per batch)."""
     p = Path(path)
     try:
@@ -217,6 +238,42 @@ def _cached(path: str) -> Masker:
     hit = _CACHE.get(path)
     if hit is not None and hit[0] == key:
         return hit[1]
-    m = load_masker(path)
+    m = load_masker(path, option=option)
     _CACHE[path] = (key, m)
     return m
+
+
+def check_masker(value: Any, model: Any, *, input_size: Any = None, option: str = "--masker") -> Masker:
+    """Load ``value`` (as :func:`as_masker`) and check it against ``model`` once, before any
+    image is explained: the tapped layers exist, their weights and the head's weights are the
+    ones it was trained with, and (when given) ``input_size`` ``(H, W)`` or ``int`` is its
+    training size. The CLI (``explain``, ``run``, ``benchmark``) calls it before writing.
+
+    Raises:
+        InputError: unreadable / not a masker (message names ``option``), or another input size.
+        ModelError: a masker trained for another classifier (names the layer or head that differs).
+    """
+    masker = as_masker(value, option=option)
+    if input_size is not None and isinstance(input_size, int):
+        input_size = (input_size, input_size)
+    if isinstance(model, nn.Module):
+        try:
+            check_fingerprint(masker.fingerprint, model, None, input_size, where=repr(masker.source),
+                              option="--input-size" if option == "--masker" else option)
+        except ModelError as e:
+            text = str(e)
+            raise ModelError(option + text[len("masker"):] if text.startswith("masker:") else text) from None
+    return masker
+
+
+def check_masker_setting(settings: Any, model: Any, prep: Any = None) -> None:
+    """With ``--method masker``: check the masker against the loaded classifier (layers,
+    weights, head, input size) once, before any output is written (``explain``, ``run``).
+
+    Raises:
+        InputError / ModelError: naming ``--masker`` (:func:`~meaningful_perturbation.masker.model.check_masker`).
+    """
+    if getattr(settings, "method", None) != "masker":
+        return
+    size = getattr(prep, "input_size", None) if prep is not None else None
+    check_masker(settings.config.get("masker", "demo"), model, input_size=size, option="--masker")

@@ -25,14 +25,17 @@ from torch import nn
 
 from ..errors import InputError, ModelError
 
-__all__ = ["MaskerNet", "FeatureTap", "find_layer", "classifier_fingerprint", "check_fingerprint"]
+__all__ = ["MaskerNet", "FeatureTap", "find_layer", "classifier_fingerprint", "check_fingerprint", "head_module", "head_digest"]
 
 
-def find_layer(model: nn.Module, name: str) -> nn.Module:
+def find_layer(model: nn.Module, name: str, *, purpose: str | None = None) -> nn.Module:
     """The submodule called ``name`` (as in ``model.named_modules()``).
 
     A model wrapped by another module (e.g. a resizing wrapper holding it as ``.model``) is
     searched too: a unique submodule whose name ends with ``"." + name`` is accepted.
+
+    ``purpose`` (e.g. "masker: 'm.safetensors' was trained for another classifier") replaces
+    the generic "not a layer" wording when the name comes from a stored masker.
 
     Raises:
         ModelError: no such layer, or the suffix is ambiguous; the message lists a few names.
@@ -46,6 +49,10 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
     if len(hits) == 1:
         return modules[hits[0]]
     some = ", ".join(k for k in list(modules)[1:12])
+    if purpose:
+        raise ModelError(f"{purpose}: it needs the layer {name!r}, which this model does not have (a masker is bound to "
+                         f"the classifier it was trained for); train a masker for this model (mperturb train-masker "
+                         f"--model ...). This model's layers include {some}")
     why = f"several layers end with {name!r}: {', '.join(hits[:5])}" if hits else "no such module"
     raise ModelError(f"layers: {name!r} is not a layer of the classifier ({why}); expected a name from "
                      f"model.named_modules(), e.g. {some}")
@@ -67,10 +74,10 @@ class FeatureTap:
         ModelError: a layer is missing, or its output is not a 4-d tensor.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, layers: Sequence[str], *, purpose: str | None = None) -> None:
         self.model = model
         self.layers = tuple(layers)
-        self.modules = [find_layer(model, name) for name in self.layers]
+        self.modules = [find_layer(model, name, purpose=purpose) for name in self.layers]
 
     def __call__(self, x: torch.Tensor) -> tuple[Any, list[torch.Tensor]]:
         store: dict[int, torch.Tensor] = {}
@@ -114,43 +121,76 @@ def _digest(modules: Sequence[nn.Module]) -> str:
     return h.hexdigest()
 
 
+def head_module(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """The classifier's head: the last module (in ``named_modules()`` order) that holds
+    parameters of its own, e.g. the final ``nn.Linear`` producing the class scores; ``None``
+    for a model without parameters."""
+    last = None
+    for name, m in model.named_modules():
+        if any(True for _ in m.parameters(recurse=False)):
+            last = (name, m)
+    return last
+
+
+def head_digest(model: nn.Module) -> str | None:
+    """SHA-256 of the head's (:func:`head_module`) parameters and buffers, as the tapped
+    layers' digest; ``None`` without a head."""
+    h = head_module(model)
+    return None if h is None else _digest([h[1]])
+
+
 def classifier_fingerprint(model: nn.Module, layers: Sequence[str], num_classes: int, input_size: Sequence[int]) -> dict[str, Any]:
     """What binds a masker to its classifier (stored with the weights).
 
     Returns:
-        ``{"classes": int, "input_size": [H, W], "layers": [...], "params_sha256": hex}``, the
-        hash over the tapped layers' state dicts (parameters and buffers, float32 bytes, keys
-        sorted), so the same weights give the same digest on any device.
+        ``{"classes": int, "input_size": [H, W], "layers": [...], "params_sha256": hex,
+        "head": name, "head_sha256": hex}``: ``params_sha256`` over the tapped layers' state
+        dicts (parameters and buffers, float32 bytes, keys sorted), ``head_sha256`` the same
+        over the classifier's head (the last module with parameters, e.g. the final Linear),
+        so a re-initialised or fine-tuned head is refused too although the tapped features
+        are unchanged. The same weights give the same digests on any device.
     """
     tap = FeatureTap(model, layers)
-    return {
+    head = head_module(model)
+    fp = {
         "classes": int(num_classes),
         "input_size": [int(input_size[0]), int(input_size[1])],
         "layers": list(layers),
         "params_sha256": tap.parameters_digest(),
     }
+    if head is not None:
+        fp["head"] = head[0]
+        fp["head_sha256"] = _digest([head[1]])
+    return fp
 
 
 _DIGEST_CACHE: dict[tuple, str] = {}
 
 
-def check_fingerprint(fingerprint: dict[str, Any], model: nn.Module, num_classes: int, input_size: Sequence[int], *, where: str) -> None:
+def check_fingerprint(fingerprint: dict[str, Any], model: nn.Module, num_classes: int | None, input_size: Sequence[int] | None, *,
+                      where: str, option: str = "x") -> None:
     """Refuse a masker trained for another classifier, or images of another size.
 
+    ``num_classes`` / ``input_size`` ``None``: not checked (an up-front check before any
+    image is read). ``option`` names the argument in the input-size error.
+
     Raises:
-        InputError: ``input_size`` differs from the masker's (resize the images).
-        ModelError: class count, layers or the tapped layers' weights differ.
+        InputError: ``input_size`` differs from the masker's (resize the images, or train at that size).
+        ModelError: class count, layers, the tapped layers' weights or the head's weights differ.
     """
-    size = [int(input_size[0]), int(input_size[1])]
-    if size != list(fingerprint["input_size"]):
-        raise InputError(
-            f"x: the masker {where} was trained on {fingerprint['input_size'][0]}x{fingerprint['input_size'][1]} images, "
-            f"got {size[0]}x{size[1]}; resize the images to the masker's input size or train a masker at this size")
-    if int(num_classes) != int(fingerprint["classes"]):
+    if input_size is not None:
+        size = [int(input_size[0]), int(input_size[1])]
+        if size != list(fingerprint["input_size"]):
+            h, w = fingerprint["input_size"]
+            raise InputError(
+                f"{option}: the masker {where} was trained on {h}x{w} images, got {size[0]}x{size[1]}; resize the images "
+                f"to {h}x{w} (--input-size {h}), or train a masker at {size[0]} px (mperturb train-masker --data "
+                f"shapes:{size[0]} ..., or NAME:{size[0]} for another ground-truth family)")
+    if num_classes is not None and int(num_classes) != int(fingerprint["classes"]):
         raise ModelError(
             f"masker: {where} was trained for a classifier with {fingerprint['classes']} classes, this model outputs "
             f"{num_classes}; train a masker for this model (mperturb train-masker --model ...)")
-    tap = FeatureTap(model, fingerprint["layers"])
+    tap = FeatureTap(model, fingerprint["layers"], purpose=f"masker: {where} was trained for another classifier")
     key = tuple((id(m), tuple((p.data_ptr(), p._version) for p in m.state_dict().values())) for m in tap.modules)
     digest = _DIGEST_CACHE.get(key)
     if digest is None:
@@ -162,6 +202,14 @@ def check_fingerprint(fingerprint: dict[str, Any], model: nn.Module, num_classes
             f"masker: {where} was trained for another classifier: the weights of layers "
             f"{', '.join(fingerprint['layers'])} differ (SHA-256 {digest[:12]}... vs {fingerprint['params_sha256'][:12]}... "
             "recorded at training); train a masker for this model (mperturb train-masker --model ...)")
+    if "head_sha256" in fingerprint:  # maskers written before the head was fingerprinted lack it
+        head = head_module(model)
+        got = None if head is None else _digest([head[1]])
+        if got != fingerprint["head_sha256"]:
+            raise ModelError(
+                f"masker: {where} was trained for another classifier: its head ({fingerprint.get('head', '?')!r}, the last "
+                f"layer with weights) differs from this model's ({head[0] if head else None!r}; re-initialised or fine-tuned?); "
+                "train a masker for this model (mperturb train-masker --model ...)")
 
 
 def _conv(cin: int, cout: int) -> nn.Sequential:

@@ -32,6 +32,7 @@ and deleted images.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -49,10 +50,12 @@ from ..core.frozen import frozen
 from ..core.head import LOGITS, Head, check_head_option, model_output, resolve_head, unwrap_output
 from ..core.objective import Targets, class_probability, tv_term
 from ..core.perturbation import blend
-from ..errors import ConfigError, InputError, ModelError
+import warnings
+
+from ..errors import ConfigError, InputError, MeaningfulPerturbationError, MeaningfulPerturbationWarning, ModelError
 from ..methods.common import check_range, check_choice, perturbation_levels
-from .data import _step_generator, data_source
-from .model import Masker, MaskerSpec, read_safetensors
+from .data import _step_generator, check_source, data_source
+from .model import Masker, MaskerSpec, plain_file_mode, read_safetensors
 from .net import FeatureTap, MaskerNet, classifier_fingerprint
 
 __all__ = ["TrainConfig", "train_masker", "masker_loss", "evaluate_masker", "TrainResult"]
@@ -91,6 +94,9 @@ class TrainConfig:
     def validate(self) -> None:
         if not isinstance(self.layers, tuple) or not self.layers or not all(isinstance(s, str) and s for s in self.layers):
             raise ConfigError(f"layers: expected one or more module names, deepest first, got {self.layers!r}")
+        dup = sorted({s for s in self.layers if self.layers.count(s) > 1})
+        if dup:
+            raise ConfigError(f"layers: each module may be tapped once, got {', '.join(map(repr, dup))} more than once in {list(self.layers)}")
         check_range("width", self.width, 1, 1024, integer=True)
         check_range("steps", self.steps, 1, 10_000_000, integer=True)
         check_range("batch_size", self.batch_size, 1, 65536, integer=True)
@@ -105,7 +111,7 @@ class TrainConfig:
         check_range("delete_power", self.delete_power, 0, low_open=True)
         check_range("fake_rate", self.fake_rate, 0, 1)
         check_range("reference_size", self.reference_size, 1, integer=True)
-        check_range("seed", self.seed, 0, 2**62, integer=True)
+        check_range("seed", self.seed, -(2**62), 2**62, integer=True)  # negative seeds as explain's --seed
         check_range("checkpoint_every", self.checkpoint_every, 1, integer=True)
         if not isinstance(self.score_floor, bool):
             raise ConfigError(f"score_floor: expected True or False, got {self.score_floor!r}")
@@ -119,6 +125,7 @@ class TrainResult:
     seconds: float
     quality: dict[str, float] | None
     out: Path | None
+    new_steps: int = 0  # steps run by this call (0: a resumed training that was already complete)
 
 
 def _levels(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -194,13 +201,14 @@ def _save_checkpoint(path: Path, masker: Masker, opt: torch.optim.Optimizer, ste
               "fingerprint": json.dumps(masker.fingerprint, sort_keys=True), "meta": json.dumps(meta, sort_keys=True)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
+        plain_file_mode(tmp)
 
 
 def _cfg_json(cfg: TrainConfig) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
 
 
-def _load_checkpoint(path: Path, masker: Masker, opt: torch.optim.Optimizer, cfg: TrainConfig) -> tuple[int, list[dict[str, float]]]:
+def _load_checkpoint(path: Path, masker: Masker, opt: torch.optim.Optimizer, cfg: TrainConfig, data_desc: str) -> tuple[int, list[dict[str, float]], float]:
     tensors, meta = read_safetensors(path, what="masker training checkpoint", option="--resume")
     if meta.get("format") != "mperturb-masker-checkpoint":
         raise InputError(f"--resume: {str(path)!r} is not a masker training checkpoint (format {meta.get('format')!r})")
@@ -210,6 +218,13 @@ def _load_checkpoint(path: Path, masker: Masker, opt: torch.optim.Optimizer, cfg
     if differ:
         raise ConfigError(f"--resume: the checkpoint was trained with other settings ({', '.join(f'{k}={saved.get(k)!r} vs {now[k]!r}' for k in differ)}); "
                           "resume with the same settings (only --steps may change) or start a new --out")
+    old_meta = json.loads(meta.get("meta", "{}"))
+    if old_meta.get("data") != data_desc:
+        raise InputError(f"--resume: the checkpoint was trained on other data ({old_meta.get('data')!r}, now {data_desc!r}); "
+                         "resume with the same --data (and file content), or start a new --out")
+    if MaskerSpec.from_json(meta["spec"]) != masker.spec:
+        raise InputError(f"--resume: the checkpoint's masker differs ({meta['spec']} vs {masker.spec.to_json()}: image size, "
+                         "layers or classes); resume with the same --data size, --layers and --model, or start a new --out")
     if json.loads(meta["fingerprint"]) != masker.fingerprint:
         raise ModelError(f"--resume: {str(path)!r} was trained for another classifier (fingerprint differs)")
     masker.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, strict=True)
@@ -221,16 +236,20 @@ def _load_checkpoint(path: Path, masker: Masker, opt: torch.optim.Optimizer, cfg
     opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
     names = json.loads(meta["history_terms"])
     history = [dict(zip(names, row)) for row in tensors["history"].tolist()]
-    return int(meta["step"]), history
+    return int(meta["step"]), history, float(old_meta.get("seconds", 0.0))
 
 
 def evaluate_masker(masker: Masker, model: Callable, x: torch.Tensor, labels: torch.Tensor, gt: torch.Tensor, *, batch_size: int = 64) -> dict[str, float]:
     """Pointing game (15 px at 224, scaled) and rank accuracy of the masker's keep-masks on
-    images with ground-truth masks (the quality line of the model card)."""
+    images with ground-truth masks, the mean mask area, and the classifier's accuracy on the
+    same images (the quality lines of the model card)."""
     from ..metrics import pointing_game, rank_accuracy, scaled_tolerance
 
     sal = torch.cat([masker.predict(model, x[i : i + batch_size], labels[i : i + batch_size], check=False)[:, 0]
                      for i in range(0, x.shape[0], batch_size)])
+    with torch.no_grad():
+        pred = torch.cat([unwrap_output(model(x[i : i + batch_size])).argmax(-1) for i in range(0, x.shape[0], batch_size)])
+    accuracy = float((pred.cpu() == labels.cpu()).double().mean())
     tol = scaled_tolerance(tuple(x.shape[-2:]))
     return {
         "n": int(x.shape[0]),
@@ -238,6 +257,7 @@ def evaluate_masker(masker: Masker, model: Callable, x: torch.Tensor, labels: to
         "pointing_exact": float(pointing_game(sal, gt, tolerance=0).accuracy),
         "rank_accuracy": float(rank_accuracy(sal, gt).mean()),
         "mean_mask_area": float(sal.mean()),
+        "classifier_accuracy": accuracy,
     }
 
 
@@ -255,6 +275,7 @@ def train_masker(
     stop_after: int | None = None,
     device: str | torch.device = "cpu",
     head: str = "auto",
+    overwrite: bool = False,
     **overrides: Any,
 ) -> TrainResult:
     """Train a masker for ``model`` (module docstring) and write it to ``out``.
@@ -275,12 +296,24 @@ def train_masker(
             and time-boxed runs).
         head: how the classifier's output is read (as in :func:`~meaningful_perturbation.explain`;
             ``"auto"`` decides from the output on the first batch).
+        overwrite: replace an earlier ``masker.safetensors`` / ``MASKER_CARD.md`` in ``out``
+            that has no checkpoint (refused otherwise).
+
+    The data is checked against the classifier before the first step (label range, the
+    source's class count, channels, image size; see :func:`~.data.check_source`);
+    ``layers`` not deepest first (by their maps' size) are sorted, with a warning, so the
+    stored settings say what was trained. ``out`` is locked for the training (a second
+    training into it is refused). Ctrl-C writes a checkpoint of the last finished step.
+    ``--resume`` compares every setting but ``steps`` (and ``checkpoint_every``), the data
+    (description, including an npz file's SHA-256) and the classifier; fewer steps than
+    done are refused, as many returns the saved masker (``new_steps == 0``) untouched.
 
     Returns:
         :class:`TrainResult` (the masker, per-step term history, steps, seconds, quality).
 
     Raises:
-        ConfigError: bad settings; InputError: bad data, ``--resume`` without a checkpoint;
+        ConfigError: bad settings, distillation without teacher masks; InputError: bad data,
+        ``--resume`` without a checkpoint or with other settings / data, a used ``out``;
         ModelError: a layer name not in the model.
     """
     cfg = dataclasses.replace(config or TrainConfig(), **overrides)
@@ -290,23 +323,86 @@ def train_masker(
     if not isinstance(model, nn.Module):
         raise InputError(f"model: expected a torch.nn.Module (its layers feed the masker), got {type(model).__name__}")
     device = torch.device(device)
+    if classifier_name == "<module>":
+        classifier_name = f"{type(model).__name__} (a Python module passed to train_masker)"
     src = data_source(data, seed=cfg.seed)
+    has_teacher = getattr(src, "teacher", None) is not None
+    if cfg.distil > 0 and not has_teacher:
+        raise ConfigError(f"distil: {cfg.distil} needs teacher masks, and the data ({getattr(src, 'description', data)}) has "
+                          "none; train on --data run:DIR (the folder of a `mperturb run --method paper|extremal`) or drop distil")
+    if has_teacher and cfg.distil == 0:
+        warnings.warn("distil: the data gives teacher masks but distil is 0, so they are ignored; pass --set distil=1 "
+                      "(or another weight) to distil them", MeaningfulPerturbationWarning, stacklevel=2)
     outdir = Path(out) if out is not None else None
+    lock = None
     if outdir is not None:
-        outdir.mkdir(parents=True, exist_ok=True)
+        if outdir.exists() and not outdir.is_dir():
+            raise InputError(f"--out: {str(outdir)!r} exists and is not a folder; pass a folder path")
+        existed = outdir.exists()
+        try:
+            outdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"--out: cannot create folder {str(outdir)!r} ({e.strerror}); choose a writable --out") from None
+        if not os.access(outdir, os.W_OK):
+            raise InputError(f"--out: folder {str(outdir)!r} is not writable; choose a writable --out")
+        from ..runner.owner import CONTROL, FolderLock
+
+        made = [outdir / CONTROL] if not (outdir / CONTROL).exists() else []
+        made += [] if existed else [outdir]  # only what this call creates is removed on a refusal
+        lock = FolderLock(outdir, "train-masker.lock").acquire()
+    try:
+        return _train(model, src, data, cfg, outdir, resume, progress, input_size, eval_n, classifier_name, stop_after, device, head,
+                      overwrite)
+    except MeaningfulPerturbationError:
+        if lock is not None and made:  # refused before writing: leave no empty folder or lock behind
+            lock.release()
+            lock = None
+            with contextlib.suppress(OSError):
+                (outdir / CONTROL / "train-masker.lock").unlink()
+                for p in made:
+                    p.rmdir()
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(model, src, data, cfg, outdir, resume, progress, input_size, eval_n, classifier_name, stop_after, device, head, overwrite):
     if resume and (outdir is None or not (outdir / CHECKPOINT).is_file()):
         raise InputError(f"--resume: no {CHECKPOINT} in {str(outdir)!r}; start without --resume")
     if not resume and outdir is not None and (outdir / CHECKPOINT).exists():
         raise InputError(f"--out: {str(outdir)!r} holds the {CHECKPOINT} of an earlier training; pass --resume to "
                          "continue it, or choose another --out")
+    if not resume and not overwrite and outdir is not None:
+        old = [n for n in (WEIGHTS, CARD) if (outdir / n).exists()]
+        if old:
+            raise InputError(f"--out: {str(outdir)!r} already holds {', '.join(old)} of an earlier training; pass --overwrite "
+                             "to replace them, or choose another --out")
     t0 = time.perf_counter()
     with frozen(model):
         x0, y0, _ = src.batch(0, 2)
         x0 = x0.to(device)
+        if input_size is not None and tuple(input_size) != tuple(x0.shape[-2:]):
+            raise InputError(f"--input-size: the data gives {x0.shape[-2]}x{x0.shape[-1]} images, got {input_size[0]}x{input_size[1]}; "
+                             f"train at that size with the data's own size option (e.g. --data shapes:{input_size[0]})")
         tap = FeatureTap(model, cfg.layers)
-        logits0, feats0 = tap(x0)
+        try:
+            logits0, feats0 = tap(x0)
+        except RuntimeError as e:  # e.g. a conv refusing the channel count
+            raise InputError(f"--data: the classifier cannot take the data's images of shape {tuple(x0.shape[1:])} "
+                             f"({' '.join(str(e).split())[:160]})") from None
         out0 = model_output(logits0, x0.shape[0], where="model")
         num_classes = int(out0.shape[-1])
+        check_source(src, num_classes)
+        order = sorted(range(len(feats0)), key=lambda i: feats0[i].shape[-2] * feats0[i].shape[-1])
+        if order != list(range(len(feats0))):  # deepest (smallest map) first, as MaskerNet needs
+            layers = tuple(cfg.layers[i] for i in order)
+            if not resume:
+                warnings.warn(f"layers: expected deepest first (smallest feature map first); using {list(layers)}",
+                              MeaningfulPerturbationWarning, stacklevel=3)
+            cfg = dataclasses.replace(cfg, layers=layers)
+            tap = FeatureTap(model, cfg.layers)
+            feats0 = [feats0[i] for i in order]
         model_head = resolve_head(check_head_option(head), out0)
         size = tuple(input_size or x0.shape[-2:])
         scale = min(size) / cfg.reference_size
@@ -320,8 +416,18 @@ def train_masker(
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         history: list[dict[str, float]] = []
         start = 0
+        earlier_seconds = 0.0
+        data_desc = getattr(src, "description", str(data))
         if resume:
-            start, history = _load_checkpoint(outdir / CHECKPOINT, masker, opt, cfg)
+            start, history, earlier_seconds = _load_checkpoint(outdir / CHECKPOINT, masker, opt, cfg, data_desc)
+            if start > cfg.steps:
+                raise InputError(f"--steps: the checkpoint in {str(outdir)!r} already has {start} steps, got --steps {cfg.steps}; "
+                                 f"pass --steps {start} or more")
+            if start == cfg.steps and (outdir / WEIGHTS).is_file():
+                from .model import load_masker
+
+                done_masker = load_masker(outdir / WEIGHTS, option="--out")
+                return TrainResult(done_masker, history, start, earlier_seconds, done_masker.info.get("quality"), outdir, new_steps=0)
         end = cfg.steps if stop_after is None else min(cfg.steps, start + int(stop_after))
         bar = None
         if progress:
@@ -329,6 +435,7 @@ def train_masker(
 
             bar = tqdm(total=cfg.steps, initial=start, desc="train-masker", unit="step", dynamic_ncols=True)
         net.train()
+        done = start
         try:
             for step in range(start, end):
                 g = _step_generator(cfg.seed + 1, step)
@@ -351,7 +458,17 @@ def train_masker(
                     bar.set_postfix(loss=f"{terms['loss']:.3f}", area=f"{terms['area']:.3f}")
                 done = step + 1
                 if outdir is not None and (done % cfg.checkpoint_every == 0 or done == end):
-                    _save_checkpoint(outdir / CHECKPOINT, masker, opt, done, cfg, history, {"data": getattr(src, "description", str(data))})
+                    _save_checkpoint(outdir / CHECKPOINT, masker, opt, done, cfg, history,
+                                     {"data": data_desc, "seconds": earlier_seconds + time.perf_counter() - t0})
+        except KeyboardInterrupt:
+            if outdir is not None and done > start:  # keep the finished steps
+                _save_checkpoint(outdir / CHECKPOINT, masker, opt, done, cfg, history,
+                                 {"data": data_desc, "seconds": earlier_seconds + time.perf_counter() - t0})
+                import sys
+
+                print(f"mperturb train-masker: interrupted after step {done} of {cfg.steps}; checkpoint written to "
+                      f"{outdir / CHECKPOINT}; resume with --resume", file=sys.stderr)
+            raise
         finally:
             if bar is not None:
                 bar.close()
@@ -361,13 +478,28 @@ def train_masker(
         ev = src.evaluation(eval_n) if (hasattr(src, "evaluation") and eval_n > 0 and steps_run == cfg.steps) else None
         if ev is not None:
             quality = evaluate_masker(masker, model, ev[0].to(device), ev[1].to(device), ev[2].to(device))
-    seconds = time.perf_counter() - t0
-    masker.info = {"classifier": classifier_name, "head": model_head.kind, "data": getattr(src, "description", str(data)), "config": _cfg_json(cfg),
-                   "steps": steps_run, "final_terms": history[-1] if history else {}, "quality": quality}
+    seconds = earlier_seconds + time.perf_counter() - t0  # summed over the sessions of a resumed training
+    masker.info = {"classifier": classifier_name, "head": model_head.kind, "data": data_desc, "config": _cfg_json(cfg),
+                   "steps": steps_run, "final_terms": history[-1] if history else {}, "quality": quality, "seconds": round(seconds, 3)}
     if outdir is not None and steps_run == cfg.steps:
         masker.save(outdir / WEIGHTS)
         atomic_write_text(outdir / CARD, model_card(masker, seconds=seconds, history=history))
-    return TrainResult(masker, history, steps_run, seconds, quality, outdir)
+    return TrainResult(masker, history, steps_run, seconds, quality, outdir, new_steps=steps_run - start)
+
+
+def quality_warnings(q: dict[str, float] | None) -> list[str]:
+    """What is wrong with a measured quality (empty masks, no pointing, a mostly wrong classifier)."""
+    if not q:
+        return []
+    out = []
+    if q.get("mean_mask_area", 1.0) < 0.01:
+        out.append(f"the masks are (almost) empty (mean area {q['mean_mask_area']:.4f}); lower --set area=... or train longer")
+    if q.get("pointing_tol", 1.0) < 0.05 and q.get("rank_accuracy", 1.0) < 0.05:
+        out.append("the masks miss the ground truth (pointing and rank accuracy ~0); the masker did not learn the evidence")
+    if q.get("classifier_accuracy", 1.0) < 0.5:
+        out.append(f"the classifier is right on only {q['classifier_accuracy']:.0%} of the data; the masks explain a mostly wrong "
+                   "model (is --data the model's own kind of data?)")
+    return out
 
 
 def model_card(masker: Masker, *, seconds: float | None = None, history: list[dict[str, float]] | None = None, command: str | None = None) -> str:
@@ -389,6 +521,8 @@ def model_card(masker: Masker, *, seconds: float | None = None, history: list[di
         f"- classes: {fp['classes']}; input size: {fp['input_size'][0]}x{fp['input_size'][1]}",
         f"- tapped layers (deepest first): {', '.join(f'`{s}`' for s in fp['layers'])}",
         f"- SHA-256 of the tapped layers' weights: `{fp['params_sha256']}` (checked at every use)",
+        *([f"- SHA-256 of the head `{fp.get('head')}` (the last layer with weights): `{fp['head_sha256']}` (checked too)"]
+          if fp.get("head_sha256") else []),
         "",
         "## Data",
         "",
@@ -419,6 +553,9 @@ def model_card(masker: Masker, *, seconds: float | None = None, history: list[di
         lines += [f"On {q['n']} held-out images with ground-truth masks (target = true class):", "",
                   "| pointing@tol | exact pointing | rank accuracy | mean mask area |", "|---|---|---|---|",
                   f"| {q['pointing_tol']:.3f} | {q['pointing_exact']:.3f} | {q['rank_accuracy']:.3f} | {q['mean_mask_area']:.3f} |"]
+        if "classifier_accuracy" in q:
+            lines += ["", f"The classifier classifies {q['classifier_accuracy']:.1%} of these images correctly."]
+        lines += [f"\n**Warning:** {w}" for w in quality_warnings(q)]
     else:
         lines.append("Not measured (the data source has no held-out ground truth).")
     return "\n".join(lines) + "\n"

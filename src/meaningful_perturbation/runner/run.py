@@ -129,12 +129,34 @@ def _settings_record(settings: Any, opts: RunOptions, source_info: dict[str, Any
         "preprocessing": prep.to_dict() if hasattr(prep, "to_dict") else None,
     }
     compared = json.loads(json.dumps(compared, default=str))
+    masker = settings.config.get("masker") if getattr(settings, "method", None) == "masker" else None
+    if isinstance(masker, str):  # --resume compares the masker by content: a moved copy is the same masker
+        compared = _replace_value(compared, masker, _masker_identity(masker))
     return {
         "format": _FORMAT,
         "version": 1,
         "compared": compared,
         "runtime": {"device": device, "batch_size": opts.batch_size, "source_info": source_info},
     }
+
+
+def _masker_identity(path: str) -> str:
+    """``"sha256:<hex>"`` of a masker file (the shipped one for ``"demo"``)."""
+    import hashlib
+
+    if path == "demo":
+        from ..masker import DEMO_MASKER_PATH
+
+        path = str(DEMO_MASKER_PATH)
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _replace_value(obj: Any, old: str, new: str) -> Any:
+    if isinstance(obj, dict):
+        return {k: _replace_value(v, old, new) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_replace_value(v, old, new) for v in obj]
+    return new if obj == old else obj
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -376,6 +398,9 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
             from ..methods.channels import resolve_layer_name
 
             resolve_layer_name(loaded.model, layer)  # a bad --layer: refused before any output
+        from ..masker.model import check_masker_setting
+
+        check_masker_setting(settings, loaded.model, prep)  # a bad or foreign masker: refused before any item
         if isinstance(settings.target, str) and settings.target not in ("top1", "top5"):
             target_from_option(settings.target, torch.zeros(1, len(class_names or ()) or 1), class_names)
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.overrides.items()}
