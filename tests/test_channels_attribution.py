@@ -354,3 +354,31 @@ def test_automatic_layer_error_names_this_method():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
     with pytest.raises(ConfigError, match=r"^layer: no submodule .* so extremal-channels has no layer to choose; pass layer="):
         mp.explain(model, torch.randn(1, 3, 4, 4), target=0, method="extremal-channels", steps=2)
+
+
+# ---------------------------------------------------------------- fix15: small grids
+def test_pooled_1x1_layer_is_refused_with_no_positions_to_draw():
+    with pytest.raises(ConfigError) as e:
+        mp.explain(Oracle(), images(), target=0, method="extremal-channels", layer="pool", steps=2)
+    msg = str(e.value)
+    assert msg.startswith("layer: 'pool' returns shape (2, 16, 1, 1), a 1x1 grid (nchw)"), msg
+    assert "no positions to draw" in msg and "at least 2x2 positions" in msg
+
+
+@pytest.mark.parametrize("grid", [(2, 2), (3, 5), (5, 3)])
+def test_display_map_places_small_grid_cells_where_they_are(grid):
+    from meaningful_perturbation.methods.channels import channel_maps
+
+    h, w = grid
+    H, W = 6 * h, 6 * w
+    for r in range(h):
+        for c in range(w):
+            act = torch.zeros(1, 1, h, w)
+            act[0, 0, r, c] = 1.0
+            m = channel_maps(act, torch.ones(1, 1, 1), "nchw", None, (H, W))[0, 0]
+            # the map's peak lies inside the image cell of that grid position
+            peak = int(torch.argmax(m))
+            pr, pc = divmod(peak, W)
+            assert r * 6 <= pr < (r + 1) * 6 and c * 6 <= pc < (c + 1) * 6, (grid, r, c, pr, pc)
+            cell = m[r * 6:(r + 1) * 6, c * 6:(c + 1) * 6].mean()
+            assert float(cell) > float(m.mean()) + 0.2

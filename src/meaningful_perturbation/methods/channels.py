@@ -250,6 +250,27 @@ def _layout(model: nn.Module, x: torch.Tensor, name: str, act: torch.Tensor, cfg
     )
 
 
+#: Fewest positions per side of a layer's grid: a 1-wide grid (e.g. AdaptiveAvgPool2d(1),
+#: (N, C, 1, 1)) is constant along that side once upsampled, so its map draws nothing.
+MIN_GRID = 2
+
+
+def _check_grid(name: str, shape: tuple[int, ...], layout: str, grid_prefix: Any) -> None:
+    """Refuse a layer whose spatial grid has fewer than :data:`MIN_GRID` positions on a side."""
+    if layout == "nchw":
+        grid = shape[2:4]
+    elif layout == "nhwc":
+        grid = shape[1:3]
+    else:
+        grid = tuple(grid_prefix[0])
+    if min(grid) < MIN_GRID:
+        raise ConfigError(
+            f"layer: {name!r} returns shape {shape}, a {grid[0]}x{grid[1]} grid ({layout}); channel attribution needs "
+            f"at least {MIN_GRID}x{MIN_GRID} positions (a pooled 1x1 output has no positions to draw on the image); "
+            "choose a convolutional layer before the global pooling, or a transformer block"
+        )
+
+
 def channel_maps(act: torch.Tensor, salient: torch.Tensor, layout: str, grid_prefix: Any, size: tuple[int, int]) -> torch.Tensor:
     """Display maps ``(N, K, H, W)`` in [0, 1]: ``Σ_c salient[n, k, c]·act[n, c]`` on the layer's
     grid, upsampled bilinearly to ``size`` and min-max normalised per map (a flat map is 0).
@@ -330,6 +351,7 @@ def _optimise(ctx: Context, cfg: ChannelsConfig, model: nn.Module, xin: torch.Te
         raise ConfigError(f"layer: {name!r} returns {type(gate.raw).__name__}, expected a tensor (or a tuple whose first element is one)")
     act = gate.activation
     layout, cdim, pdims, grid_prefix = _layout(model, xin, name, act, cfg, (H, W))
+    _check_grid(name, tuple(act.shape), layout, grid_prefix)
     gate.channel_dim, gate.position_dims = cdim, pdims
     C = int(act.shape[cdim])
     counts = [int(round(a * C)) for a in areas]
