@@ -258,3 +258,42 @@ def test_train_command_takes_the_family_and_is_deterministic(tmp_path) -> None:
     assert isinstance(load_demo_model(weights=outs[0], family="textures"), ShapeNet)
     with pytest.raises(ModelError, match="is not a ShapeNet state dict"):
         load_demo_model(weights=outs[0])  # 4 outputs are not the 6-class shapes model
+
+
+# ------------------------------------------------------- fix15: mirror invariance is declared
+def test_textures_model_declares_it_is_not_mirror_invariant_and_flip_jitter_is_off_by_default() -> None:
+    import warnings
+
+    import meaningful_perturbation as mp
+    from meaningful_perturbation.api import mirror_invariant
+    from meaningful_perturbation.demo import load_demo_model
+    from meaningful_perturbation.errors import MeaningfulPerturbationWarning
+    from meaningful_perturbation.models import load_model
+
+    tex, shapes = load_demo_model(family="textures"), load_demo_model()
+    assert mirror_invariant(tex) is False and mirror_invariant(shapes) is True
+    assert mirror_invariant(load_model("demo:textures").model) is False
+    x = torch.rand(1, 3, 32, 32)
+    for method in ("extremal", "extremal-fast", "extremal-sweep"):
+        kw = {"areas": (0.1, 0.2, 0.4)} if method == "extremal-sweep" else {}
+        with pytest.warns(MeaningfulPerturbationWarning, match=rf"^{method}: jitter 'flip' -> 'none': the model declares it is not mirror-invariant"):
+            ex = mp.explain(tex, x, target=1, method=method, steps=2, **kw)
+        assert ex.config["jitter"] == "none"
+        # an explicit flip is honoured, with a warning
+        with pytest.warns(MeaningfulPerturbationWarning, match=rf"^{method}: jitter='flip' on a model that declares it is not mirror-invariant"):
+            ex = mp.explain(tex, x, target=1, method=method, steps=2, jitter="flip", **kw)
+        assert ex.config["jitter"] == "flip"
+        # other models keep the flip default, silently
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ex = mp.explain(shapes, x, target=1, method=method, steps=2, **kw)
+        assert ex.config["jitter"] == "flip"
+        assert not [w for w in caught if "mirror" in str(w.message)]
+
+
+def test_benchmark_on_textures_runs_extremal_without_flip() -> None:
+    from meaningful_perturbation.errors import MeaningfulPerturbationWarning
+    from meaningful_perturbation.evaluation import run_benchmark
+
+    with pytest.warns(MeaningfulPerturbationWarning, match=r"^extremal: jitter 'flip' -> 'none'"):
+        run_benchmark(n=2, methods=["extremal:steps=2"], family="textures", batch_size=2, curve_steps=2, progress=False)
