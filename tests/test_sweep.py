@@ -338,3 +338,44 @@ def test_model_passes_per_image(game, passes):
     mp.explain(model, x, target=[0, 1], method="extremal-sweep", areas=(0.05, 0.1, 0.3), steps=4, game=game,
                jitter="none")
     assert sum(seen) == 2 * passes
+
+
+# -- fix15: convergence is warned about ------------------------------------------------------
+
+def test_unconverged_rungs_warn_and_are_flagged_while_masks_stay_nested():
+    from meaningful_perturbation.errors import AreaWarning
+
+    model, x = _oracle(24, n=1)
+    with pytest.warns(AreaWarning, match=r"^extremal-sweep: 3 of 3 masks miss their target area by more than 25% "
+                                         r"\(image 0 area 0.05 -> 1.000, image 0 area 0.1 -> 1.000, image 0 area 0.2 -> 1.000\)"):
+        ex = mp.explain(model, x, target=0, method="extremal-sweep", areas=(0.05, 0.1, 0.2), steps=1, jitter="none")
+    assert ex.extra["achieved_area"] == [[1.0, 1.0, 1.0]]  # overshoot: one step leaves the init
+    assert ex.extra["area_missed"] == [[True, True, True]]
+    m = ex.masks[0]
+    assert torch.all(m[1:] >= m[:-1]) and [int(v) for v in m.sum(dim=(1, 2))] == [29, 58, 115]  # still nested, exact
+
+
+def test_converged_rungs_do_not_warn_and_undershoot_is_flagged(swept):
+    _, _, ex = swept
+    target = torch.tensor(AREAS)
+    got = torch.tensor(ex.extra["achieved_area"])
+    assert ex.extra["area_missed"] == ((got - target).abs() > 0.25 * target).tolist()
+    from meaningful_perturbation.methods import sweep as sw
+
+    caught = []
+    orig = sw.warn_area_misses
+    try:
+        sw.warn_area_misses = lambda method, achieved, areas: caught.append(achieved.clone())
+        model, x = _oracle(24, n=1)
+        mp.explain(model, x, target=0, method="extremal-sweep", areas=AREAS, steps=2, jitter="none")
+    finally:
+        sw.warn_area_misses = orig
+    assert len(caught) == 1  # every call checks its rungs
+    # an undershoot is a miss as well as an overshoot (extremal's rule)
+    import warnings
+
+    from meaningful_perturbation.methods.extremal import warn_area_misses
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        warn_area_misses("extremal-sweep", torch.tensor([[0.01, 0.1, 0.2]]), (0.05, 0.1, 0.2))
+    assert len(w) == 1 and "1 of 3 masks" in str(w[0].message) and "area 0.05 -> 0.010" in str(w[0].message)

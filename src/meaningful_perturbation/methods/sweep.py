@@ -31,6 +31,13 @@ region, it is nearly linear, so the pixels the smallest mask keeps span a band o
 range instead of the first few taking half of it. Only the order matters for the cuts: the top ``k`` pixels of the saliency,
 for every ``k``, are the paper's "regions in order of decreasing importance".
 
+Convergence. The optimised mask of a rung that misses its area by more than
+:data:`.extremal.AREA_TOLERANCE` of it (overshoot or undershoot, as :mod:`.extremal`) raises
+one :class:`~meaningful_perturbation.AreaWarning` per call and is flagged in
+``extra["area_missed"]`` ``(N, K)`` (bools): the ranking it feeds is then unreliable, even
+though the reported masks, cut from it, still have their areas exactly. The smallest rungs of
+a small image are expected to undershoot (a smooth mask cannot form a region that small).
+
 The area–score curve is scored on the masks actually reported (the nested cuts, not the
 optimised ``m_k``): ``scores["masked"]`` ``(N, K)`` is the target's probability of the
 preserved input ``blend(levels, M_k)`` (and ``scores["masked_delete"]`` of the deleted input
@@ -66,7 +73,7 @@ from ..core.loop import forward_scores
 from ..core.perturbation import blend, gaussian_blur
 from ..errors import ConfigError
 from .common import Context, check_range, pixels, perturbation_levels, run_problem
-from .extremal import ExtremalConfig, build_problem
+from .extremal import AREA_TOLERANCE, ExtremalConfig, build_problem, warn_area_misses
 from .registry import register
 
 __all__ = ["DEFAULT_AREAS", "MIN_AREAS", "SweepConfig", "area_curve", "nested_masks", "rank_saliency"]
@@ -220,6 +227,11 @@ def _run(ctx: Context, cfg: SweepConfig):
     ex.masks = masks
     ex.extra["achieved_area"] = achieved.tolist()  # of the optimised masks (pixels above ½)
     ex.extra["mask_area"] = [c / (H * W) for c in area_counts(areas, H * W)]  # of the reported masks, exact
+    # Rungs whose optimised mask misses its area (over or under, extremal's tolerance) are
+    # flagged and warned about; the reported masks are the nested cuts and keep their areas.
+    target = torch.tensor(areas, dtype=achieved.dtype).view(1, -1)
+    ex.extra["area_missed"] = ((achieved - target).abs() > AREA_TOLERANCE * target).tolist()
+    warn_area_misses(ctx.method, achieved, areas)
     return ex
 
 
