@@ -382,3 +382,19 @@ def test_display_map_places_small_grid_cells_where_they_are(grid):
             assert r * 6 <= pr < (r + 1) * 6 and c * 6 <= pc < (c + 1) * 6, (grid, r, c, pr, pc)
             cell = m[r * 6:(r + 1) * 6, c * 6:(c + 1) * 6].mean()
             assert float(cell) > float(m.mean()) + 0.2
+
+
+def test_every_channel_removed_keeping_the_score_is_degenerate_and_worded_for_channels():
+    model = Oracle()
+    with torch.no_grad():
+        model.fc.weight[2] = -0.5  # class 2 reads every channel negatively: removing all of them raises it
+    ex = mp.explain(model, images(1), target=2, method="extremal-channels", layer="features", **FAST)
+    assert float(ex.scores["perturbed"][0]) > float(ex.scores["clean"][0])
+    reason = ex.degenerate_reason(0)
+    assert reason.startswith("no region found that changes the score (every channel removed keeps it: p "), reason
+    flat = Oracle()
+    with torch.no_grad():
+        flat.fc.weight.zero_()  # no channel matters: the whole-model check, worded for channels
+        flat.fc.bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
+    ex = mp.explain(flat, images(1), target=0, method="extremal-channels", layer="features", **FAST)
+    assert ex.degenerate_reason(0).startswith("no region found that changes the score (removing every channel changes it by 0")

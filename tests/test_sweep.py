@@ -379,3 +379,28 @@ def test_converged_rungs_do_not_warn_and_undershoot_is_flagged(swept):
         warnings.simplefilter("always")
         warn_area_misses("extremal-sweep", torch.tensor([[0.01, 0.1, 0.2]]), (0.05, 0.1, 0.2))
     assert len(w) == 1 and "1 of 3 masks" in str(w[0].message) and "area 0.05 -> 0.010" in str(w[0].message)
+
+
+# -- fix15: degenerate sufficient area -------------------------------------------------------
+
+class _Smoothness(nn.Module):
+    """Class 0's logit rises as the image gets smoother: the blurred (fully perturbed) input
+    scores above the clean one."""
+
+    def forward(self, x):
+        v = x.var(dim=(1, 2, 3))
+        return torch.stack([-20.0 * v, torch.zeros_like(v)], dim=1)
+
+
+def test_sufficient_area_is_nan_and_degenerate_when_the_perturbed_input_keeps_the_score():
+    got = sufficient_area(torch.tensor([[0.2, 0.95, 0.97], [0.2, 0.95, 0.97], [0.1, 0.2, 0.3]]),
+                          torch.tensor([1.0, 1.0, 0.5]), (0.1, 0.2, 0.4), 0.9,
+                          perturbed=torch.tensor([0.1, 0.92, 0.6]))
+    assert got[0].item() == pytest.approx(0.2) and math.isnan(got[1].item()) and math.isnan(got[2].item())
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 24, 24)
+    ex = mp.explain(_Smoothness(), x, target=0, method="extremal-sweep", areas=(0.1, 0.2, 0.4), steps=2, jitter="none")
+    assert float(ex.scores["perturbed"][0]) > float(ex.scores["clean"][0])
+    assert math.isnan(float(ex.scores["sufficient_area"][0])) and math.isnan(float(area_curve(ex)["sufficient_area"][0]))
+    reason = ex.degenerate_reason(0)
+    assert reason.startswith("no region found that changes the score (the fully perturbed input already keeps 90% of the clean score")

@@ -223,7 +223,8 @@ def _run(ctx: Context, cfg: SweepConfig):
     if len(problem.games) > 1:
         ex.scores["optimised_delete"] = ex.scores.pop("masked_delete")
         ex.scores["masked_delete"] = curves[1]
-    ex.scores["sufficient_area"] = sufficient_area(curves[0], ex.scores["clean"], areas, cfg.keep_fraction)
+    ex.scores["sufficient_area"] = sufficient_area(curves[0], ex.scores["clean"], areas, cfg.keep_fraction,
+                                                   perturbed=ex.scores.get("perturbed"))
     ex.masks = masks
     ex.extra["achieved_area"] = achieved.tolist()  # of the optimised masks (pixels above ½)
     ex.extra["mask_area"] = [c / (H * W) for c in area_counts(areas, H * W)]  # of the reported masks, exact
@@ -235,17 +236,29 @@ def _run(ctx: Context, cfg: SweepConfig):
     return ex
 
 
-def sufficient_area(curve: torch.Tensor, clean: torch.Tensor, areas: tuple[float, ...], keep_fraction: float) -> torch.Tensor:
+def sufficient_area(curve: torch.Tensor, clean: torch.Tensor, areas: tuple[float, ...], keep_fraction: float,
+                    perturbed: torch.Tensor | None = None) -> torch.Tensor:
     """``(N,)``: the smallest ``areas[k]`` with ``curve[i, k] >= keep_fraction·clean[i]``; 1.0 if
     none (the whole image kept is the clean image: it keeps the clean score, ``keep_fraction ≤ 1``).
 
+    NaN where the reading is degenerate: the fully perturbed input (area 0) already keeps
+    ``keep_fraction`` of the clean score, or the clean score is not above the perturbed one
+    (``perturbed[i] >= keep_fraction·clean[i]`` or ``clean[i] <= perturbed[i]``): no region is
+    needed, so no area is "sufficient" (:func:`~meaningful_perturbation.degenerate_reason`
+    then names the explanation degenerate).
+
     Args:
         curve: ``(N, K)`` preserved scores; clean: ``(N,)`` clean scores (same units);
-        areas: the ``K`` increasing areas; keep_fraction: in (0, 1].
+        areas: the ``K`` increasing areas; keep_fraction: in (0, 1];
+        perturbed: ``(N,)`` scores of the fully perturbed input, or ``None`` (no NaN check).
     """
     ok = curve >= keep_fraction * clean.reshape(-1, 1)
     a = torch.tensor(areas, dtype=torch.float32).expand_as(curve)
-    return torch.where(ok, a, torch.ones_like(a)).min(dim=1).values
+    out = torch.where(ok, a, torch.ones_like(a)).min(dim=1).values
+    if perturbed is not None:
+        p, c = perturbed.reshape(-1).float(), clean.reshape(-1).float()
+        out = torch.where((p >= keep_fraction * c) | (c <= p), torch.full_like(out, float("nan")), out)
+    return out
 
 
 def area_curve(ex: Any) -> dict[str, Any]:
@@ -257,7 +270,8 @@ def area_curve(ex: Any) -> dict[str, Any]:
         running maximum over the areas (non-decreasing), ``deleted`` ``(N, K)`` of the deleted
         input (``dual`` only, else ``None``), ``clean`` and ``perturbed`` ``(N,)``,
         ``sufficient_area`` ``(N,)`` (1.0 where no area of the ladder keeps ``keep_fraction``
-        of the clean score) and ``keep_fraction``.
+        of the clean score; NaN where the fully perturbed input already keeps it) and
+        ``keep_fraction``.
 
     Raises:
         ConfigError: ``ex`` is not an ``extremal-sweep`` explanation (names what is missing).
