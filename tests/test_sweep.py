@@ -404,3 +404,35 @@ def test_sufficient_area_is_nan_and_degenerate_when_the_perturbed_input_keeps_th
     assert math.isnan(float(ex.scores["sufficient_area"][0])) and math.isnan(float(area_curve(ex)["sufficient_area"][0]))
     reason = ex.degenerate_reason(0)
     assert reason.startswith("no region found that changes the score (the fully perturbed input already keeps 90% of the clean score")
+
+
+# -- fix15: summaries show the sweep's readout -----------------------------------------------
+
+def test_explain_line_run_summary_and_report_show_the_sweep_readout(tmp_path, capsys):
+    from meaningful_perturbation.runner.report import collect_columns
+
+    spec, img = _tiny(tmp_path)
+    out = tmp_path / "o"
+    assert main(["explain", str(img), "--model", spec, "--trust-code", "--method", "extremal-sweep", "--steps", "2",
+                 "--areas", "0.1", "0.2", "0.4", "--out", str(out)]) == 0
+    said = capsys.readouterr()
+    line = [s for s in (said.out + said.err).splitlines() if s.startswith(str(img))][0]
+    assert ", sufficient area " in line and " over 3 areas)" in line and "masked" not in line, line
+    summary = _strict((out / "img_summary.json").read_text())  # strict JSON, also with a NaN area
+    suff = summary["scores"]["sufficient_area"]
+    assert suff is None or suff in (0.1, 0.2, 0.4, 1.0)
+    cols = collect_columns([{"scores": {"clean": [0.9], "masked": [0.1, 0.5, 0.8], "perturbed": [0.1],
+                                        "sufficient_area": [0.2]}}])
+    assert "masked" not in cols and cols["sufficient_area"] == [0.2]
+    assert cols["curve_mean"][0] == pytest.approx(1.4 / 3)
+    assert collect_columns([{"scores": {"masked": [0.4], "clean": [0.9]}}])["masked"] == [0.4]  # other methods unchanged
+    (tmp_path / "imgs").mkdir()
+    img.rename(tmp_path / "imgs" / img.name)
+    run_out = tmp_path / "r"
+    assert main(["run", str(tmp_path / "imgs"), "--model", spec, "--trust-code", "--method", "extremal-sweep",
+                 "--steps", "2", "--areas", "0.1", "0.2", "0.4", "--report", "--out", str(run_out)]) == 0
+    said = capsys.readouterr()
+    text = said.out + said.err
+    assert "mean curve_mean" in text and "mean masked" not in text, text  # (this tiny model's area is NaN: degenerate)
+    html = (run_out / "report.html").read_text()
+    assert "sufficient area (sweep" in html and "learned mask" not in html

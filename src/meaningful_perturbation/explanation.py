@@ -339,8 +339,8 @@ def degenerate_reason(ex: Explanation, i: int = 0) -> str | None:
     else:
         moved = float((masked - perturbed).abs().max())
     if moved < max(DEGENERATE_SCORE_FRACTION * span, DEGENERATE_MIN_CHANGE):
-        return (f"{NO_REGION_NOTE} (the mask moves it by {moved:.2g}; perturbing the whole "
-                f"image moves it by {span:.2g})")
+        return (f"{NO_REGION_NOTE} (the mask moves it by {moved:.2g}; {whole} "
+                f"moves it by {span:.2g})")
     return None
 
 
