@@ -275,7 +275,7 @@ def test_cli_layer_option(tmp_path, capsys):
     assert main(["explain", str(img), "--layer", "featurs.13", "--steps", "2", "--out", str(out), "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(
-        "mperturb: error: layer: the model has no module 'featurs.13'; expected a name from model.named_modules(): "
+        "mperturb: error: --layer: the model has no module 'featurs.13'; expected a name from model.named_modules(): "
         "closest 'features.13'")
     assert not out.exists()  # refused before anything was written
     assert main(["explain", str(img), "--layer", "features.13", "--method", "paper", "--out", str(out), "-q"]) == 2
@@ -305,7 +305,7 @@ def test_runner_layer_option(tmp_path, capsys):
     fast = ["--model", "demo", "--steps", "2", "--input-size", "32", "--areas", "0.1", "-q"]
     assert main(["run", str(imgs), "--out", str(out), "--layer", "classifer", *fast]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("mperturb: error: layer: the model has no module 'classifer'")
+    assert len(err) == 1 and err[0].startswith("mperturb: error: --layer: the model has no module 'classifer'")
     assert not (out / "results.jsonl").exists()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

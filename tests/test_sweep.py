@@ -289,7 +289,7 @@ def test_cli_bad_ladder_is_one_error_line(tmp_path, capsys):
                "--areas", "0.3", "0.1", "0.5", "--out", str(tmp_path / "o"), "-q"])
     err = capsys.readouterr().err.splitlines()
     assert rc == 2 and len(err) == 1
-    assert err[0].startswith("mperturb: error: --set: areas: expected areas sorted in increasing order, got 0.3 before 0.1")
+    assert err[0].startswith("mperturb: error: --areas: expected areas sorted in increasing order, got 0.3 before 0.1")
 
 
 def _tiny(tmp_path):
@@ -436,3 +436,34 @@ def test_explain_line_run_summary_and_report_show_the_sweep_readout(tmp_path, ca
     assert "mean curve_mean" in text and "mean masked" not in text, text  # (this tiny model's area is NaN: degenerate)
     html = (run_out / "report.html").read_text()
     assert "sufficient area (sweep" in html and "learned mask" not in html
+
+
+def test_areas_rounding_to_the_same_pixel_count_are_refused():
+    model, x = _oracle(24, n=1)  # 576 pixels
+    with pytest.raises(ConfigError, match=r"^areas: 0.0001 and 0.0002 both round to 1 pixel\(s\) of the 24x24 image, "
+                                          r"so their masks would be the same; use areas at least 0.00174 apart"):
+        mp.explain(model, x, method="extremal-sweep", areas=(0.0001, 0.0002, 0.0003), steps=1)
+    with pytest.raises(ConfigError, match=r"^areas: 0.1 and 0.1005 both round to 58 pixel"):
+        mp.explain(model, x, method="extremal-sweep", areas=(0.05, 0.1, 0.1005), steps=1)
+
+
+def test_cli_areas_rounding_error_names_the_option(tmp_path, capsys):
+    spec, img = _tiny(tmp_path)
+    rc = main(["explain", str(img), "--model", spec, "--trust-code", "--method", "extremal-sweep",
+               "--areas", "0.0001", "0.0002", "0.0003", "--out", str(tmp_path / "o"), "-q"])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith("mperturb: error: --areas: 0.0001 and 0.0002 both round to 1 pixel(s) of the 32x32 image"), err
+
+
+def test_cli_bad_area_value_is_one_error_line(tmp_path, capsys):
+    spec, img = _tiny(tmp_path)
+    rc = main(["explain", str(img), "--model", spec, "--trust-code", "--method", "extremal-sweep",
+               "--areas", "0.1", "0.2", "abc", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 2 and err == ["mperturb: error: explain: argument --areas: invalid float value: 'abc'"]
+    # a setting given with --set keeps the --set prefix
+    rc = main(["explain", str(img), "--model", spec, "--trust-code", "--method", "extremal-sweep",
+               "--set", "areas=[0.3, 0.1, 0.5]", "--out", str(tmp_path / "o"), "-q"])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 2 and err[0].startswith("mperturb: error: --set: areas: expected areas sorted")

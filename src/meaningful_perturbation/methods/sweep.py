@@ -76,7 +76,7 @@ from .common import Context, check_range, pixels, perturbation_levels, run_probl
 from .extremal import AREA_TOLERANCE, ExtremalConfig, build_problem, warn_area_misses
 from .registry import register
 
-__all__ = ["DEFAULT_AREAS", "MIN_AREAS", "SweepConfig", "area_curve", "nested_masks", "rank_saliency"]
+__all__ = ["DEFAULT_AREAS", "MIN_AREAS", "SweepConfig", "area_curve", "check_pixel_counts", "nested_masks", "rank_saliency"]
 
 #: The default ladder: 12 areas spaced by a factor √2 from 1.25% to 56.6% of the image,
 #: ``0.025·√2^(k−2)``, k = 0…11. Every other rung is one of the 2019 paper's areas (2.5%, 5%,
@@ -191,10 +191,29 @@ def nested_masks(saliency: torch.Tensor, areas: tuple[float, ...]) -> torch.Tens
     return (rank.unsqueeze(1) < counts.view(1, -1, 1, 1)).float()
 
 
+def check_pixel_counts(areas: tuple[float, ...], size: tuple[int, int]) -> None:
+    """Refuse a ladder two of whose areas keep the same number of pixels of an ``H×W`` image
+    (:func:`area_counts`): their masks would be identical, one rung twice.
+
+    Raises:
+        ConfigError: naming the two areas, the pixel count and the smallest spacing that works.
+    """
+    H, W = size
+    counts = area_counts(areas, H * W)
+    for (a, ca), (b, cb) in zip(zip(areas, counts), zip(areas[1:], counts[1:])):
+        if ca == cb:
+            raise ConfigError(
+                f"areas: {a:g} and {b:g} both round to {ca} pixel(s) of the {H}x{W} image, so their masks would be "
+                f"the same; use areas at least {1 / (H * W):.3g} apart (one pixel) and at least {0.5 / (H * W):.3g}, "
+                "or a larger image"
+            )
+
+
 def _run(ctx: Context, cfg: SweepConfig):
-    problem = build_problem(ctx, cfg)
     areas = cfg.area_tuple
     H, W = ctx.size
+    check_pixel_counts(areas, (H, W))
+    problem = build_problem(ctx, cfg)
     scale = ctx.scale(cfg.reference_size)
     tie_sigma = pixels(cfg.sigma, scale)  # the smooth mask's own σ (21 px at 224)
 
