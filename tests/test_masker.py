@@ -190,7 +190,7 @@ def test_cli_train_masker_then_explain_with_it(tmp_path, capsys):
     rc = main(["explain", str(img), "--method", "masker", "--masker", str(tmp_path / "missing.safetensors"), "--out",
                str(tmp_path / "f"), "--device", "cpu", "-q"])
     err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("mperturb: error: masker: file ") and "not found" in err and err.count("\n") == 1
+    assert rc == 2 and err.startswith("mperturb: error: --masker: file ") and "not found" in err and err.count("\n") == 1
     rc = main(["train-masker", "--model", "demo", "--out", str(tmp_path / "g"), "--set", "area=-1", "-q"])
     err = capsys.readouterr().err
     assert rc == 2 and err == "mperturb: error: area: expected a value >= 0, got -1\n"
