@@ -345,7 +345,7 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
         )
     loaded = load_model(
         settings.model, weights=settings.weights, trust_code=settings.trust_code, device=settings.device,
-        offline=settings.offline, progress=not args.quiet,
+        offline=settings.offline, progress=not args.quiet, given=tuple(settings.preprocessing),
     )
     # The model's own preprocessing with the overrides; its channel count checked by one pass.
     prep = resolve_model_preprocessing(

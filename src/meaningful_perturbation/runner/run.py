@@ -362,7 +362,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
     try:
         loaded = load_model(settings.model, weights=settings.weights, trust_code=settings.trust_code,
                             device=device_name, offline=getattr(settings, "offline", False),
-                            progress=not opts.quiet)
+                            progress=not opts.quiet, given=tuple(settings.preprocessing))
         # The model's own preprocessing with the overrides; its channel count checked by one
         # forward pass, before any output is written.
         prep = resolve_model_preprocessing(
