@@ -398,3 +398,41 @@ def test_every_channel_removed_keeping_the_score_is_degenerate_and_worded_for_ch
         flat.fc.bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
     ex = mp.explain(flat, images(1), target=0, method="extremal-channels", layer="features", **FAST)
     assert ex.degenerate_reason(0).startswith("no region found that changes the score (removing every channel changes it by 0")
+
+
+class _SharedLast(nn.Module):
+    """The last conv is one module called twice: Grad-CAM's automatic layer runs twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.block = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.block(self.block(self.stem(x))).mean(dim=(2, 3)))
+
+
+def test_automatic_layer_skips_a_shared_module():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.warns(UserWarning, match=r"^extremal-channels: the automatic layer 'block' runs 2 times in one forward "
+                                         r"pass \(a shared module\); using 'stem', the last layer before it that runs once"):
+        ex = mp.explain(_SharedLast(), x, target=0, method="extremal-channels", steps=2, areas=(0.5,))
+    assert ex.extra["layer"] == "stem"
+
+
+class _AllShared(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Conv2d(3, 3, 3, padding=1)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(self.block(self.block(x)).mean(dim=(2, 3)))
+
+
+def test_automatic_layer_failure_suggests_layer():
+    with pytest.raises(ConfigError, match=r"^layer: the automatic choice failed: 'block' runs 2 times in one forward pass "
+                                          r"\(a shared module\) and channel attribution needs a layer that runs once; pass --layer"):
+        mp.explain(_AllShared(), torch.randn(1, 3, 8, 8), target=0, method="extremal-channels", steps=2, areas=(0.5,))

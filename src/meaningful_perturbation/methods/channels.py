@@ -332,7 +332,39 @@ def _automatic_layer(model: nn.Module, x: torch.Tensor, method: str) -> str:
                 "Grad-CAM this close to the input is little more than an edge map",
                 "channels this close to the input are edge and colour detectors")
         warnings.warn(text, w.category, stacklevel=4)
-    return name
+    return _once(model, x, name, method)
+
+
+def _once(model: nn.Module, x: torch.Tensor, name: str, method: str) -> str:
+    """``name`` if it runs once per forward pass; else the last layer before its last call that
+    runs once and returns a feature map of at least :data:`MIN_GRID`² positions (a warning names
+    both); else a :class:`ConfigError` saying the automatic choice failed, with candidates."""
+    events = _gc._probe(model, x)
+    calls: dict[str, int] = {}
+    for e in events:
+        calls[e.name] = calls.get(e.name, 0) + 1
+    if calls.get(name, 0) <= 1:
+        return name
+    last = max(i for i, e in enumerate(events) if e.name == name)
+    shared = {n for n, c in calls.items() if c > 1}
+
+    def fits(e) -> bool:
+        return e.spatial is not None and min(e.spatial) >= MIN_GRID and calls[e.name] == 1 and not any(
+            e.name.startswith(s + ".") for s in shared)  # not inside a shared module either
+
+    before = [e.name for e in events[:last] if fits(e)]
+    if before:
+        warnings.warn(
+            f"{method}: the automatic layer {name!r} runs {calls[name]} times in one forward pass (a shared module); "
+            f"using {before[-1]!r}, the last layer before it that runs once; pass layer='<module name>' to choose",
+            UserWarning, stacklevel=5)
+        return before[-1]
+    others = list(dict.fromkeys(e.name for e in events if fits(e)))
+    hint = f"; candidates that run once: {', '.join(map(repr, others[-5:]))}" if others else ""
+    raise ConfigError(
+        f"layer: the automatic choice failed: {name!r} runs {calls[name]} times in one forward pass (a shared module) "
+        f"and channel attribution needs a layer that runs once; pass --layer (Python: layer='<module name>'){hint}"
+    )
 
 
 def _optimise(ctx: Context, cfg: ChannelsConfig, model: nn.Module, xin: torch.Tensor, name: str, gate: _Gate) -> Explanation:
