@@ -436,3 +436,18 @@ def test_automatic_layer_failure_suggests_layer():
     with pytest.raises(ConfigError, match=r"^layer: the automatic choice failed: 'block' runs 2 times in one forward pass "
                                           r"\(a shared module\) and channel attribution needs a layer that runs once; pass --layer"):
         mp.explain(_AllShared(), torch.randn(1, 3, 8, 8), target=0, method="extremal-channels", steps=2, areas=(0.5,))
+
+
+def test_layer_accepts_the_module_object_and_errors_never_print_its_repr():
+    model = Oracle()
+    ex = mp.explain(model, images(), target=torch.tensor([0, 1]), method="extremal-channels", **{**FAST, "layer": model.features})
+    assert ex.extra["layer"] == "features" and ex.config["layer"] == "features"
+    assert _binary(ex.channel_masks[:, 0]) == [EVIDENCE[0], EVIDENCE[1]]
+    stranger = nn.Sequential(nn.Conv2d(3, 16, 1), nn.ReLU())
+    with pytest.raises(ConfigError) as e:
+        mp.explain(model, images(1), target=0, method="extremal-channels", layer=stranger, steps=2)
+    assert str(e.value) == ("layer: the Sequential given is not a submodule of the model; pass one of "
+                            "model.named_modules() (the object or its name)")
+    with pytest.raises(ConfigError) as e:
+        mp.explain(model, images(1), target=0, method="extremal-channels", layer=[1, 2], steps=2)
+    assert str(e.value).endswith("got a list") and "Conv2d(" not in str(e.value)

@@ -467,3 +467,9 @@ def test_cli_bad_area_value_is_one_error_line(tmp_path, capsys):
                "--set", "areas=[0.3, 0.1, 0.5]", "--out", str(tmp_path / "o"), "-q"])
     err = capsys.readouterr().err.splitlines()
     assert rc == 2 and err[0].startswith("mperturb: error: --set: areas: expected areas sorted")
+
+
+def test_area_curve_refuses_a_non_explanation():
+    for bad in (None, 3, {"scores": {}}):
+        with pytest.raises(ConfigError, match=r"^ex: expected an extremal-sweep Explanation, got (NoneType|int|dict)$"):
+            area_curve(bad)

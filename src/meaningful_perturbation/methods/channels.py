@@ -58,6 +58,7 @@ raises); parameters are never written; ``explain`` restores train/eval flags and
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import warnings
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ from .common import MAX_STEPS, Context, check_choice, check_range
 from .extremal import AREA_TOLERANCE, GAMES, PAPER_STEPS, area_term
 from .registry import config_as_dict, register
 
-__all__ = ["ChannelsConfig", "resolve_layer_name", "channel_maps"]
+__all__ = ["ChannelsConfig", "resolve_layer_name", "module_name", "channel_maps"]
 
 LAYOUTS = ("auto", "nchw", "nhwc", "tokens")
 
@@ -86,7 +87,7 @@ LAYOUTS = ("auto", "nchw", "nhwc", "tokens")
 class ChannelsConfig:
     """Knobs of channel attribution; the optimisation defaults are :class:`.extremal.ExtremalConfig`'s."""
 
-    layer: str | None = None  # module name (model.named_modules()); None: the layer Grad-CAM picks (last conv block / last transformer block reaching the score)
+    layer: str | nn.Module | None = None  # module name (or the submodule object itself) (model.named_modules()); None: the layer Grad-CAM picks (last conv block / last transformer block reaching the score)
     areas: tuple[float, ...] = (0.05, 0.1, 0.2)  # fractions of the layer's channels kept; project choice: extremal's 0.025 dropped (under 2 channels of a 64-channel layer)
     steps: int = 800  # 2019 paper §4: 800 iterations (as extremal)
     lr: float = 0.01  # SGD learning rate 0.01 (2019 reference code, as extremal)
@@ -109,8 +110,10 @@ class ChannelsConfig:
         if isinstance(self.layer, int) and not isinstance(self.layer, bool) and self.layer >= 0:
             # `--set layer=3` arrives as the JSON number 3: an nn.Sequential child's name.
             object.__setattr__(self, "layer", str(self.layer))
-        if self.layer is not None and (not isinstance(self.layer, str) or not self.layer.strip()):
-            raise ConfigError(f"layer: expected a module name such as 'features.10' (see model.named_modules()) or None (automatic), got {self.layer!r}")
+        if self.layer is not None and not isinstance(self.layer, nn.Module) and (not isinstance(self.layer, str) or not self.layer.strip()):
+            got = repr(self.layer) if isinstance(self.layer, (str, int, float)) or self.layer is None else f"a {type(self.layer).__name__}"
+            raise ConfigError(f"layer: expected a module name such as 'features.10' (see model.named_modules()), "
+                              f"a submodule of the model, or None (automatic), got {got}")
         areas = self.areas
         if isinstance(areas, (int, float)) and not isinstance(areas, bool):
             areas = (areas,)
@@ -177,6 +180,26 @@ def resolve_layer_name(model: nn.Module, name: str) -> str:
     else:
         found = f"valid names include {listing}"
     raise ConfigError(f"layer: the model has no module {name!r}; expected a name from model.named_modules(): {found}")
+
+
+def module_name(model: nn.Module, layer: nn.Module) -> str:
+    """The name of submodule ``layer`` (the object itself) in ``model``.
+
+    Raises:
+        ConfigError: ``layer`` is the model itself or not one of its submodules (named by
+            type, never by its full ``repr``).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+        >>> module_name(net, net[1])
+        '1'
+    """
+    for n, m in model.named_modules():
+        if m is layer and n:
+            return n
+    what = "the model itself" if layer is model else "not a submodule of the model"
+    raise ConfigError(f"layer: the {type(layer).__name__} given is {what}; pass one of model.named_modules() "
+                      "(the object or its name)")
 
 
 # --------------------------------------------------------------------------- the gate
@@ -303,7 +326,11 @@ def _run(ctx: Context, cfg: ChannelsConfig) -> Explanation:
             "wrap the function in an nn.Module"
         )
     xin = to_model_input(ctx.x, ctx.input_dtype)
-    name = _automatic_layer(model, xin[:1], ctx.method) if cfg.layer is None else resolve_layer_name(model, cfg.layer)
+    if isinstance(cfg.layer, nn.Module):
+        name = module_name(model, cfg.layer)
+    else:
+        name = _automatic_layer(model, xin[:1], ctx.method) if cfg.layer is None else resolve_layer_name(model, cfg.layer)
+    cfg = dataclasses.replace(cfg, layer=name) if isinstance(cfg.layer, nn.Module) else cfg  # the config records the name
     module = model.get_submodule(name)
     gate = _Gate(name, cfg.perturbation)
     handle = module.register_forward_hook(gate)

@@ -296,10 +296,17 @@ def area_curve(ex: Any) -> dict[str, Any]:
         ConfigError: ``ex`` is not an ``extremal-sweep`` explanation (names what is missing).
 
     Example:
-        >>> from meaningful_perturbation import explain, methods  # doctest: +SKIP
-        >>> c = area_curve(explain(model, x, method="extremal-sweep"))  # doctest: +SKIP
-        >>> c["areas"][:3], c["preserved"][0, :3]  # doctest: +SKIP
+        >>> import torch, meaningful_perturbation as mp
+        >>> from meaningful_perturbation.methods.sweep import area_curve
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        >>> ex = mp.explain(model, torch.rand(1, 3, 16, 16), target=0, method="extremal-sweep",
+        ...                 areas=(0.1, 0.2, 0.4), steps=2, jitter="none")
+        >>> c = area_curve(ex)
+        >>> c["areas"], tuple(c["preserved"].shape)
+        ([0.1, 0.2, 0.4], (1, 3))
     """
+    if not all(hasattr(ex, a) for a in ("extra", "scores", "method", "config")):
+        raise ConfigError(f"ex: expected an extremal-sweep Explanation, got {type(ex).__name__}")
     areas = ex.extra.get("areas")
     missing = [k for k in ("masked", "clean", "sufficient_area") if k not in ex.scores]
     if ex.method != "extremal-sweep" or not isinstance(areas, list) or missing:
