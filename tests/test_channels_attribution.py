@@ -451,3 +451,17 @@ def test_layer_accepts_the_module_object_and_errors_never_print_its_repr():
     with pytest.raises(ConfigError) as e:
         mp.explain(model, images(1), target=0, method="extremal-channels", layer=[1, 2], steps=2)
     assert str(e.value).endswith("got a list") and "Conv2d(" not in str(e.value)
+
+
+def test_forced_nhwc_on_an_nchw_layer_warns_about_the_aspect_ratio():
+    x = images(1)  # 16x16; features returns (1, 16, 16, 16): square either way, so use a wider image
+    wide = torch.cat([x, x], dim=-1)  # 16x32: (1, 16, 16, 32) NCHW; read as NHWC its grid is 16x16
+    with pytest.warns(UserWarning, match=r"^extremal-channels: layout='nhwc' reads layer 'features' of shape "
+                                         r"\(1, 16, 16, 32\) as a 16x16 grid, whose aspect ratio does not match the 16x32 image"):
+        mp.explain(Oracle(), wide, target=0, method="extremal-channels", layer="features", layout="nhwc", steps=2, areas=(0.5,))
+    import warnings as w
+
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        mp.explain(Oracle(), wide, target=0, method="extremal-channels", layer="features", layout="nchw", steps=2, areas=(2 / 16,))
+    assert not [c for c in caught if "aspect ratio" in str(c.message)]

@@ -294,6 +294,24 @@ def _check_grid(name: str, shape: tuple[int, ...], layout: str, grid_prefix: Any
         )
 
 
+#: A forced layout whose grid's aspect ratio differs from the image's by more than this factor
+#: is probably the wrong one (a stage of a CNN or ViT keeps the image's aspect ratio up to rounding).
+ASPECT_FACTOR = 1.5
+
+
+def _warn_aspect(method: str, name: str, shape: tuple[int, ...], layout: str, size: tuple[int, int]) -> None:
+    """Warn when a forced ``layout``'s grid does not have the image's aspect ratio."""
+    gh, gw = shape[2:4] if layout == "nchw" else shape[1:3]
+    ratio = (gh / gw) / (size[0] / size[1])
+    if ratio > ASPECT_FACTOR or ratio < 1 / ASPECT_FACTOR:
+        other = "nchw" if layout == "nhwc" else "nhwc"
+        warnings.warn(
+            f"{method}: layout={layout!r} reads layer {name!r} of shape {shape} as a {gh}x{gw} grid, whose aspect ratio "
+            f"does not match the {size[0]}x{size[1]} image; the map is probably drawn wrong: check the layout "
+            f"(layout={other!r}, or 'auto')",
+            UserWarning, stacklevel=5)
+
+
 def channel_maps(act: torch.Tensor, salient: torch.Tensor, layout: str, grid_prefix: Any, size: tuple[int, int]) -> torch.Tensor:
     """Display maps ``(N, K, H, W)`` in [0, 1]: ``Σ_c salient[n, k, c]·act[n, c]`` on the layer's
     grid, upsampled bilinearly to ``size`` and min-max normalised per map (a flat map is 0).
@@ -411,6 +429,8 @@ def _optimise(ctx: Context, cfg: ChannelsConfig, model: nn.Module, xin: torch.Te
     act = gate.activation
     layout, cdim, pdims, grid_prefix = _layout(model, xin, name, act, cfg, (H, W))
     _check_grid(name, tuple(act.shape), layout, grid_prefix)
+    if cfg.layout in ("nchw", "nhwc"):
+        _warn_aspect(ctx.method, name, tuple(act.shape), layout, (H, W))
     gate.channel_dim, gate.position_dims = cdim, pdims
     C = int(act.shape[cdim])
     counts = [int(round(a * C)) for a in areas]
