@@ -465,3 +465,25 @@ def test_forced_nhwc_on_an_nchw_layer_warns_about_the_aspect_ratio():
         w.simplefilter("always")
         mp.explain(Oracle(), wide, target=0, method="extremal-channels", layer="features", layout="nchw", steps=2, areas=(2 / 16,))
     assert not [c for c in caught if "aspect ratio" in str(c.message)]
+
+
+class _ClsHeadViT(_TinyViT):
+    """The class token gathers the patches before the block; the head reads only the class
+    token after it: the block's patch tokens never reach the score."""
+
+    def forward(self, x):
+        t = self.patch_embed(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1) + t.mean(dim=1, keepdim=True), t], dim=1)
+        return self.head(self.blocks(t)[:, 0])
+
+
+def test_patch_tokens_that_do_not_reach_the_score_are_noted():
+    import warnings as w
+
+    x = images(1)
+    with pytest.warns(UserWarning, match=r"^extremal-channels: the patch tokens of layer 'blocks.0' do not reach the score"):
+        mp.explain(_ClsHeadViT(), x, target=0, method="extremal-channels", layer="blocks.0", areas=(2 / 8,), steps=2, head="logits")
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        mp.explain(_TinyViT(), x, target=0, method="extremal-channels", layer="blocks.0", areas=(2 / 8,), steps=2, head="logits")
+    assert not [c for c in caught if "do not reach the score" in str(c.message)]

@@ -431,6 +431,12 @@ def _optimise(ctx: Context, cfg: ChannelsConfig, model: nn.Module, xin: torch.Te
     _check_grid(name, tuple(act.shape), layout, grid_prefix)
     if cfg.layout in ("nchw", "nhwc"):
         _warn_aspect(ctx.method, name, tuple(act.shape), layout, (H, W))
+    if layout == "tokens" and name not in _gc._patch_tokens_reach_score(model, xin[:1], {name: (model.get_submodule(name), grid_prefix[1])}):
+        warnings.warn(
+            f"{ctx.method}: the patch tokens of layer {name!r} do not reach the score (e.g. a last block before a "
+            "class-token head): the channel masks are learned through the class token, and the map drawn from the "
+            "patch tokens does not show what the score used; choose an earlier block",
+            UserWarning, stacklevel=4)
     gate.channel_dim, gate.position_dims = cdim, pdims
     C = int(act.shape[cdim])
     counts = [int(round(a * C)) for a in areas]
