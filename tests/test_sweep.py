@@ -473,3 +473,43 @@ def test_area_curve_refuses_a_non_explanation():
     for bad in (None, 3, {"scores": {}}):
         with pytest.raises(ConfigError, match=r"^ex: expected an extremal-sweep Explanation, got (NoneType|int|dict)$"):
             area_curve(bad)
+
+
+# -- fix15: the sweep panel ------------------------------------------------------------------
+
+@pytest.mark.parametrize("kept", [[0.05, 0.3, 0.9, 0.98, 0.99], [0.99, 0.98, 0.97, 0.96, 0.95], [0.2, 0.2, 0.2, 0.2, 0.2]])
+def test_curve_legend_never_covers_the_curve_and_ticks_hold_the_last_rung(kept):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from meaningful_perturbation.figures import _plot_curve
+
+    areas = [0.013, 0.05, 0.1, 0.3, 0.73]  # custom: the last rung is no round value
+    fig = Figure(figsize=(3.5, 3.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    _plot_curve(ax, {"areas": areas, "preserved": np.array(kept), "deleted": np.array(kept[::-1]), "clean": 0.99,
+                     "perturbed": 0.1, "sufficient_area": 0.1, "keep_fraction": 0.9, "label": "p"})
+    fig.canvas.draw()
+    box = ax.get_legend().get_window_extent()
+    pts = ax.transData.transform(np.c_[100 * np.array(areas), np.array(kept)])
+    assert not any(box.contains(x, y) for x, y in pts)
+    ticks = list(ax.get_xticks())
+    assert ticks[0] == pytest.approx(1.3) and ticks[-1] == pytest.approx(73.0)
+
+
+def test_panel_optimisation_subplot_shows_a_middle_rung(tmp_path, monkeypatch):
+    from meaningful_perturbation import figures
+
+    seen = {}
+    real = figures.save_panel
+
+    def spy(path, **kw):
+        seen.update(kw)
+        return real(path, **kw)
+
+    monkeypatch.setattr(figures, "save_panel", spy)
+    spec, img = _tiny(tmp_path)
+    assert main(["explain", str(img), "--model", spec, "--trust-code", "--method", "extremal-sweep", "--steps", "2",
+                 "--areas", "0.05", "0.1", "0.2", "0.4", "0.6", "--out", str(tmp_path / "o"), "-q"]) == 0
+    assert seen["history_title"] == "optimisation (area 20.0%)"

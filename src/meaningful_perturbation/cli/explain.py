@@ -404,6 +404,8 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
         original = np.asarray(image, dtype=np.uint8)
         areas, pick = ex.extra.get("areas"), ex.config.get("saliency_area")
         drawn = areas.index(pick) if isinstance(areas, list) and pick in areas else 0  # extremal: the area of the saliency
+        if ex.method == "extremal-sweep" and isinstance(areas, list):
+            drawn = len(areas) // 2  # a middle rung: the smallest collapses by design on small images (docs/sweep.md)
         sal_orig = map_to_original(sal, geometry, size=original.shape[:2])
         reason = ex.degenerate_reason(0)
         value_range = figures.saliency_range(ex, 0)
