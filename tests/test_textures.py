@@ -297,3 +297,30 @@ def test_benchmark_on_textures_runs_extremal_without_flip() -> None:
 
     with pytest.warns(MeaningfulPerturbationWarning, match=r"^extremal: jitter 'flip' -> 'none'"):
         run_benchmark(n=2, methods=["extremal:steps=2"], family="textures", batch_size=2, curve_steps=2, progress=False)
+
+
+def test_cli_explain_and_run_on_demo_textures_record_no_flip(tmp_path, capsys) -> None:
+    from PIL import Image
+
+    from meaningful_perturbation.cli import main
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(imgs / "a.png")
+    out = tmp_path / "e"
+    assert main(["explain", str(imgs / "a.png"), "--model", "demo:textures", "--method", "extremal-fast", "--steps", "2",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "mperturb: warning: extremal-fast: jitter 'flip' -> 'none': the model declares it is not mirror-invariant" in err
+    assert json.loads((out / "config.json").read_text())["config"]["jitter"] == "none"
+    assert json.loads((out / "a_summary.json").read_text())["config"]["jitter"] == "none"
+    run = tmp_path / "r"
+    assert main(["run", str(imgs), "--model", "demo:textures", "--method", "extremal-fast", "--steps", "2",
+                 "--out", str(run), "--device", "cpu", "-q"]) == 0
+    assert json.loads((run / "settings.json").read_text())["compared"]["config"]["jitter"] == "none"
+    capsys.readouterr()
+    out2 = tmp_path / "e2"
+    assert main(["explain", str(imgs / "a.png"), "--model", "demo:textures", "--method", "extremal-fast", "--steps", "2",
+                 "--set", 'jitter="flip"', "--out", str(out2), "--device", "cpu"]) == 0
+    assert "jitter='flip' on a model that declares it is not mirror-invariant" in capsys.readouterr().err
+    assert json.loads((out2 / "config.json").read_text())["config"]["jitter"] == "flip"

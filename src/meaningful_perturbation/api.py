@@ -18,7 +18,7 @@ from .methods.common import Context
 from .methods.registry import get_method, resolve_config
 from .targets import clean_scores, resolve_target
 
-__all__ = ["explain", "mirror_invariant"]
+__all__ = ["explain", "mirror_config", "mirror_invariant"]
 
 #: Model attribute declaring whether the class is unchanged by a horizontal mirror. Absent:
 #: assumed invariant (ImageNet classifiers; the 2019 reference code flips on odd steps).
@@ -42,6 +42,16 @@ def mirror_invariant(model: Any) -> bool:
     """
     mods = model.modules() if isinstance(model, torch.nn.Module) else [model]
     return all(getattr(m, MIRROR_INVARIANT_ATTR, True) is not False for m in mods)
+
+
+def mirror_config(model: Any, config: dict[str, Any], overrides: Any) -> dict[str, Any]:
+    """A method config (``config_as_dict``) as :func:`explain` will run it on ``model``:
+    ``jitter`` ``"flip"`` becomes ``"none"`` when the model is not mirror-invariant and
+    ``overrides`` (the user's settings) do not set ``jitter``. For records written before the
+    run (the CLI's ``config.json``, a run's ``settings.json``)."""
+    if config.get("jitter") == "flip" and "jitter" not in overrides and not mirror_invariant(model):
+        return {**config, "jitter": "none"}
+    return config
 
 
 def _mirror_jitter(spec: Any, cfg: Any, overrides: dict[str, Any], model: Any, method: str) -> Any:

@@ -357,6 +357,9 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
         from ..methods.channels import resolve_layer_name
 
         resolve_layer_name(loaded.model, layer)  # a bad --layer fails before anything is written
+    from ..api import mirror_config
+
+    settings.config = mirror_config(loaded.model, settings.config, settings.overrides)  # flip jitter off for a model that is not mirror-invariant
     device = torch.device(settings.device)
     if isinstance(settings.target, str) and settings.target not in ("top1", "top5"):
         # Check a class name before anything is written (indices need the model's output size).

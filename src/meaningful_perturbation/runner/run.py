@@ -376,6 +376,9 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
             from ..methods.channels import resolve_layer_name
 
             resolve_layer_name(loaded.model, layer)  # a bad --layer: refused before any output
+        from ..api import mirror_config
+
+        settings.config = mirror_config(loaded.model, settings.config, settings.overrides)  # flip jitter off for a model that is not mirror-invariant
         if isinstance(settings.target, str) and settings.target not in ("top1", "top5"):
             target_from_option(settings.target, torch.zeros(1, len(class_names or ()) or 1), class_names)
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.overrides.items()}
