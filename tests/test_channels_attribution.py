@@ -487,3 +487,16 @@ def test_patch_tokens_that_do_not_reach_the_score_are_noted():
         w.simplefilter("always")
         mp.explain(_TinyViT(), x, target=0, method="extremal-channels", layer="blocks.0", areas=(2 / 8,), steps=2, head="logits")
     assert not [c for c in caught if "do not reach the score" in str(c.message)]
+
+
+def test_panel_names_the_kept_channels_and_says_every_channel_removed():
+    from meaningful_perturbation.cli.explain import _channel_columns, _panel_title
+
+    ex = run(target=(0,), x=images(1))
+    cols = _channel_columns(ex, images(1), "p(0)", lambda t, region=None: t)
+    assert cols[0][0].startswith("kept: 2 of 16 channels (target 12.5%)\n[") and "] of features\np(0) = " in cols[0][0]
+    listed = cols[0][0].split("[")[1].split("]")[0]
+    assert sorted(int(c) for c in listed.split(", ")) == EVIDENCE[0]
+    scores = {k: v[0].tolist() for k, v in ex.scores.items()}
+    line = _panel_title("a.png", "extremal-channels", ex, ["0"], scores, False, "m")[1]
+    assert "; every channel removed " in line and "whole image" not in line
