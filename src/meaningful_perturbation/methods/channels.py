@@ -47,9 +47,13 @@ element is one) of shape ``(N, C, h, w)`` (``(N, h, w, C)``, as timm's Swin stag
 is recognised on the patch grid, or forced with ``layout="nhwc"``) or ``(N, T, C)``: tokens
 (ViTs; channels last), put back on the patch grid for the display map with the class and
 register tokens dropped from the map (the channel mask gates every token). Anything else —
-an unknown or unused module, a non-tensor output, ``(N, C)`` vectors with no positions to
-draw, a module run twice — is a :class:`~meaningful_perturbation.ConfigError` naming the
-layer; unknown names list the closest valid ones.
+an unknown or unused module, a non-tensor output, ``(N, C)`` vectors or a grid under 2×2
+(e.g. a pooled ``(N, C, 1, 1)``) with no positions to draw, a module run twice — is a
+:class:`~meaningful_perturbation.ConfigError` naming the layer (by name or type, never by its
+``repr``); unknown names list the closest valid ones. ``layer`` may also be the submodule
+object. The automatic choice skips a shared module (the last layer before it that runs once,
+with a warning). Warnings: a forced ``nchw``/``nhwc`` layout whose grid does not have the
+image's aspect ratio; a token layer whose patch tokens do not reach the score.
 
 The model is left as found: the hook is removed in a ``finally`` (also when the call
 raises); parameters are never written; ``explain`` restores train/eval flags and
