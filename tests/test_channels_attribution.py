@@ -500,3 +500,12 @@ def test_panel_names_the_kept_channels_and_says_every_channel_removed():
     scores = {k: v[0].tolist() for k, v in ex.scores.items()}
     line = _panel_title("a.png", "extremal-channels", ex, ["0"], scores, False, "m")[1]
     assert "; every channel removed " in line and "whole image" not in line
+
+
+def test_gradcam_layer_accepts_the_module_object_too():
+    pytest.importorskip("captum")
+    model = Oracle()
+    ex = mp.explain(model, images(1), target=0, method="gradcam", layer=model.features[1])
+    assert ex.extra["layer"] == "features.1" and ex.config["layer"] == "features.1"
+    with pytest.raises(ConfigError, match=r"^layer: the Conv2d given is not a submodule of the model"):
+        mp.explain(model, images(1), target=0, method="gradcam", layer=nn.Conv2d(3, 3, 1))
