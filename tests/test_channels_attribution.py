@@ -275,7 +275,7 @@ def test_cli_layer_option(tmp_path, capsys):
     assert main(["explain", str(img), "--layer", "featurs.13", "--steps", "2", "--out", str(out), "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(
-        "mperturb: error: layer: the model has no module 'featurs.13'; expected a name from model.named_modules(): "
+        "mperturb: error: --layer: the model has no module 'featurs.13'; expected a name from model.named_modules(): "
         "closest 'features.13'")
     assert not out.exists()  # refused before anything was written
     assert main(["explain", str(img), "--layer", "features.13", "--method", "paper", "--out", str(out), "-q"]) == 2
@@ -305,7 +305,7 @@ def test_runner_layer_option(tmp_path, capsys):
     fast = ["--model", "demo", "--steps", "2", "--input-size", "32", "--areas", "0.1", "-q"]
     assert main(["run", str(imgs), "--out", str(out), "--layer", "classifer", *fast]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("mperturb: error: layer: the model has no module 'classifer'")
+    assert len(err) == 1 and err[0].startswith("mperturb: error: --layer: the model has no module 'classifer'")
     assert not (out / "results.jsonl").exists()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -354,3 +354,158 @@ def test_automatic_layer_error_names_this_method():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
     with pytest.raises(ConfigError, match=r"^layer: no submodule .* so extremal-channels has no layer to choose; pass layer="):
         mp.explain(model, torch.randn(1, 3, 4, 4), target=0, method="extremal-channels", steps=2)
+
+
+# ---------------------------------------------------------------- fix15: small grids
+def test_pooled_1x1_layer_is_refused_with_no_positions_to_draw():
+    with pytest.raises(ConfigError) as e:
+        mp.explain(Oracle(), images(), target=0, method="extremal-channels", layer="pool", steps=2)
+    msg = str(e.value)
+    assert msg.startswith("layer: 'pool' returns shape (2, 16, 1, 1), a 1x1 grid (nchw)"), msg
+    assert "no positions to draw" in msg and "at least 2x2 positions" in msg
+
+
+@pytest.mark.parametrize("grid", [(2, 2), (3, 5), (5, 3)])
+def test_display_map_places_small_grid_cells_where_they_are(grid):
+    from meaningful_perturbation.methods.channels import channel_maps
+
+    h, w = grid
+    H, W = 6 * h, 6 * w
+    for r in range(h):
+        for c in range(w):
+            act = torch.zeros(1, 1, h, w)
+            act[0, 0, r, c] = 1.0
+            m = channel_maps(act, torch.ones(1, 1, 1), "nchw", None, (H, W))[0, 0]
+            # the map's peak lies inside the image cell of that grid position
+            peak = int(torch.argmax(m))
+            pr, pc = divmod(peak, W)
+            assert r * 6 <= pr < (r + 1) * 6 and c * 6 <= pc < (c + 1) * 6, (grid, r, c, pr, pc)
+            cell = m[r * 6:(r + 1) * 6, c * 6:(c + 1) * 6].mean()
+            assert float(cell) > float(m.mean()) + 0.2
+
+
+def test_every_channel_removed_keeping_the_score_is_degenerate_and_worded_for_channels():
+    model = Oracle()
+    with torch.no_grad():
+        model.fc.weight[2] = -0.5  # class 2 reads every channel negatively: removing all of them raises it
+    ex = mp.explain(model, images(1), target=2, method="extremal-channels", layer="features", **FAST)
+    assert float(ex.scores["perturbed"][0]) > float(ex.scores["clean"][0])
+    reason = ex.degenerate_reason(0)
+    assert reason.startswith("no region found that changes the score (every channel removed keeps it: p "), reason
+    flat = Oracle()
+    with torch.no_grad():
+        flat.fc.weight.zero_()  # no channel matters: the whole-model check, worded for channels
+        flat.fc.bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
+    ex = mp.explain(flat, images(1), target=0, method="extremal-channels", layer="features", **FAST)
+    assert ex.degenerate_reason(0).startswith("no region found that changes the score (removing every channel changes it by 0")
+
+
+class _SharedLast(nn.Module):
+    """The last conv is one module called twice: Grad-CAM's automatic layer runs twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.block = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.block(self.block(self.stem(x))).mean(dim=(2, 3)))
+
+
+def test_automatic_layer_skips_a_shared_module():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.warns(UserWarning, match=r"^extremal-channels: the automatic layer 'block' runs 2 times in one forward "
+                                         r"pass \(a shared module\); using 'stem', the last layer before it that runs once"):
+        ex = mp.explain(_SharedLast(), x, target=0, method="extremal-channels", steps=2, areas=(0.5,))
+    assert ex.extra["layer"] == "stem"
+
+
+class _AllShared(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Conv2d(3, 3, 3, padding=1)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(self.block(self.block(x)).mean(dim=(2, 3)))
+
+
+def test_automatic_layer_failure_suggests_layer():
+    with pytest.raises(ConfigError, match=r"^layer: the automatic choice failed: 'block' runs 2 times in one forward pass "
+                                          r"\(a shared module\) and channel attribution needs a layer that runs once; pass --layer"):
+        mp.explain(_AllShared(), torch.randn(1, 3, 8, 8), target=0, method="extremal-channels", steps=2, areas=(0.5,))
+
+
+def test_layer_accepts_the_module_object_and_errors_never_print_its_repr():
+    model = Oracle()
+    ex = mp.explain(model, images(), target=torch.tensor([0, 1]), method="extremal-channels", **{**FAST, "layer": model.features})
+    assert ex.extra["layer"] == "features" and ex.config["layer"] == "features"
+    assert _binary(ex.channel_masks[:, 0]) == [EVIDENCE[0], EVIDENCE[1]]
+    stranger = nn.Sequential(nn.Conv2d(3, 16, 1), nn.ReLU())
+    with pytest.raises(ConfigError) as e:
+        mp.explain(model, images(1), target=0, method="extremal-channels", layer=stranger, steps=2)
+    assert str(e.value) == ("layer: the Sequential given is not a submodule of the model; pass one of "
+                            "model.named_modules() (the object or its name)")
+    with pytest.raises(ConfigError) as e:
+        mp.explain(model, images(1), target=0, method="extremal-channels", layer=[1, 2], steps=2)
+    assert str(e.value).endswith("got a list") and "Conv2d(" not in str(e.value)
+
+
+def test_forced_nhwc_on_an_nchw_layer_warns_about_the_aspect_ratio():
+    x = images(1)  # 16x16; features returns (1, 16, 16, 16): square either way, so use a wider image
+    wide = torch.cat([x, x], dim=-1)  # 16x32: (1, 16, 16, 32) NCHW; read as NHWC its grid is 16x16
+    with pytest.warns(UserWarning, match=r"^extremal-channels: layout='nhwc' reads layer 'features' of shape "
+                                         r"\(1, 16, 16, 32\) as a 16x16 grid, whose aspect ratio does not match the 16x32 image"):
+        mp.explain(Oracle(), wide, target=0, method="extremal-channels", layer="features", layout="nhwc", steps=2, areas=(0.5,))
+    import warnings as w
+
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        mp.explain(Oracle(), wide, target=0, method="extremal-channels", layer="features", layout="nchw", steps=2, areas=(2 / 16,))
+    assert not [c for c in caught if "aspect ratio" in str(c.message)]
+
+
+class _ClsHeadViT(_TinyViT):
+    """The class token gathers the patches before the block; the head reads only the class
+    token after it: the block's patch tokens never reach the score."""
+
+    def forward(self, x):
+        t = self.patch_embed(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1) + t.mean(dim=1, keepdim=True), t], dim=1)
+        return self.head(self.blocks(t)[:, 0])
+
+
+def test_patch_tokens_that_do_not_reach_the_score_are_noted():
+    import warnings as w
+
+    x = images(1)
+    with pytest.warns(UserWarning, match=r"^extremal-channels: the patch tokens of layer 'blocks.0' do not reach the score"):
+        mp.explain(_ClsHeadViT(), x, target=0, method="extremal-channels", layer="blocks.0", areas=(2 / 8,), steps=2, head="logits")
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        mp.explain(_TinyViT(), x, target=0, method="extremal-channels", layer="blocks.0", areas=(2 / 8,), steps=2, head="logits")
+    assert not [c for c in caught if "do not reach the score" in str(c.message)]
+
+
+def test_panel_names_the_kept_channels_and_says_every_channel_removed():
+    from meaningful_perturbation.cli.explain import _channel_columns, _panel_title
+
+    ex = run(target=(0,), x=images(1))
+    cols = _channel_columns(ex, images(1), "p(0)", lambda t, region=None: t)
+    assert cols[0][0].startswith("kept: 2 of 16 channels (target 12.5%)\n[") and "] of features\np(0) = " in cols[0][0]
+    listed = cols[0][0].split("[")[1].split("]")[0]
+    assert sorted(int(c) for c in listed.split(", ")) == EVIDENCE[0]
+    scores = {k: v[0].tolist() for k, v in ex.scores.items()}
+    line = _panel_title("a.png", "extremal-channels", ex, ["0"], scores, False, "m")[1]
+    assert "; every channel removed " in line and "whole image" not in line
+
+
+def test_gradcam_layer_accepts_the_module_object_too():
+    pytest.importorskip("captum")
+    model = Oracle()
+    ex = mp.explain(model, images(1), target=0, method="gradcam", layer=model.features[1])
+    assert ex.extra["layer"] == "features.1" and ex.config["layer"] == "features.1"
+    with pytest.raises(ConfigError, match=r"^layer: the Conv2d given is not a submodule of the model"):
+        mp.explain(model, images(1), target=0, method="gradcam", layer=nn.Conv2d(3, 3, 1))

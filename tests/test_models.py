@@ -748,3 +748,38 @@ def test_timm_code_path_with_stand_in(monkeypatch, tmp_path):
     assert (loaded.preprocessing.size, loaded.preprocessing.resize) == ((24, 24), 32)
     with pytest.raises(ConfigError, match="timm has no model"):
         load_model("timm:huge")
+
+
+def test_assumed_preprocessing_warning_names_only_what_is_still_assumed(factory_file):
+    import warnings
+
+    spec = f"python:{factory_file}:build_plain"
+    with pytest.warns(MeaningfulPerturbationWarning) as caught:
+        load_model(spec, trust_code=True, given=("input_size", "resize"))
+    assert [str(w.message) for w in caught] == [
+        f"model spec {spec!r}: the model does not state its preprocessing (the factory returned no preprocessing); "
+        "assumed mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225); if it was trained otherwise, "
+        "set --mean and --std (Python API: resolve_preprocessing)"
+    ]
+    with pytest.warns(MeaningfulPerturbationWarning) as caught:
+        load_model(spec, trust_code=True, given=("input_size", "mean", "std"))
+    text = str(caught[0].message)
+    assert "assumed short side resized to 256/224 of the input size, centre crop; if it was trained otherwise, set --resize (" in text
+    assert "crop 224" not in text
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_model(spec, trust_code=True, given=("input_size", "resize", "mean", "std"))  # nothing assumed: silent
+
+
+def test_cli_assumed_preprocessing_warning_respects_input_size_and_resize(factory_file, tmp_path, capsys):
+    from PIL import Image
+
+    from meaningful_perturbation.cli import main
+
+    Image.new("RGB", (40, 30), (120, 60, 30)).save(tmp_path / "a.png")
+    assert main(["explain", str(tmp_path / "a.png"), "--model", f"python:{factory_file}:build_plain", "--trust-code",
+                 "--input-size", "32", "--resize", "32", "--method", "gradient", "--out", str(tmp_path / "o"),
+                 "--device", "cpu", "-q"]) == 0
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if "does not state its preprocessing" in ln]
+    assert len(notes) == 1 and "resized to 256" not in notes[0] and "crop 224" not in notes[0]
+    assert notes[0].endswith("set --mean and --std (Python API: resolve_preprocessing)"), notes

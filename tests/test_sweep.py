@@ -289,7 +289,7 @@ def test_cli_bad_ladder_is_one_error_line(tmp_path, capsys):
                "--areas", "0.3", "0.1", "0.5", "--out", str(tmp_path / "o"), "-q"])
     err = capsys.readouterr().err.splitlines()
     assert rc == 2 and len(err) == 1
-    assert err[0].startswith("mperturb: error: --set: areas: expected areas sorted in increasing order, got 0.3 before 0.1")
+    assert err[0].startswith("mperturb: error: --areas: expected areas sorted in increasing order, got 0.3 before 0.1")
 
 
 def _tiny(tmp_path):
@@ -315,8 +315,11 @@ def test_cli_explain_and_run_accept_the_sweep(tmp_path, capsys):
     assert len(summary["scores"]["masked"]) == len(DEFAULT_AREAS) and "sufficient_area" in summary["scores"]
     ex = Explanation.load(out / "img.npz")
     suff = float(ex.scores["sufficient_area"][0])
-    assert summary["scores"]["sufficient_area"] == pytest.approx(suff)
-    assert any(suff == pytest.approx(a) for a in DEFAULT_AREAS + (1.0,))  # a rung, or 1.0: the whole image
+    if math.isnan(suff):  # this tiny random model: the fully perturbed input keeps the score (degenerate)
+        assert summary["scores"]["sufficient_area"] is None and summary["degenerate"]
+    else:
+        assert summary["scores"]["sufficient_area"] == pytest.approx(suff)
+        assert any(suff == pytest.approx(a) for a in DEFAULT_AREAS + (1.0,))  # a rung, or 1.0: the whole image
     with Image.open(out / "img_panel.png") as panel:  # original, saliency, 4 masks, history, curve
         assert panel.width > 3.3 * 100 * 8
     run_out = tmp_path / "r"
@@ -338,3 +341,178 @@ def test_model_passes_per_image(game, passes):
     mp.explain(model, x, target=[0, 1], method="extremal-sweep", areas=(0.05, 0.1, 0.3), steps=4, game=game,
                jitter="none")
     assert sum(seen) == 2 * passes
+
+
+# -- fix15: convergence is warned about ------------------------------------------------------
+
+def test_unconverged_rungs_warn_and_are_flagged_while_masks_stay_nested():
+    from meaningful_perturbation.errors import AreaWarning
+
+    model, x = _oracle(24, n=1)
+    with pytest.warns(AreaWarning, match=r"^extremal-sweep: 3 of 3 masks miss their target area by more than 25% "
+                                         r"\(image 0 area 0.05 -> 1.000, image 0 area 0.1 -> 1.000, image 0 area 0.2 -> 1.000\)"):
+        ex = mp.explain(model, x, target=0, method="extremal-sweep", areas=(0.05, 0.1, 0.2), steps=1, jitter="none")
+    assert ex.extra["achieved_area"] == [[1.0, 1.0, 1.0]]  # overshoot: one step leaves the init
+    assert ex.extra["area_missed"] == [[True, True, True]]
+    m = ex.masks[0]
+    assert torch.all(m[1:] >= m[:-1]) and [int(v) for v in m.sum(dim=(1, 2))] == [29, 58, 115]  # still nested, exact
+
+
+def test_converged_rungs_do_not_warn_and_undershoot_is_flagged(swept):
+    _, _, ex = swept
+    target = torch.tensor(AREAS)
+    got = torch.tensor(ex.extra["achieved_area"])
+    assert ex.extra["area_missed"] == ((got - target).abs() > 0.25 * target).tolist()
+    from meaningful_perturbation.methods import sweep as sw
+
+    caught = []
+    orig = sw.warn_area_misses
+    try:
+        sw.warn_area_misses = lambda method, achieved, areas: caught.append(achieved.clone())
+        model, x = _oracle(24, n=1)
+        mp.explain(model, x, target=0, method="extremal-sweep", areas=AREAS, steps=2, jitter="none")
+    finally:
+        sw.warn_area_misses = orig
+    assert len(caught) == 1  # every call checks its rungs
+    # an undershoot is a miss as well as an overshoot (extremal's rule)
+    import warnings
+
+    from meaningful_perturbation.methods.extremal import warn_area_misses
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        warn_area_misses("extremal-sweep", torch.tensor([[0.01, 0.1, 0.2]]), (0.05, 0.1, 0.2))
+    assert len(w) == 1 and "1 of 3 masks" in str(w[0].message) and "area 0.05 -> 0.010" in str(w[0].message)
+
+
+# -- fix15: degenerate sufficient area -------------------------------------------------------
+
+class _Smoothness(nn.Module):
+    """Class 0's logit rises as the image gets smoother: the blurred (fully perturbed) input
+    scores above the clean one."""
+
+    def forward(self, x):
+        v = x.var(dim=(1, 2, 3))
+        return torch.stack([-20.0 * v, torch.zeros_like(v)], dim=1)
+
+
+def test_sufficient_area_is_nan_and_degenerate_when_the_perturbed_input_keeps_the_score():
+    got = sufficient_area(torch.tensor([[0.2, 0.95, 0.97], [0.2, 0.95, 0.97], [0.1, 0.2, 0.3]]),
+                          torch.tensor([1.0, 1.0, 0.5]), (0.1, 0.2, 0.4), 0.9,
+                          perturbed=torch.tensor([0.1, 0.92, 0.6]))
+    assert got[0].item() == pytest.approx(0.2) and math.isnan(got[1].item()) and math.isnan(got[2].item())
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 24, 24)
+    ex = mp.explain(_Smoothness(), x, target=0, method="extremal-sweep", areas=(0.1, 0.2, 0.4), steps=2, jitter="none")
+    assert float(ex.scores["perturbed"][0]) > float(ex.scores["clean"][0])
+    assert math.isnan(float(ex.scores["sufficient_area"][0])) and math.isnan(float(area_curve(ex)["sufficient_area"][0]))
+    reason = ex.degenerate_reason(0)
+    assert reason.startswith("no region found that changes the score (the fully perturbed input already keeps 90% of the clean score")
+
+
+# -- fix15: summaries show the sweep's readout -----------------------------------------------
+
+def test_explain_line_run_summary_and_report_show_the_sweep_readout(tmp_path, capsys):
+    from meaningful_perturbation.runner.report import collect_columns
+
+    spec, img = _tiny(tmp_path)
+    out = tmp_path / "o"
+    assert main(["explain", str(img), "--model", spec, "--trust-code", "--method", "extremal-sweep", "--steps", "2",
+                 "--areas", "0.1", "0.2", "0.4", "--out", str(out)]) == 0
+    said = capsys.readouterr()
+    line = [s for s in (said.out + said.err).splitlines() if s.startswith(str(img))][0]
+    assert ", sufficient area " in line and " over 3 areas)" in line and "masked" not in line, line
+    summary = _strict((out / "img_summary.json").read_text())  # strict JSON, also with a NaN area
+    suff = summary["scores"]["sufficient_area"]
+    assert suff is None or suff in (0.1, 0.2, 0.4, 1.0)
+    cols = collect_columns([{"scores": {"clean": [0.9], "masked": [0.1, 0.5, 0.8], "perturbed": [0.1],
+                                        "sufficient_area": [0.2]}}])
+    assert "masked" not in cols and cols["sufficient_area"] == [0.2]
+    assert cols["curve_mean"][0] == pytest.approx(1.4 / 3)
+    assert collect_columns([{"scores": {"masked": [0.4], "clean": [0.9]}}])["masked"] == [0.4]  # other methods unchanged
+    (tmp_path / "imgs").mkdir()
+    img.rename(tmp_path / "imgs" / img.name)
+    run_out = tmp_path / "r"
+    assert main(["run", str(tmp_path / "imgs"), "--model", spec, "--trust-code", "--method", "extremal-sweep",
+                 "--steps", "2", "--areas", "0.1", "0.2", "0.4", "--report", "--out", str(run_out)]) == 0
+    said = capsys.readouterr()
+    text = said.out + said.err
+    assert "mean curve_mean" in text and "mean masked" not in text, text  # (this tiny model's area is NaN: degenerate)
+    html = (run_out / "report.html").read_text()
+    assert "sufficient area (sweep" in html and "learned mask" not in html
+
+
+def test_areas_rounding_to_the_same_pixel_count_are_refused():
+    model, x = _oracle(24, n=1)  # 576 pixels
+    with pytest.raises(ConfigError, match=r"^areas: 0.0001 and 0.0002 both round to 1 pixel\(s\) of the 24x24 image, "
+                                          r"so their masks would be the same; use areas at least 0.00174 apart"):
+        mp.explain(model, x, method="extremal-sweep", areas=(0.0001, 0.0002, 0.0003), steps=1)
+    with pytest.raises(ConfigError, match=r"^areas: 0.1 and 0.1005 both round to 58 pixel"):
+        mp.explain(model, x, method="extremal-sweep", areas=(0.05, 0.1, 0.1005), steps=1)
+
+
+def test_cli_areas_rounding_error_names_the_option(tmp_path, capsys):
+    spec, img = _tiny(tmp_path)
+    rc = main(["explain", str(img), "--model", spec, "--trust-code", "--method", "extremal-sweep",
+               "--areas", "0.0001", "0.0002", "0.0003", "--out", str(tmp_path / "o"), "-q"])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith("mperturb: error: --areas: 0.0001 and 0.0002 both round to 1 pixel(s) of the 32x32 image"), err
+
+
+def test_cli_bad_area_value_is_one_error_line(tmp_path, capsys):
+    spec, img = _tiny(tmp_path)
+    rc = main(["explain", str(img), "--model", spec, "--trust-code", "--method", "extremal-sweep",
+               "--areas", "0.1", "0.2", "abc", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 2 and err == ["mperturb: error: explain: argument --areas: invalid float value: 'abc'"]
+    # a setting given with --set keeps the --set prefix
+    rc = main(["explain", str(img), "--model", spec, "--trust-code", "--method", "extremal-sweep",
+               "--set", "areas=[0.3, 0.1, 0.5]", "--out", str(tmp_path / "o"), "-q"])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 2 and err[0].startswith("mperturb: error: --set: areas: expected areas sorted")
+
+
+def test_area_curve_refuses_a_non_explanation():
+    for bad in (None, 3, {"scores": {}}):
+        with pytest.raises(ConfigError, match=r"^ex: expected an extremal-sweep Explanation, got (NoneType|int|dict)$"):
+            area_curve(bad)
+
+
+# -- fix15: the sweep panel ------------------------------------------------------------------
+
+@pytest.mark.parametrize("kept", [[0.05, 0.3, 0.9, 0.98, 0.99], [0.99, 0.98, 0.97, 0.96, 0.95], [0.2, 0.2, 0.2, 0.2, 0.2]])
+def test_curve_legend_never_covers_the_curve_and_ticks_hold_the_last_rung(kept):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from meaningful_perturbation.figures import _plot_curve
+
+    areas = [0.013, 0.05, 0.1, 0.3, 0.73]  # custom: the last rung is no round value
+    fig = Figure(figsize=(3.5, 3.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    _plot_curve(ax, {"areas": areas, "preserved": np.array(kept), "deleted": np.array(kept[::-1]), "clean": 0.99,
+                     "perturbed": 0.1, "sufficient_area": 0.1, "keep_fraction": 0.9, "label": "p"})
+    fig.canvas.draw()
+    box = ax.get_legend().get_window_extent()
+    pts = ax.transData.transform(np.c_[100 * np.array(areas), np.array(kept)])
+    assert not any(box.contains(x, y) for x, y in pts)
+    ticks = list(ax.get_xticks())
+    assert ticks[0] == pytest.approx(1.3) and ticks[-1] == pytest.approx(73.0)
+
+
+def test_panel_optimisation_subplot_shows_a_middle_rung(tmp_path, monkeypatch):
+    from meaningful_perturbation import figures
+
+    seen = {}
+    real = figures.save_panel
+
+    def spy(path, **kw):
+        seen.update(kw)
+        return real(path, **kw)
+
+    monkeypatch.setattr(figures, "save_panel", spy)
+    spec, img = _tiny(tmp_path)
+    assert main(["explain", str(img), "--model", spec, "--trust-code", "--method", "extremal-sweep", "--steps", "2",
+                 "--areas", "0.05", "0.1", "0.2", "0.4", "0.6", "--out", str(tmp_path / "o"), "-q"]) == 0
+    assert seen["history_title"] == "optimisation (area 20.0%)"

@@ -258,3 +258,69 @@ def test_train_command_takes_the_family_and_is_deterministic(tmp_path) -> None:
     assert isinstance(load_demo_model(weights=outs[0], family="textures"), ShapeNet)
     with pytest.raises(ModelError, match="is not a ShapeNet state dict"):
         load_demo_model(weights=outs[0])  # 4 outputs are not the 6-class shapes model
+
+
+# ------------------------------------------------------- fix15: mirror invariance is declared
+def test_textures_model_declares_it_is_not_mirror_invariant_and_flip_jitter_is_off_by_default() -> None:
+    import warnings
+
+    import meaningful_perturbation as mp
+    from meaningful_perturbation.api import mirror_invariant
+    from meaningful_perturbation.demo import load_demo_model
+    from meaningful_perturbation.errors import MeaningfulPerturbationWarning
+    from meaningful_perturbation.models import load_model
+
+    tex, shapes = load_demo_model(family="textures"), load_demo_model()
+    assert mirror_invariant(tex) is False and mirror_invariant(shapes) is True
+    assert mirror_invariant(load_model("demo:textures").model) is False
+    x = torch.rand(1, 3, 32, 32)
+    for method in ("extremal", "extremal-fast", "extremal-sweep"):
+        kw = {"areas": (0.1, 0.2, 0.4)} if method == "extremal-sweep" else {}
+        with pytest.warns(MeaningfulPerturbationWarning, match=rf"^{method}: jitter 'flip' -> 'none': the model declares it is not mirror-invariant"):
+            ex = mp.explain(tex, x, target=1, method=method, steps=2, **kw)
+        assert ex.config["jitter"] == "none"
+        # an explicit flip is honoured, with a warning
+        with pytest.warns(MeaningfulPerturbationWarning, match=rf"^{method}: jitter='flip' on a model that declares it is not mirror-invariant"):
+            ex = mp.explain(tex, x, target=1, method=method, steps=2, jitter="flip", **kw)
+        assert ex.config["jitter"] == "flip"
+        # other models keep the flip default, silently
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ex = mp.explain(shapes, x, target=1, method=method, steps=2, **kw)
+        assert ex.config["jitter"] == "flip"
+        assert not [w for w in caught if "mirror" in str(w.message)]
+
+
+def test_benchmark_on_textures_runs_extremal_without_flip() -> None:
+    from meaningful_perturbation.errors import MeaningfulPerturbationWarning
+    from meaningful_perturbation.evaluation import run_benchmark
+
+    with pytest.warns(MeaningfulPerturbationWarning, match=r"^extremal: jitter 'flip' -> 'none'"):
+        run_benchmark(n=2, methods=["extremal:steps=2"], family="textures", batch_size=2, curve_steps=2, progress=False)
+
+
+def test_cli_explain_and_run_on_demo_textures_record_no_flip(tmp_path, capsys) -> None:
+    from PIL import Image
+
+    from meaningful_perturbation.cli import main
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(imgs / "a.png")
+    out = tmp_path / "e"
+    assert main(["explain", str(imgs / "a.png"), "--model", "demo:textures", "--method", "extremal-fast", "--steps", "2",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "mperturb: warning: extremal-fast: jitter 'flip' -> 'none': the model declares it is not mirror-invariant" in err
+    assert json.loads((out / "config.json").read_text())["config"]["jitter"] == "none"
+    assert json.loads((out / "a_summary.json").read_text())["config"]["jitter"] == "none"
+    run = tmp_path / "r"
+    assert main(["run", str(imgs), "--model", "demo:textures", "--method", "extremal-fast", "--steps", "2",
+                 "--out", str(run), "--device", "cpu", "-q"]) == 0
+    assert json.loads((run / "settings.json").read_text())["compared"]["config"]["jitter"] == "none"
+    capsys.readouterr()
+    out2 = tmp_path / "e2"
+    assert main(["explain", str(imgs / "a.png"), "--model", "demo:textures", "--method", "extremal-fast", "--steps", "2",
+                 "--set", 'jitter="flip"', "--out", str(out2), "--device", "cpu"]) == 0
+    assert "jitter='flip' on a model that declares it is not mirror-invariant" in capsys.readouterr().err
+    assert json.loads((out2 / "config.json").read_text())["config"]["jitter"] == "flip"

@@ -12,13 +12,61 @@ from .core.frozen import frozen
 from .core.head import check_head_option
 from .core.objective import Targets
 from .core.precision import working_dtype
-from .errors import InputError
+from .errors import InputError, MeaningfulPerturbationWarning
 from .explanation import Explanation
 from .methods.common import Context
 from .methods.registry import get_method, resolve_config
 from .targets import clean_scores, resolve_target
 
-__all__ = ["explain"]
+__all__ = ["explain", "mirror_config", "mirror_invariant"]
+
+#: Model attribute declaring whether the class is unchanged by a horizontal mirror. Absent:
+#: assumed invariant (ImageNet classifiers; the 2019 reference code flips on odd steps).
+MIRROR_INVARIANT_ATTR = "mirror_invariant"
+#: The note and warning about flip jitter on a model whose class changes under a mirror.
+FLIP_NOTE = ("{method}: jitter 'flip' -> 'none': the model declares it is not mirror-invariant "
+             "(its class changes under a horizontal mirror), so flipped steps would optimise against another class")
+FLIP_WARNING = ("{method}: jitter='flip' on a model that declares it is not mirror-invariant: every other step "
+                "optimises the mirrored image, whose class differs; use jitter='none' (the default for this model)")
+
+
+def mirror_invariant(model: Any) -> bool:
+    """False when ``model`` (or any submodule, e.g. a wrapped model) declares
+    ``mirror_invariant = False`` (the demo model of a family whose labels change under a
+    mirror, ``demo:textures``); True otherwise (undeclared models are assumed invariant).
+
+    Example:
+        >>> m = torch.nn.Linear(2, 2)
+        >>> mirror_invariant(m), setattr(m, "mirror_invariant", False), mirror_invariant(m)
+        (True, None, False)
+    """
+    mods = model.modules() if isinstance(model, torch.nn.Module) else [model]
+    return all(getattr(m, MIRROR_INVARIANT_ATTR, True) is not False for m in mods)
+
+
+def mirror_config(model: Any, config: dict[str, Any], overrides: Any) -> dict[str, Any]:
+    """A method config (``config_as_dict``) as :func:`explain` will run it on ``model``:
+    ``jitter`` ``"flip"`` becomes ``"none"`` when the model is not mirror-invariant and
+    ``overrides`` (the user's settings) do not set ``jitter``. For records written before the
+    run (the CLI's ``config.json``, a run's ``settings.json``)."""
+    if config.get("jitter") == "flip" and "jitter" not in overrides and not mirror_invariant(model):
+        return {**config, "jitter": "none"}
+    return config
+
+
+def _mirror_jitter(spec: Any, cfg: Any, overrides: dict[str, Any], model: Any, method: str) -> Any:
+    """``cfg`` with flip jitter turned off (and a note) when the model is not mirror-invariant
+    and the flip is the method's default; a warning when the user asked for it."""
+    import dataclasses
+    import warnings
+
+    if getattr(cfg, "jitter", None) != "flip" or mirror_invariant(model):
+        return cfg
+    if "jitter" in overrides:
+        warnings.warn(FLIP_WARNING.format(method=method), MeaningfulPerturbationWarning, stacklevel=3)
+        return cfg
+    warnings.warn(FLIP_NOTE.format(method=method), MeaningfulPerturbationWarning, stacklevel=3)
+    return dataclasses.replace(cfg, jitter="none")
 
 
 def explain(
@@ -98,6 +146,7 @@ def explain(
     """
     spec = get_method(method)
     cfg = resolve_config(spec, overrides)
+    cfg = _mirror_jitter(spec, cfg, overrides, model, method)
     x = check_images(x).detach()
     work = working_dtype(x.dtype)
     check_seed(seed, "seed", InputError)  # a 64-bit generator seed, [-2**63, 2**64)

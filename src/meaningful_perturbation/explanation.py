@@ -289,8 +289,11 @@ def degenerate_reason(ex: Explanation, i: int = 0) -> str | None:
 
     1. its saliency map is flat: ``max − min ≤`` :data:`DEGENERATE_SALIENCY_RANGE` (for a
        baseline, in arbitrary units: times the map's largest magnitude, or all zero);
-    2. perturbing the *whole* image does not change the target's score
-       (``|clean − perturbed| ≤`` :data:`DEGENERATE_MIN_CHANGE`): no region can;
+    2. perturbing the *whole* image (``extremal-channels``: removing every channel) does not
+       change the target's score (``|clean − perturbed| ≤`` :data:`DEGENERATE_MIN_CHANGE`): no
+       region can; ``extremal-sweep``: its ``sufficient_area`` is NaN (the fully perturbed
+       input already keeps ``keep_fraction`` of the clean score); ``extremal-channels``
+       (preserve, dual): the clean score is not above the one with every channel removed;
     3. the learned mask moves the score by less than :data:`DEGENERATE_SCORE_FRACTION` of
        ``|clean − perturbed|`` (or less than :data:`DEGENERATE_MIN_CHANGE`): deletion game, ``|clean − masked|``; preservation game
        (and extremal, every area), ``|masked − perturbed|``.
@@ -319,16 +322,25 @@ def degenerate_reason(ex: Explanation, i: int = 0) -> str | None:
     perturbed = float(ex.scores["perturbed"][i].reshape(-1)[0])
     masked = ex.scores["masked"][i].reshape(-1).double()
     span = abs(clean - perturbed)
+    channels = ex.method == "extremal-channels"
+    whole = "removing every channel" if channels else "perturbing the whole image"
     if span <= DEGENERATE_MIN_CHANGE:
-        return (f"{NO_REGION_NOTE} (perturbing the whole image changes it by {span:.2g}: "
+        return (f"{NO_REGION_NOTE} ({whole} changes it by {span:.2g}: "
                 f"p {clean:.3f} -> {perturbed:.3f})")
+    if "sufficient_area" in ex.scores and math.isnan(float(ex.scores["sufficient_area"][i].reshape(-1)[0])):
+        keep = float(ex.config.get("keep_fraction", 0.9))
+        return (f"{NO_REGION_NOTE} (the fully perturbed input already keeps {keep:.0%} of the clean score: "
+                f"p {clean:.3f} -> {perturbed:.3f}; no sufficient area)")
+    if channels and ex.config.get("game", "preserve") != "delete" and clean - perturbed <= DEGENERATE_MIN_CHANGE:
+        return (f"{NO_REGION_NOTE} (every channel removed keeps it: p {clean:.3f} -> {perturbed:.3f}; "
+                "no channel is needed to preserve it)")
     if ex.config.get("game", "delete") == "delete":
         moved = float((masked - clean).abs().max())
     else:
         moved = float((masked - perturbed).abs().max())
     if moved < max(DEGENERATE_SCORE_FRACTION * span, DEGENERATE_MIN_CHANGE):
-        return (f"{NO_REGION_NOTE} (the mask moves it by {moved:.2g}; perturbing the whole "
-                f"image moves it by {span:.2g})")
+        return (f"{NO_REGION_NOTE} (the mask moves it by {moved:.2g}; {whole} "
+                f"moves it by {span:.2g})")
     return None
 
 

@@ -319,6 +319,28 @@ def _plot_history(fig: Any, grid: Any, col: int, history: Mapping[str, Any] | No
         bottom.legend(loc="best", fontsize=6, frameon=False)
 
 
+#: The area–score plot's y axis reaches this multiple of its data range; the band above the
+#: data holds the legend (two columns of up to seven entries).
+LEGEND_HEADROOM = 1.5
+
+
+def curve_ticks(areas_percent: Any) -> list[float]:
+    """X ticks (in % of the image) for an area–score curve: the first and last rung and the
+    round values (0.5, 1, 2, 5, 10, 20, 50, 100) between them that are not within a factor 1.3
+    of either end (their labels would overlap).
+
+    Example:
+        >>> curve_ticks([0.01, 0.02, 0.03])
+        [0.01, 0.03]
+        >>> curve_ticks([1.25, 5, 10, 56.57])
+        [1.25, 2, 5, 10, 20, 56.57]
+    """
+    a = [float(v) for v in areas_percent]
+    lo, hi = min(a), max(a)
+    inner = [t for t in (0.5, 1, 2, 5, 10, 20, 50, 100) if lo * 1.3 <= t <= hi / 1.3]
+    return sorted({lo, hi, *inner})
+
+
 def _plot_curve(ax: Any, curve: Mapping[str, Any]) -> None:
     """The area–score curve of an area sweep on ``ax`` (see :func:`save_panel`'s ``curve``)."""
     areas = 100 * np.asarray([float(a) for a in curve["areas"]], dtype=np.float64)
@@ -345,14 +367,18 @@ def _plot_curve(ax: Any, curve: Mapping[str, Any]) -> None:
     ax.set_xlim(areas.min() / 1.2, areas.max() * 1.2)
     from matplotlib.ticker import FixedLocator, NullLocator
 
-    ticks = [t for t in (0.5, 1, 2, 5, 10, 20, 50, 100) if areas.min() / 1.2 <= t <= areas.max() * 1.2]
+    ticks = curve_ticks(areas)
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xticklabels([f"{t:g}" for t in ticks])
-    ax.set_ylim(-0.02, max(1.02, float(np.nanmax(kept)) + 0.02))  # probabilities; a summed sigmoid may pass 1
+    ax.set_xticklabels([f"{t:.3g}" for t in ticks])
+    top = max(1.02, float(np.nanmax(kept)) + 0.02)  # probabilities; a summed sigmoid may pass 1
+    # Headroom above the data holds the legend, so it never covers the curve.
+    ax.set_ylim(-0.02, top * LEGEND_HEADROOM)
+    ax.set_yticks([t for t in (0.0, 0.25, 0.5, 0.75, 1.0) if t <= top] + ([round(top, 2)] if top > 1.02 else []))
     ax.set_xlabel("kept area (% of image, log scale)", fontsize=8)
     ax.set_ylabel(label, fontsize=8)
     ax.set_title("area–score curve\n(nested masks of the sweep)", fontsize=9)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3, linewidth=0.5)
-    ax.legend(loc="best", fontsize=6, frameon=True, framealpha=0.8)
+    ax.legend(loc="upper center", ncol=2, fontsize=6, frameon=True, framealpha=0.9, borderaxespad=0.3,
+              columnspacing=0.8, handlelength=1.5)

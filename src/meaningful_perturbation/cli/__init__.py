@@ -103,7 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = module.add_parser(sub)
         if cmd is not None and cmd.get_default("func") is None:
             cmd.set_defaults(func=module.run)
+    for name, cmd in sub.choices.items():  # usage errors as one line (evaluate sets its own)
+        if "error" not in vars(cmd):
+            cmd.error = _one_line_usage_error(name)  # type: ignore[method-assign]
     return parser
+
+
+def _one_line_usage_error(command: str):
+    """An ``ArgumentParser.error`` printing ``mperturb: error: <command>: <message>`` (one
+    line, not argparse's usage block) and exiting with 2."""
+
+    def error(message: str) -> None:
+        print(f"mperturb: error: {command}: {escape_text(' '.join(str(message).split()))}", file=sys.stderr)
+        raise SystemExit(2)
+
+    return error
 
 
 def _show_project_warnings_as_lines() -> None:
@@ -147,7 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _show_project_warnings_as_lines()
             return int(func(args) or 0)
     except MeaningfulPerturbationError as e:
-        return _error(str(e) or type(e).__name__)
+        from .options import name_option
+
+        return _error(name_option(str(e), args) or type(e).__name__)
     except BrokenPipeError:  # e.g. `mperturb methods | head`
         try:
             sys.stdout = open(os.devnull, "w")

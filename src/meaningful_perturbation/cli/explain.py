@@ -80,6 +80,30 @@ def _unique_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
+def sweep_readout(scores: dict[str, Any]) -> str:
+    """The readout of an ``extremal-sweep`` for one image (``scores`` of that image, lists and
+    floats): its sufficient area and the curve's first and last rung, e.g. ``sufficient area
+    7.1% (curve 0.168 -> 0.977 over 12 areas)``; ``none`` for a NaN (degenerate) area."""
+    suff, curve = scores.get("sufficient_area"), scores.get("masked")
+    if isinstance(suff, list):
+        suff = suff[0] if suff else None
+    text = "sufficient area " + ("none" if suff is None or suff != suff else f"{float(suff):.1%}")
+    if isinstance(curve, list) and curve:
+        text += f" (curve {curve[0]:.3f} -> {curve[-1]:.3f} over {len(curve)} areas)"
+    return text
+
+
+def _finite(v: Any) -> Any:
+    """``v`` with every NaN float replaced by ``None`` (nested lists and dicts)."""
+    if isinstance(v, float):
+        return None if v != v else v
+    if isinstance(v, list):
+        return [_finite(e) for e in v]
+    if isinstance(v, dict):
+        return {k: _finite(e) for k, e in v.items()}
+    return v
+
+
 def _write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
@@ -193,6 +217,10 @@ def _panel_columns(ex: Any, x: torch.Tensor, names: list[str], to_image: Any) ->
     return [(perturbed_label, None if img is None else to_image(img[0])), (region_label, shown)]
 
 
+#: Channel indices named in a channel column's title (the largest-mask ones first).
+CHANNELS_LISTED = 5
+
+
 def _channel_columns(ex: Any, x: torch.Tensor, p: str, to_image: Any) -> list[tuple[str, Any]]:
     """Channel attribution (``extremal-channels``): one column per channel fraction, the input
     times the normalised activation of the salient channels (kept by preservation, removed by
@@ -206,7 +234,9 @@ def _channel_columns(ex: Any, x: torch.Tensor, p: str, to_image: Any) -> list[tu
         count = len(ex.extra.get("salient_channels", [[[]]])[0][k])
         target = f" (target {float(a):.1%})" if a is not None else ""
         score = f"\n{p} = {float(masked[0, k]):.3f}" if masked is not None else ""
-        title = f"{word}: {count} of {total} channels{target}\nof {layer}: their activation{score}"
+        chans = ex.extra.get("salient_channels", [[[]]])[0][k]
+        listed = ", ".join(map(str, chans[:CHANNELS_LISTED])) + (", ..." if len(chans) > CHANNELS_LISTED else "")
+        title = f"{word}: {count} of {total} channels{target}\n[{listed}] of {layer}{score}"
         cols.append((title, to_image(x[0].cpu(), ex.masks[0, k : k + 1].cpu().clamp(0, 1))))
     return cols
 #: An area sweep draws this many of its masks (evenly spaced along the ladder, first and last
@@ -257,7 +287,9 @@ def _panel_title(name: str, method: str, ex: Any, names: list[str], scores: dict
     if isinstance(masked, list) and masked and not isinstance(ex.extra.get("areas"), list):
         line += f" → with the mask {masked[0]:.3f}"
     if isinstance(whole, float):
-        line += f"; whole image perturbed {whole:.3f}"
+        line += f"; {'every channel removed' if ex.channel_masks is not None else 'whole image perturbed'} {whole:.3f}"
+    if ex.method == "extremal-sweep":
+        line += f"; {sweep_readout(scores)}"
     if low:
         line += f"  [low confidence: p < {LOW_CONFIDENCE:g}]"
     return (head, line) if line else (head,)
@@ -313,7 +345,7 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
         )
     loaded = load_model(
         settings.model, weights=settings.weights, trust_code=settings.trust_code, device=settings.device,
-        offline=settings.offline, progress=not args.quiet,
+        offline=settings.offline, progress=not args.quiet, given=tuple(settings.preprocessing),
     )
     # The model's own preprocessing with the overrides; its channel count checked by one pass.
     prep = resolve_model_preprocessing(
@@ -326,6 +358,9 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
 
         resolve_layer_name(loaded.model, layer)  # a bad --layer fails before anything is written
     check_masker_setting(settings, loaded.model, prep)  # a masker for another classifier: refused before any write
+    from ..api import mirror_config
+
+    settings.config = mirror_config(loaded.model, settings.config, settings.overrides)  # flip jitter off for a model that is not mirror-invariant
     device = torch.device(settings.device)
     if isinstance(settings.target, str) and settings.target not in ("top1", "top5"):
         # Check a class name before anything is written (indices need the model's output size).
@@ -373,6 +408,8 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
         original = np.asarray(image, dtype=np.uint8)
         areas, pick = ex.extra.get("areas"), ex.config.get("saliency_area")
         drawn = areas.index(pick) if isinstance(areas, list) and pick in areas else 0  # extremal: the area of the saliency
+        if ex.method == "extremal-sweep" and isinstance(areas, list):
+            drawn = len(areas) // 2  # a middle rung: the smallest collapses by design on small images (docs/sweep.md)
         sal_orig = map_to_original(sal, geometry, size=original.shape[:2])
         reason = ex.degenerate_reason(0)
         value_range = figures.saliency_range(ex, 0)
@@ -408,7 +445,7 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
             "stem": stem,
             "target": targets,
             "target_names": names if class_names else None,
-            "scores": scores,
+            "scores": _finite(scores),  # strict JSON: a NaN (degenerate sufficient area) is null
             "head": ex.head,
             "low_confidence": low,
             "degenerate": reason is not None,
@@ -429,7 +466,8 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
         say(escape_text(f"{path}: target {', '.join(names)}"
             + (f", p clean {clean:.3f}" if isinstance(clean, float) else "")
             + (f" (low confidence: p < {LOW_CONFIDENCE:g})" if low else "")
-            + (f", masked {masked[0]:.3f}" if isinstance(masked, list) and masked else "")
+            + (f", {sweep_readout(scores)}" if ex.method == "extremal-sweep"
+               else f", masked {masked[0]:.3f}" if isinstance(masked, list) and masked else "")
             + (f"; {reason}" if reason else "")
             + f" ({seconds:.1f}s) -> {out / stem}_*"))
         state["new"] = []

@@ -228,6 +228,25 @@ def parse_target(text: str | None) -> str | int | list[str | int] | None:
         return t
 
 
+#: Settings with a dedicated option: an error about one the user gave that way names the
+#: option (``--areas: ...``), not ``--set``.
+FLAG_SETTINGS = {"steps": "--steps", "areas": "--areas", "masker": "--masker", "layer": "--layer"}
+
+
+def name_option(message: str, args: argparse.Namespace | None) -> str:
+    """``message`` (``"<setting>: ..."``) with the setting replaced by its dedicated option
+    when the user gave it that way (``areas: ...`` → ``--areas: ...`` after ``--areas``).
+
+    Example:
+        >>> name_option("areas: expected ...", argparse.Namespace(areas=[0.1]))
+        '--areas: expected ...'
+    """
+    key = message.split(":", 1)[0]
+    if key in FLAG_SETTINGS and getattr(args, key, None) is not None:
+        return FLAG_SETTINGS[key] + message[len(key):]
+    return message
+
+
 def build_run_settings(args: argparse.Namespace) -> RunSettings:
     """Validate the parsed options into a :class:`RunSettings`.
 
@@ -277,6 +296,9 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
     except ConfigError as e:  # name the option the bad setting came from
         if str(e).startswith("-"):
             raise
+        named = name_option(str(e), args)
+        if named != str(e):
+            raise ConfigError(named) from None
         where = "--set" if getattr(args, "set_values", None) or not getattr(args, "config", None) else "--config"
         raise ConfigError(f"{where}: {e}") from None
     prep: dict[str, Any] = {}

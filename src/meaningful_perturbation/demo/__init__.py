@@ -114,7 +114,9 @@ def load_demo_model(
 
     Returns:
         The model in eval mode, parameters with ``requires_grad=True`` (as any freshly
-        loaded model; explanation methods freeze them themselves).
+        loaded model; explanation methods freeze them themselves); ``model.mirror_invariant``
+        is False for a family whose labels change under a mirror (``"textures"``), which
+        turns off flip jitter by default (:func:`meaningful_perturbation.api.mirror_invariant`).
 
     Raises:
         InputError: unknown ``family``, or the weights file does not exist.
@@ -135,4 +137,9 @@ def load_demo_model(
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ModelError(f"weights: {str(path)!r} is not a ShapeNet state dict: {e}") from e
+    # A family whose labels change under a mirror (TextureEvidence: FLIP_PERMUTATION) declares
+    # it, so methods whose default jitter is a flip do not optimise against another class.
+    from ..data.families import FAMILIES
+
+    model.mirror_invariant = FAMILIES[family].flip is None
     return model.to(device).eval()

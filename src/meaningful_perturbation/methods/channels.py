@@ -47,9 +47,13 @@ element is one) of shape ``(N, C, h, w)`` (``(N, h, w, C)``, as timm's Swin stag
 is recognised on the patch grid, or forced with ``layout="nhwc"``) or ``(N, T, C)``: tokens
 (ViTs; channels last), put back on the patch grid for the display map with the class and
 register tokens dropped from the map (the channel mask gates every token). Anything else —
-an unknown or unused module, a non-tensor output, ``(N, C)`` vectors with no positions to
-draw, a module run twice — is a :class:`~meaningful_perturbation.ConfigError` naming the
-layer; unknown names list the closest valid ones.
+an unknown or unused module, a non-tensor output, ``(N, C)`` vectors or a grid under 2×2
+(e.g. a pooled ``(N, C, 1, 1)``) with no positions to draw, a module run twice — is a
+:class:`~meaningful_perturbation.ConfigError` naming the layer (by name or type, never by its
+``repr``); unknown names list the closest valid ones. ``layer`` may also be the submodule
+object. The automatic choice skips a shared module (the last layer before it that runs once,
+with a warning). Warnings: a forced ``nchw``/``nhwc`` layout whose grid does not have the
+image's aspect ratio; a token layer whose patch tokens do not reach the score.
 
 The model is left as found: the hook is removed in a ``finally`` (also when the call
 raises); parameters are never written; ``explain`` restores train/eval flags and
@@ -58,6 +62,7 @@ raises); parameters are never written; ``explain`` restores train/eval flags and
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import warnings
 from dataclasses import dataclass
@@ -77,7 +82,7 @@ from .common import MAX_STEPS, Context, check_choice, check_range
 from .extremal import AREA_TOLERANCE, GAMES, PAPER_STEPS, area_term
 from .registry import config_as_dict, register
 
-__all__ = ["ChannelsConfig", "resolve_layer_name", "channel_maps"]
+__all__ = ["ChannelsConfig", "resolve_layer_name", "module_name", "channel_maps"]
 
 LAYOUTS = ("auto", "nchw", "nhwc", "tokens")
 
@@ -86,7 +91,7 @@ LAYOUTS = ("auto", "nchw", "nhwc", "tokens")
 class ChannelsConfig:
     """Knobs of channel attribution; the optimisation defaults are :class:`.extremal.ExtremalConfig`'s."""
 
-    layer: str | None = None  # module name (model.named_modules()); None: the layer Grad-CAM picks (last conv block / last transformer block reaching the score)
+    layer: str | nn.Module | None = None  # module name (or the submodule object itself) (model.named_modules()); None: the layer Grad-CAM picks (last conv block / last transformer block reaching the score)
     areas: tuple[float, ...] = (0.05, 0.1, 0.2)  # fractions of the layer's channels kept; project choice: extremal's 0.025 dropped (under 2 channels of a 64-channel layer)
     steps: int = 800  # 2019 paper §4: 800 iterations (as extremal)
     lr: float = 0.01  # SGD learning rate 0.01 (2019 reference code, as extremal)
@@ -109,8 +114,10 @@ class ChannelsConfig:
         if isinstance(self.layer, int) and not isinstance(self.layer, bool) and self.layer >= 0:
             # `--set layer=3` arrives as the JSON number 3: an nn.Sequential child's name.
             object.__setattr__(self, "layer", str(self.layer))
-        if self.layer is not None and (not isinstance(self.layer, str) or not self.layer.strip()):
-            raise ConfigError(f"layer: expected a module name such as 'features.10' (see model.named_modules()) or None (automatic), got {self.layer!r}")
+        if self.layer is not None and not isinstance(self.layer, nn.Module) and (not isinstance(self.layer, str) or not self.layer.strip()):
+            got = repr(self.layer) if isinstance(self.layer, (str, int, float)) or self.layer is None else f"a {type(self.layer).__name__}"
+            raise ConfigError(f"layer: expected a module name such as 'features.10' (see model.named_modules()), "
+                              f"a submodule of the model, or None (automatic), got {got}")
         areas = self.areas
         if isinstance(areas, (int, float)) and not isinstance(areas, bool):
             areas = (areas,)
@@ -177,6 +184,26 @@ def resolve_layer_name(model: nn.Module, name: str) -> str:
     else:
         found = f"valid names include {listing}"
     raise ConfigError(f"layer: the model has no module {name!r}; expected a name from model.named_modules(): {found}")
+
+
+def module_name(model: nn.Module, layer: nn.Module) -> str:
+    """The name of submodule ``layer`` (the object itself) in ``model``.
+
+    Raises:
+        ConfigError: ``layer`` is the model itself or not one of its submodules (named by
+            type, never by its full ``repr``).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+        >>> module_name(net, net[1])
+        '1'
+    """
+    for n, m in model.named_modules():
+        if m is layer and n:
+            return n
+    what = "the model itself" if layer is model else "not a submodule of the model"
+    raise ConfigError(f"layer: the {type(layer).__name__} given is {what}; pass one of model.named_modules() "
+                      "(the object or its name)")
 
 
 # --------------------------------------------------------------------------- the gate
@@ -250,6 +277,45 @@ def _layout(model: nn.Module, x: torch.Tensor, name: str, act: torch.Tensor, cfg
     )
 
 
+#: Fewest positions per side of a layer's grid: a 1-wide grid (e.g. AdaptiveAvgPool2d(1),
+#: (N, C, 1, 1)) is constant along that side once upsampled, so its map draws nothing.
+MIN_GRID = 2
+
+
+def _check_grid(name: str, shape: tuple[int, ...], layout: str, grid_prefix: Any) -> None:
+    """Refuse a layer whose spatial grid has fewer than :data:`MIN_GRID` positions on a side."""
+    if layout == "nchw":
+        grid = shape[2:4]
+    elif layout == "nhwc":
+        grid = shape[1:3]
+    else:
+        grid = tuple(grid_prefix[0])
+    if min(grid) < MIN_GRID:
+        raise ConfigError(
+            f"layer: {name!r} returns shape {shape}, a {grid[0]}x{grid[1]} grid ({layout}); channel attribution needs "
+            f"at least {MIN_GRID}x{MIN_GRID} positions (a pooled 1x1 output has no positions to draw on the image); "
+            "choose a convolutional layer before the global pooling, or a transformer block"
+        )
+
+
+#: A forced layout whose grid's aspect ratio differs from the image's by more than this factor
+#: is probably the wrong one (a stage of a CNN or ViT keeps the image's aspect ratio up to rounding).
+ASPECT_FACTOR = 1.5
+
+
+def _warn_aspect(method: str, name: str, shape: tuple[int, ...], layout: str, size: tuple[int, int]) -> None:
+    """Warn when a forced ``layout``'s grid does not have the image's aspect ratio."""
+    gh, gw = shape[2:4] if layout == "nchw" else shape[1:3]
+    ratio = (gh / gw) / (size[0] / size[1])
+    if ratio > ASPECT_FACTOR or ratio < 1 / ASPECT_FACTOR:
+        other = "nchw" if layout == "nhwc" else "nhwc"
+        warnings.warn(
+            f"{method}: layout={layout!r} reads layer {name!r} of shape {shape} as a {gh}x{gw} grid, whose aspect ratio "
+            f"does not match the {size[0]}x{size[1]} image; the map is probably drawn wrong: check the layout "
+            f"(layout={other!r}, or 'auto')",
+            UserWarning, stacklevel=5)
+
+
 def channel_maps(act: torch.Tensor, salient: torch.Tensor, layout: str, grid_prefix: Any, size: tuple[int, int]) -> torch.Tensor:
     """Display maps ``(N, K, H, W)`` in [0, 1]: ``Σ_c salient[n, k, c]·act[n, c]`` on the layer's
     grid, upsampled bilinearly to ``size`` and min-max normalised per map (a flat map is 0).
@@ -282,7 +348,11 @@ def _run(ctx: Context, cfg: ChannelsConfig) -> Explanation:
             "wrap the function in an nn.Module"
         )
     xin = to_model_input(ctx.x, ctx.input_dtype)
-    name = _automatic_layer(model, xin[:1], ctx.method) if cfg.layer is None else resolve_layer_name(model, cfg.layer)
+    if isinstance(cfg.layer, nn.Module):
+        name = module_name(model, cfg.layer)
+    else:
+        name = _automatic_layer(model, xin[:1], ctx.method) if cfg.layer is None else resolve_layer_name(model, cfg.layer)
+    cfg = dataclasses.replace(cfg, layer=name) if isinstance(cfg.layer, nn.Module) else cfg  # the config records the name
     module = model.get_submodule(name)
     gate = _Gate(name, cfg.perturbation)
     handle = module.register_forward_hook(gate)
@@ -311,7 +381,39 @@ def _automatic_layer(model: nn.Module, x: torch.Tensor, method: str) -> str:
                 "Grad-CAM this close to the input is little more than an edge map",
                 "channels this close to the input are edge and colour detectors")
         warnings.warn(text, w.category, stacklevel=4)
-    return name
+    return _once(model, x, name, method)
+
+
+def _once(model: nn.Module, x: torch.Tensor, name: str, method: str) -> str:
+    """``name`` if it runs once per forward pass; else the last layer before its last call that
+    runs once and returns a feature map of at least :data:`MIN_GRID`² positions (a warning names
+    both); else a :class:`ConfigError` saying the automatic choice failed, with candidates."""
+    events = _gc._probe(model, x)
+    calls: dict[str, int] = {}
+    for e in events:
+        calls[e.name] = calls.get(e.name, 0) + 1
+    if calls.get(name, 0) <= 1:
+        return name
+    last = max(i for i, e in enumerate(events) if e.name == name)
+    shared = {n for n, c in calls.items() if c > 1}
+
+    def fits(e) -> bool:
+        return e.spatial is not None and min(e.spatial) >= MIN_GRID and calls[e.name] == 1 and not any(
+            e.name.startswith(s + ".") for s in shared)  # not inside a shared module either
+
+    before = [e.name for e in events[:last] if fits(e)]
+    if before:
+        warnings.warn(
+            f"{method}: the automatic layer {name!r} runs {calls[name]} times in one forward pass (a shared module); "
+            f"using {before[-1]!r}, the last layer before it that runs once; pass layer='<module name>' to choose",
+            UserWarning, stacklevel=5)
+        return before[-1]
+    others = list(dict.fromkeys(e.name for e in events if fits(e)))
+    hint = f"; candidates that run once: {', '.join(map(repr, others[-5:]))}" if others else ""
+    raise ConfigError(
+        f"layer: the automatic choice failed: {name!r} runs {calls[name]} times in one forward pass (a shared module) "
+        f"and channel attribution needs a layer that runs once; pass --layer (Python: layer='<module name>'){hint}"
+    )
 
 
 def _optimise(ctx: Context, cfg: ChannelsConfig, model: nn.Module, xin: torch.Tensor, name: str, gate: _Gate) -> Explanation:
@@ -330,6 +432,15 @@ def _optimise(ctx: Context, cfg: ChannelsConfig, model: nn.Module, xin: torch.Te
         raise ConfigError(f"layer: {name!r} returns {type(gate.raw).__name__}, expected a tensor (or a tuple whose first element is one)")
     act = gate.activation
     layout, cdim, pdims, grid_prefix = _layout(model, xin, name, act, cfg, (H, W))
+    _check_grid(name, tuple(act.shape), layout, grid_prefix)
+    if cfg.layout in ("nchw", "nhwc"):
+        _warn_aspect(ctx.method, name, tuple(act.shape), layout, (H, W))
+    if layout == "tokens" and name not in _gc._patch_tokens_reach_score(model, xin[:1], {name: (model.get_submodule(name), grid_prefix[1])}):
+        warnings.warn(
+            f"{ctx.method}: the patch tokens of layer {name!r} do not reach the score (e.g. a last block before a "
+            "class-token head): the channel masks are learned through the class token, and the map drawn from the "
+            "patch tokens does not show what the score used; choose an earlier block",
+            UserWarning, stacklevel=4)
     gate.channel_dim, gate.position_dims = cdim, pdims
     C = int(act.shape[cdim])
     counts = [int(round(a * C)) for a in areas]

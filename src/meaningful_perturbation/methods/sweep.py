@@ -31,6 +31,13 @@ region, it is nearly linear, so the pixels the smallest mask keeps span a band o
 range instead of the first few taking half of it. Only the order matters for the cuts: the top ``k`` pixels of the saliency,
 for every ``k``, are the paper's "regions in order of decreasing importance".
 
+Convergence. The optimised mask of a rung that misses its area by more than
+:data:`.extremal.AREA_TOLERANCE` of it (overshoot or undershoot, as :mod:`.extremal`) raises
+one :class:`~meaningful_perturbation.AreaWarning` per call and is flagged in
+``extra["area_missed"]`` ``(N, K)`` (bools): the ranking it feeds is then unreliable, even
+though the reported masks, cut from it, still have their areas exactly. The smallest rungs of
+a small image are expected to undershoot (a smooth mask cannot form a region that small).
+
 The area–score curve is scored on the masks actually reported (the nested cuts, not the
 optimised ``m_k``): ``scores["masked"]`` ``(N, K)`` is the target's probability of the
 preserved input ``blend(levels, M_k)`` (and ``scores["masked_delete"]`` of the deleted input
@@ -66,10 +73,10 @@ from ..core.loop import forward_scores
 from ..core.perturbation import blend, gaussian_blur
 from ..errors import ConfigError
 from .common import Context, check_range, pixels, perturbation_levels, run_problem
-from .extremal import ExtremalConfig, build_problem
+from .extremal import AREA_TOLERANCE, ExtremalConfig, build_problem, warn_area_misses
 from .registry import register
 
-__all__ = ["DEFAULT_AREAS", "MIN_AREAS", "SweepConfig", "area_curve", "nested_masks", "rank_saliency"]
+__all__ = ["DEFAULT_AREAS", "MIN_AREAS", "SweepConfig", "area_curve", "check_pixel_counts", "nested_masks", "rank_saliency"]
 
 #: The default ladder: 12 areas spaced by a factor √2 from 1.25% to 56.6% of the image,
 #: ``0.025·√2^(k−2)``, k = 0…11. Every other rung is one of the 2019 paper's areas (2.5%, 5%,
@@ -184,10 +191,29 @@ def nested_masks(saliency: torch.Tensor, areas: tuple[float, ...]) -> torch.Tens
     return (rank.unsqueeze(1) < counts.view(1, -1, 1, 1)).float()
 
 
+def check_pixel_counts(areas: tuple[float, ...], size: tuple[int, int]) -> None:
+    """Refuse a ladder two of whose areas keep the same number of pixels of an ``H×W`` image
+    (:func:`area_counts`): their masks would be identical, one rung twice.
+
+    Raises:
+        ConfigError: naming the two areas, the pixel count and the smallest spacing that works.
+    """
+    H, W = size
+    counts = area_counts(areas, H * W)
+    for (a, ca), (b, cb) in zip(zip(areas, counts), zip(areas[1:], counts[1:])):
+        if ca == cb:
+            raise ConfigError(
+                f"areas: {a:g} and {b:g} both round to {ca} pixel(s) of the {H}x{W} image, so their masks would be "
+                f"the same; use areas at least {1 / (H * W):.3g} apart (one pixel) and at least {0.5 / (H * W):.3g}, "
+                "or a larger image"
+            )
+
+
 def _run(ctx: Context, cfg: SweepConfig):
-    problem = build_problem(ctx, cfg)
     areas = cfg.area_tuple
     H, W = ctx.size
+    check_pixel_counts(areas, (H, W))
+    problem = build_problem(ctx, cfg)
     scale = ctx.scale(cfg.reference_size)
     tie_sigma = pixels(cfg.sigma, scale)  # the smooth mask's own σ (21 px at 224)
 
@@ -216,24 +242,42 @@ def _run(ctx: Context, cfg: SweepConfig):
     if len(problem.games) > 1:
         ex.scores["optimised_delete"] = ex.scores.pop("masked_delete")
         ex.scores["masked_delete"] = curves[1]
-    ex.scores["sufficient_area"] = sufficient_area(curves[0], ex.scores["clean"], areas, cfg.keep_fraction)
+    ex.scores["sufficient_area"] = sufficient_area(curves[0], ex.scores["clean"], areas, cfg.keep_fraction,
+                                                   perturbed=ex.scores.get("perturbed"))
     ex.masks = masks
     ex.extra["achieved_area"] = achieved.tolist()  # of the optimised masks (pixels above ½)
     ex.extra["mask_area"] = [c / (H * W) for c in area_counts(areas, H * W)]  # of the reported masks, exact
+    # Rungs whose optimised mask misses its area (over or under, extremal's tolerance) are
+    # flagged and warned about; the reported masks are the nested cuts and keep their areas.
+    target = torch.tensor(areas, dtype=achieved.dtype).view(1, -1)
+    ex.extra["area_missed"] = ((achieved - target).abs() > AREA_TOLERANCE * target).tolist()
+    warn_area_misses(ctx.method, achieved, areas)
     return ex
 
 
-def sufficient_area(curve: torch.Tensor, clean: torch.Tensor, areas: tuple[float, ...], keep_fraction: float) -> torch.Tensor:
+def sufficient_area(curve: torch.Tensor, clean: torch.Tensor, areas: tuple[float, ...], keep_fraction: float,
+                    perturbed: torch.Tensor | None = None) -> torch.Tensor:
     """``(N,)``: the smallest ``areas[k]`` with ``curve[i, k] >= keep_fraction·clean[i]``; 1.0 if
     none (the whole image kept is the clean image: it keeps the clean score, ``keep_fraction ≤ 1``).
 
+    NaN where the reading is degenerate: the fully perturbed input (area 0) already keeps
+    ``keep_fraction`` of the clean score, or the clean score is not above the perturbed one
+    (``perturbed[i] >= keep_fraction·clean[i]`` or ``clean[i] <= perturbed[i]``): no region is
+    needed, so no area is "sufficient" (:func:`~meaningful_perturbation.degenerate_reason`
+    then names the explanation degenerate).
+
     Args:
         curve: ``(N, K)`` preserved scores; clean: ``(N,)`` clean scores (same units);
-        areas: the ``K`` increasing areas; keep_fraction: in (0, 1].
+        areas: the ``K`` increasing areas; keep_fraction: in (0, 1];
+        perturbed: ``(N,)`` scores of the fully perturbed input, or ``None`` (no NaN check).
     """
     ok = curve >= keep_fraction * clean.reshape(-1, 1)
     a = torch.tensor(areas, dtype=torch.float32).expand_as(curve)
-    return torch.where(ok, a, torch.ones_like(a)).min(dim=1).values
+    out = torch.where(ok, a, torch.ones_like(a)).min(dim=1).values
+    if perturbed is not None:
+        p, c = perturbed.reshape(-1).float(), clean.reshape(-1).float()
+        out = torch.where((p >= keep_fraction * c) | (c <= p), torch.full_like(out, float("nan")), out)
+    return out
 
 
 def area_curve(ex: Any) -> dict[str, Any]:
@@ -245,16 +289,24 @@ def area_curve(ex: Any) -> dict[str, Any]:
         running maximum over the areas (non-decreasing), ``deleted`` ``(N, K)`` of the deleted
         input (``dual`` only, else ``None``), ``clean`` and ``perturbed`` ``(N,)``,
         ``sufficient_area`` ``(N,)`` (1.0 where no area of the ladder keeps ``keep_fraction``
-        of the clean score) and ``keep_fraction``.
+        of the clean score; NaN where the fully perturbed input already keeps it) and
+        ``keep_fraction``.
 
     Raises:
         ConfigError: ``ex`` is not an ``extremal-sweep`` explanation (names what is missing).
 
     Example:
-        >>> from meaningful_perturbation import explain, methods  # doctest: +SKIP
-        >>> c = area_curve(explain(model, x, method="extremal-sweep"))  # doctest: +SKIP
-        >>> c["areas"][:3], c["preserved"][0, :3]  # doctest: +SKIP
+        >>> import torch, meaningful_perturbation as mp
+        >>> from meaningful_perturbation.methods.sweep import area_curve
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        >>> ex = mp.explain(model, torch.rand(1, 3, 16, 16), target=0, method="extremal-sweep",
+        ...                 areas=(0.1, 0.2, 0.4), steps=2, jitter="none")
+        >>> c = area_curve(ex)
+        >>> c["areas"], tuple(c["preserved"].shape)
+        ([0.1, 0.2, 0.4], (1, 3))
     """
+    if not all(hasattr(ex, a) for a in ("extra", "scores", "method", "config")):
+        raise ConfigError(f"ex: expected an extremal-sweep Explanation, got {type(ex).__name__}")
     areas = ex.extra.get("areas")
     missing = [k for k in ("masked", "clean", "sufficient_area") if k not in ex.scores]
     if ex.method != "extremal-sweep" or not isinstance(areas, list) or missing:

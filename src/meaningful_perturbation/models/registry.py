@@ -108,6 +108,7 @@ def load_model(
     unsafe_pickle: bool | None = None,
     offline: bool = False,
     progress: bool = True,
+    given: tuple[str, ...] = (),
 ) -> LoadedModel:
     """Load a classifier and its preprocessing from a spec string.
 
@@ -146,6 +147,9 @@ def load_model(
         unsafe_pickle: deprecated alias of ``trust_code`` (``True`` turns it on).
         offline: never use the network (CLI ``--offline``).
         progress: show the libraries' download progress bars (CLI: off with ``-q``).
+        given: preprocessing fields the caller sets itself (``"input_size"``, ``"resize"``,
+            ``"mean"``, ``"std"``; the CLI's ``--input-size``...): the assumed-preprocessing
+            warning names only what is still assumed, and is not raised when nothing is.
 
     Returns:
         A :class:`LoadedModel`: ``model`` in eval mode on ``device``, mapping ``(N, C, H, W)``
@@ -205,7 +209,9 @@ def load_model(
         existing_file(os.fspath(weights), what="weights file", spec=spec)  # type: ignore[arg-type]
     loaded = source.load(arg, request)
     if loaded.preprocessing.assumed:
-        warnings.warn(MeaningfulPerturbationWarning(_assumed_note(spec, prefix, loaded.preprocessing)), stacklevel=2)
+        note = _assumed_note(spec, prefix, loaded.preprocessing, tuple(given))
+        if note is not None:
+            warnings.warn(MeaningfulPerturbationWarning(note), stacklevel=2)
     if loaded.channels_declared:
         return loaded
     guess = infer_channels(loaded.model)  # metadata is silent: the layers' suggestion
@@ -245,10 +251,33 @@ def describe_preprocessing(prep: Preprocessing) -> str:
     return f"{geometry}, mean {stats(prep.mean)}, std {stats(prep.std)}, {prep.interpolation}"
 
 
-def _assumed_note(spec: str, prefix: str, prep: Preprocessing) -> str:
+#: The preprocessing fields an assumed recipe guesses, and the CLI option setting each.
+_ASSUMED_FIELDS = (("input_size", "--input-size"), ("resize", "--resize"), ("mean", "--mean"), ("std", "--std"))
+
+
+def _assumed_note(spec: str, prefix: str, prep: Preprocessing, given: tuple[str, ...] = ()) -> str | None:
+    """The warning for an assumed recipe, naming only the fields not in ``given``; ``None``
+    when every field is given."""
     lacked = _MISSING_PREPROCESSING.get(prefix, "it states none")
+    missing = [(f, opt) for f, opt in _ASSUMED_FIELDS if f not in given]
+    if not missing:
+        return None
+    if len(missing) == len(_ASSUMED_FIELDS):
+        what = describe_preprocessing(prep)
+    else:
+        h, w = prep.size
+        stats = lambda v: "(" + ", ".join(f"{x:g}" for x in v) + ")"  # noqa: E731
+        parts = {"input_size": f"input size {h}x{w}",
+                 "resize": "no resize (whole image stretched)" if prep.crop == "none"
+                 else "resize to cover the input size" if prep.resize is None
+                 # with --input-size given, the resize follows it (ImageNet's 256/224 ratio)
+                 else "short side resized to 256/224 of the input size, centre crop" if "input_size" in given
+                 else f"short side resized to {prep.resize}",
+                 "mean": f"mean {stats(prep.mean)}", "std": f"std {stats(prep.std)}"}
+        what = ", ".join(parts[f] for f, _ in missing)
+    opts = [opt for _, opt in missing]
+    listed = opts[0] if len(opts) == 1 else ", ".join(opts[:-1]) + f" and {opts[-1]}"
     return (
         f"model spec {spec!r}: the model does not state its preprocessing ({lacked}); assumed "
-        f"{describe_preprocessing(prep)}; if it was trained otherwise, set --input-size, "
-        "--resize, --mean and --std (Python API: resolve_preprocessing)"
+        f"{what}; if it was trained otherwise, set {listed} (Python API: resolve_preprocessing)"
     )

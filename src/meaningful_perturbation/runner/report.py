@@ -49,9 +49,15 @@ def _num(v: Any) -> float | None:
 def _row_values(rec: dict[str, Any]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     scores = rec.get("scores") or {}
+    sweep = "sufficient_area" in scores  # extremal-sweep: its readout, not the smallest rung's score
     for key in ("clean", "masked", "perturbed"):
-        if key in scores:
+        if key in scores and not (sweep and key == "masked"):
             out[key] = _num(scores[key])
+    if sweep:
+        out["sufficient_area"] = _num(scores["sufficient_area"])
+        curve = [_num(v) for v in scores.get("masked") or []] if isinstance(scores.get("masked"), list) else []
+        curve = [v for v in curve if v is not None]
+        out["curve_mean"] = sum(curve) / len(curve) if curve else None
     for key, v in sorted((rec.get("metrics") or {}).items()):
         if key.endswith("_px"):
             continue
@@ -75,6 +81,8 @@ _LABELS = {
     "clean": "p(target), clean image",
     "masked": "p(target), masked (learned mask)",
     "perturbed": "p(target), fully perturbed",
+    "sufficient_area": "sufficient area (sweep: smallest area keeping keep_fraction of the clean score)",
+    "curve_mean": "p(target), mean over the sweep's areas (area-score curve)",
     "pointing_hit": "pointing game hit",
     "energy_box": "energy in box",
     "energy_mask": "energy in mask",

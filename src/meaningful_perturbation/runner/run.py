@@ -384,7 +384,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
     try:
         loaded = load_model(settings.model, weights=settings.weights, trust_code=settings.trust_code,
                             device=device_name, offline=getattr(settings, "offline", False),
-                            progress=not opts.quiet)
+                            progress=not opts.quiet, given=tuple(settings.preprocessing))
         # The model's own preprocessing with the overrides; its channel count checked by one
         # forward pass, before any output is written.
         prep = resolve_model_preprocessing(
@@ -401,6 +401,9 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
         from ..masker.model import check_masker_setting
 
         check_masker_setting(settings, loaded.model, prep)  # a bad or foreign masker: refused before any item
+        from ..api import mirror_config
+
+        settings.config = mirror_config(loaded.model, settings.config, settings.overrides)  # flip jitter off for a model that is not mirror-invariant
         if isinstance(settings.target, str) and settings.target not in ("top1", "top5"):
             target_from_option(settings.target, torch.zeros(1, len(class_names or ()) or 1), class_names)
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.overrides.items()}

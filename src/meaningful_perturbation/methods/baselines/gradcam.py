@@ -57,6 +57,7 @@ dropped; 0 for a feature map).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -81,7 +82,7 @@ EARLY_FRACTION = 1 / 3
 class GradCamConfig:
     """Knobs of Grad-CAM."""
 
-    layer: str | None = None  # None: the last conv block's output (Selvaraju et al. 2017 use the last conv layer) / the last transformer block reaching the score
+    layer: str | nn.Module | None = None  # a name or the submodule object; None: the last conv block's output (Selvaraju et al. 2017 use the last conv layer) / the last transformer block reaching the score
     relu: bool = True  # ReLU of the weighted combination (Selvaraju et al. 2017 eq. 2)
     interpolation: str = "bilinear"  # upsampling to the image (Selvaraju et al. 2017 §3: bilinear)
     score: str = "logit"  # y_c "before the softmax" (Selvaraju et al. 2017 §3)
@@ -90,8 +91,10 @@ class GradCamConfig:
         if isinstance(self.layer, int) and not isinstance(self.layer, bool) and self.layer >= 0:
             # `--set layer=3` arrives as the JSON number 3: an nn.Sequential child's name.
             object.__setattr__(self, "layer", str(self.layer))
-        if self.layer is not None and (not isinstance(self.layer, str) or not self.layer):
-            raise ConfigError(f"layer: expected a submodule name such as 'features.29' or None (automatic), got {self.layer!r}")
+        if self.layer is not None and not isinstance(self.layer, nn.Module) and (not isinstance(self.layer, str) or not self.layer):
+            got = repr(self.layer) if isinstance(self.layer, (str, int, float)) else f"a {type(self.layer).__name__}"
+            raise ConfigError(f"layer: expected a submodule name such as 'features.29', a submodule of the model, "
+                              f"or None (automatic), got {got}")
         if not isinstance(self.relu, bool):
             raise ConfigError(f"relu: expected True or False, got {self.relu!r}")
         check_choice("interpolation", self.interpolation, ("bilinear", "nearest"))
@@ -444,6 +447,10 @@ def _run(ctx: Context, cfg: GradCamConfig) -> Explanation:
             "wrap the function in an nn.Module or use method='gradient', 'occlusion' or 'rise'"
         )
     xin = to_model_input(ctx.x, ctx.input_dtype)  # what the model sees (its own dtype)
+    if isinstance(cfg.layer, nn.Module):  # the submodule object: its name (the config records the name)
+        from ..channels import module_name
+
+        cfg = dataclasses.replace(cfg, layer=module_name(model, cfg.layer))
     name, layer = _resolve_layer(model, xin, cfg.layer)
     forward = score_forward(model, cfg.score, where="while computing Grad-CAM", head=ctx.head, dtype=ctx.input_dtype)
     layout: dict[str, Any] = {}
