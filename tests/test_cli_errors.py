@@ -313,3 +313,20 @@ def test_device_auto_under_torchrun_is_the_local_rank(monkeypatch):
     assert local_device("auto", DistContext()) == "cuda"
     monkeypatch.setattr(_runtime, "_count", lambda kind: 1 if kind == "cpu" else 0)
     assert local_device("auto", ctx) == "cpu"
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["nonsense"], "mperturb: error: argument COMMAND: invalid choice: 'nonsense'"),
+        (["--bogus"], "mperturb: error: unrecognized arguments: --bogus"),
+        (["explain", "--steps", "abc"], "mperturb: error: explain: argument --steps: invalid int value: 'abc'"),
+    ],
+)
+def test_usage_errors_are_one_line_at_every_level(argv, expected, capsys):
+    from meaningful_perturbation.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(expected), err[0]

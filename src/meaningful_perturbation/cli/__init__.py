@@ -106,15 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, cmd in sub.choices.items():  # usage errors as one line (evaluate sets its own)
         if "error" not in vars(cmd):
             cmd.error = _one_line_usage_error(name)  # type: ignore[method-assign]
+    parser.error = _one_line_usage_error(None)  # type: ignore[method-assign]
     return parser
 
 
-def _one_line_usage_error(command: str):
+def _one_line_usage_error(command: str | None):
     """An ``ArgumentParser.error`` printing ``mperturb: error: <command>: <message>`` (one
-    line, not argparse's usage block) and exiting with 2."""
+    line, not argparse's usage block; no command for the top-level parser) and exiting with 2."""
 
     def error(message: str) -> None:
-        print(f"mperturb: error: {command}: {escape_text(' '.join(str(message).split()))}", file=sys.stderr)
+        where = f"{command}: " if command else ""
+        hint = "" if command else " (see mperturb --help)"
+        print(f"mperturb: error: {where}{escape_text(' '.join(str(message).split()))}{hint}", file=sys.stderr)
         raise SystemExit(2)
 
     return error
