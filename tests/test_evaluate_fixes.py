@@ -418,3 +418,21 @@ def test_fuzz_coco_annotations_raise_only_input_error(tmp_path_factory, part, k,
         return
     for r in recs:
         segments_mask(r["segments"], r["boxes"], (8, 8), (8, 8))
+
+
+# ------------------------------------------- review 16/17: --resume --force, explain changes
+def test_resume_force_refuses_changed_explain_settings_but_rescores(root, tmp_path, capsys):
+    out = tmp_path / "o"
+    base = ["evaluate", "pointing", "--data", str(root / "voc"), "--out", str(out), *model(root, 20)]
+    assert main(base) == 0
+    state = (out / "evaluate.json").read_text()
+    saved = (out / "run" / "results.jsonl").read_text()
+    e = one_error(capsys, [*base, "--resume", "--force", "--method", "rise"])
+    assert "--resume --force: the explanations saved in" in e and "explain.method: 'gradient' -> 'rise'" in e
+    assert "choose a new --out" in e
+    # nothing was relabelled: the state and the saved explanations are those of the first run
+    assert (out / "evaluate.json").read_text() == state
+    assert (out / "run" / "results.jsonl").read_text() == saved
+    # a scoring-only change is still accepted with --resume --force
+    assert main([*base, "--resume", "--force", "--param", "tolerance_px=100"]) == 0
+    assert json.loads((out / "results.json").read_text())["all"] == 1.0

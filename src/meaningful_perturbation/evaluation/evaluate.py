@@ -548,6 +548,14 @@ def _prepare_out(out: Path, state: dict[str, Any], opts: EvaluateOptions) -> Non
                 hint = "resume with the same settings, or pass --resume --force to continue with the new ones"
             raise ConfigError(f"--resume: the evaluation in {str(out)!r} was made with other settings "
                               f"({shown}); {hint}")
+        if opts.resume and opts.force and changed and a is not None:
+            explain = [d for d in _diff(a, state["compared"]) if d.startswith("explain.")]
+            if explain:  # the saved explanations were made otherwise: never label them with new settings
+                shown = "; ".join(explain[:5]) + (" ..." if len(explain) > 5 else "")
+                raise ConfigError(f"--resume --force: the explanations saved in {str(out)!r} were made with other "
+                                  f"explain settings ({shown}); --resume --force only re-scores them after "
+                                  "scoring-only or data-location changes; choose a new --out (or pass --force "
+                                  "without --resume to explain everything again)")
         drop = OWN_FILES if not opts.resume else ((SCORES, "results.json", "results.md") if changed else ())
         for n in drop:  # only this program's own files
             (out / n).unlink(missing_ok=True)
@@ -559,6 +567,21 @@ def _prepare_out(out: Path, state: dict[str, Any], opts: EvaluateOptions) -> Non
 _SCORING_ONLY = ("params.iou_threshold", "params.tolerance_px", "params.difficult_", "params.alphas",
                  "params.rules", "params.heldout_every", "params.component", "params.degenerate", "params.levels",
                  "params.thresholds", "params.blur_sigma", "params.suppression")
+
+
+def _explain_record(settings: Any) -> dict[str, Any]:
+    """The explain settings as compared on ``--resume``: JSON values, no device, and a masker
+    file named by its content (a moved copy is the same masker; an edited file is not)."""
+    from ..runner.run import _masker_identity, _replace_value
+
+    rec = json.loads(json.dumps({k: v for k, v in settings.to_dict().items() if k != "device"}, default=str))
+    masker = (getattr(settings, "config", None) or {}).get("masker")
+    if getattr(settings, "method", None) == "masker" and isinstance(masker, str):
+        try:
+            rec = _replace_value(rec, masker, _masker_identity(masker))
+        except OSError:  # unreadable: the masker check names it later
+            pass
+    return rec
 
 
 def _model_classes(settings: Any) -> tuple[Any, Any, Any, int, str]:
@@ -623,7 +646,7 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
     compared = {"protocol": opts.protocol, "dataset": dataset, "data": str(Path(opts.data).resolve()),
                 "images": opts.images, "annotations": opts.annotations, "synsets": opts.synsets,
                 "params": proto["params"], "limit": opts.limit,
-                "explain": {k: v for k, v in settings.to_dict().items() if k != "device"}}
+                "explain": _explain_record(settings)}
     state = {"format": _FORMAT, "version": 1, "compared": compared}
 
     run_dir = out / RUN_DIR
