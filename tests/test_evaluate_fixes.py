@@ -436,3 +436,27 @@ def test_resume_force_refuses_changed_explain_settings_but_rescores(root, tmp_pa
     # a scoring-only change is still accepted with --resume --force
     assert main([*base, "--resume", "--force", "--param", "tolerance_px=100"]) == 0
     assert json.loads((out / "results.json").read_text())["all"] == 1.0
+
+
+BINARY = b"\xff\xfe\x00\x01garbage"
+
+
+@pytest.mark.parametrize("name, protocol, n, rel, option", [
+    ("in_csv", "imagenet-loc", 3, "LOC_val_solution.csv", "--annotations"),
+    ("in_csv", "imagenet-loc", 3, "LOC_synset_mapping.txt", "--synsets"),
+    ("voc", "pointing", 20, "VOCdevkit/VOC2007/ImageSets/Main/test.txt", "--data"),
+    ("voc", "pointing", 20, "VOCdevkit/VOC2007/Annotations/000002.xml", "--data"),
+    ("coco", "pointing", 3, "annotations/instances_val2014.json", "--annotations"),
+])
+def test_undecodable_annotation_files_are_one_line_errors(root, tmp_path, capsys, name, protocol, n, rel, option):
+    data = tmp_path / name
+    if name == "in_csv":
+        d.write_imagenet(data, "csv")
+    else:
+        shutil.copytree(root / name, data)
+    (data / rel).write_bytes(BINARY)
+    argv = ["evaluate", protocol, "--data", str(data), "--out", str(tmp_path / "o"), *model(root, n)]
+    if name == "coco":
+        argv += ["--dataset", "coco14"]
+    e = one_error(capsys, argv)
+    assert e.startswith(f"mperturb: error: {option}: ") and Path(rel).name in e, e
