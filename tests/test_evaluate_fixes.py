@@ -460,3 +460,36 @@ def test_undecodable_annotation_files_are_one_line_errors(root, tmp_path, capsys
         argv += ["--dataset", "coco14"]
     e = one_error(capsys, argv)
     assert e.startswith(f"mperturb: error: {option}: ") and Path(rel).name in e, e
+
+
+@pytest.mark.parametrize("edit", ["unknown class", "xmin > xmax", "bad number", "missing xml"])
+def test_a_user_error_while_streaming_annotations_leaves_out_as_found(root, tmp_path, capsys, edit):
+    voc = tmp_path / "voc"
+    shutil.copytree(root / "voc", voc)
+    base = voc / "VOCdevkit" / "VOC2007"
+    xml = base / "Annotations" / "000003.xml"  # the last image: the first pairs are already streamed
+    text = xml.read_text()
+    if edit == "unknown class":
+        xml.write_text(text.replace("<name>bird</name>", "<name>unicorn</name>", 1))
+    elif edit == "xmin > xmax":
+        xml.write_text(text.replace("<xmin>", "<xmin>9999", 1))
+    elif edit == "bad number":
+        xml.write_text(text.replace("<ymax>", "<ymax>x", 1))
+    else:
+        (base / "ImageSets" / "Main" / "test.txt").write_text("000001\n000002\n000009\n")
+    for out in (tmp_path / "new", tmp_path / "empty"):
+        if out.name == "empty":
+            out.mkdir()
+        one_error(capsys, ["evaluate", "pointing", "--data", str(voc), "--out", str(out), *model(root, 20)])
+        if out.name == "new":
+            assert not out.exists()
+        else:
+            assert out.is_dir() and list(out.iterdir()) == []
+
+
+def test_a_masker_for_another_classifier_is_refused_before_out_is_written(root, tmp_path, capsys):
+    out = tmp_path / "o"
+    e = one_error(capsys, ["evaluate", "pointing", "--data", str(root / "voc"), "--out", str(out),
+                           *model(root, 20), "--method", "masker", "--masker", "demo"])
+    assert e.startswith("mperturb: error: --masker: ") and "another classifier" in e, e
+    assert not out.exists()

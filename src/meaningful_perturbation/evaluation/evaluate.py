@@ -669,10 +669,9 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
                           f"{info.get('classes')} (protocol {opts.protocol}); use a model trained on this data set")
     if info.get("class_names"):  # progress lines and results.jsonl name the data set's classes
         ropts = dataclasses.replace(ropts, class_names=tuple(str(c) for c in info["class_names"]))
-    if rank == 0:
-        _prepare_out(out, state, opts)
-        if opts.resume:
-            _resume_fixups(out)
+    from ..masker.model import check_masker_setting
+
+    check_masker_setting(settings, model, prep)  # a bad or foreign masker: refused before --out is written
 
     def chained() -> Iterator[dict[str, Any]]:
         yield first
@@ -680,9 +679,21 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
 
     manifest = out / MANIFEST
     if rank == 0:
-        # Under torchrun the other ranks read the manifest only inside run_directory, after
-        # the process-group rendezvous, which rank 0 joins once the manifest is written.
-        write_manifest(chained(), manifest, opts.limit)
+        # The annotations are streamed into the manifest, so a malformed one further down is
+        # found only while it is written: a fresh --out is then left as it was found.
+        made_dir = not out.exists()
+        fresh = made_dir or (out.is_dir() and not any(not n.startswith(".") for n in os.listdir(out)))
+        try:
+            _prepare_out(out, state, opts)
+            if opts.resume:
+                _resume_fixups(out)
+            # Under torchrun the other ranks read the manifest only inside run_directory, after
+            # the process-group rendezvous, which rank 0 joins once the manifest is written.
+            write_manifest(chained(), manifest, opts.limit)
+        except MeaningfulPerturbationError:
+            if fresh:
+                _remove_created(out, made_dir)
+            raise
     summary = run_directory(settings, ropts)
     if summary.rank != 0:
         return EvaluateSummary({}, "", out, summary.rank, summary.world_size)
@@ -776,6 +787,21 @@ def _head_origin(user_head: str, proto: dict[str, Any], kind: str) -> str:
     if proto["params"].get("head", "auto") != "auto":
         return f"protocol parameter head={proto['params']['head']}"
     return "auto-detected"
+
+
+def _remove_created(out: Path, made_dir: bool) -> None:
+    """After a user error in a fresh ``--out``: remove what this invocation wrote there (the
+    state and the manifest; the folder itself when it created it and it is empty again)."""
+    for n in (STATE_FILE, MANIFEST):
+        try:
+            (out / n).unlink(missing_ok=True)
+        except OSError:
+            pass
+    if made_dir:
+        try:
+            out.rmdir()  # only when empty
+        except OSError:
+            pass
 
 
 def _resume_fixups(out: Path) -> None:
