@@ -45,7 +45,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="held-out images for the card's quality line (default 64)")
     t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.safetensors (same settings; --steps may grow)")
     t.add_argument("--overwrite", action="store_true",
-                   help="replace the masker.safetensors / MASKER_CARD.md of an earlier, finished training in --out")
+                   help="replace an earlier training in --out (its masker.safetensors, MASKER_CARD.md and "
+                        "checkpoint.safetensors; nothing else)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
