@@ -353,3 +353,10 @@ def test_overwrite_replaces_a_finished_training_with_its_checkpoint(tmp_path):
     again = train_masker(_net(), _arrays(), out=out, steps=1, eval_n=0, layers=("2",), resume=True, **FAST)
     assert again.new_steps == 0 and again.steps_run == 1  # the checkpoint is the new training's (1 step)
     assert (out / "notes.txt").read_text() == "mine"  # nothing else is touched
+
+
+def test_cli_errors_of_training_settings_name_the_option(tmp_path, capsys):
+    rc, err = _cli(capsys, "train-masker", "--model", "demo", "--data", "shapes", "--out", str(tmp_path / "o"), "-q",
+                   "--device", "cpu", "--set", "distil=1", "--steps", "1")
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith("mperturb: error: --set distil: 1") and "needs teacher masks" in err, err
