@@ -493,3 +493,12 @@ def test_a_masker_for_another_classifier_is_refused_before_out_is_written(root, 
                            *model(root, 20), "--method", "masker", "--masker", "demo"])
     assert e.startswith("mperturb: error: --masker: ") and "another classifier" in e, e
     assert not out.exists()
+
+
+def test_an_out_below_a_file_is_an_out_error(root, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    e = one_error(capsys, ["evaluate", "pointing", "--data", str(root / "voc"), "--out", str(afile / "x"),
+                           *model(root, 20)])
+    assert e.startswith("mperturb: error: --out: cannot create folder") and "afile" in e, e
+    assert afile.read_text() == "mine"

@@ -559,8 +559,14 @@ def _prepare_out(out: Path, state: dict[str, Any], opts: EvaluateOptions) -> Non
         drop = OWN_FILES if not opts.resume else ((SCORES, "results.json", "results.md") if changed else ())
         for n in drop:  # only this program's own files
             (out / n).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
+    except OSError as e:  # e.g. a file where a folder of the path should be
+        from .._atomic import os_error_text
+
+        raise InputError("--out: " + os_error_text(e, "cannot create folder" if not out.is_dir() else "cannot write",
+                                                   "--out")) from None
 
 
 # Settings that change only the scoring: a resume with --force re-scores the saved explanations.
