@@ -430,6 +430,9 @@ def test_resume_force_refuses_changed_explain_settings_but_rescores(root, tmp_pa
     e = one_error(capsys, [*base, "--resume", "--force", "--method", "rise"])
     assert "--resume --force: the explanations saved in" in e and "explain.method: 'gradient' -> 'rise'" in e
     assert "choose a new --out" in e
+    e = one_error(capsys, [*base, "--resume", "--method", "rise"])  # without --force: the hint does not send to it
+    assert "explain.method: 'gradient' -> 'rise'" in e and "choose a new --out" in e
+    assert "--resume --force refuses explain changes" in e
     # nothing was relabelled: the state and the saved explanations are those of the first run
     assert (out / "evaluate.json").read_text() == state
     assert (out / "run" / "results.jsonl").read_text() == saved
@@ -502,3 +505,13 @@ def test_an_out_below_a_file_is_an_out_error(root, tmp_path, capsys):
                            *model(root, 20)])
     assert e.startswith("mperturb: error: --out: cannot create folder") and "afile" in e, e
     assert afile.read_text() == "mine"
+
+
+def test_a_masker_change_is_shown_once_with_its_files():
+    from meaningful_perturbation.evaluation.evaluate import _shown
+
+    change = "explain.overrides.masker: 'sha256:aa' -> 'sha256:bb'"
+    got = _shown(change, {"masker_file": "/old/m.safetensors"}, {"masker_file": "/new/m.safetensors"})
+    assert got == ("explain.overrides.masker: another masker file content ('/old/m.safetensors' -> "
+                   "'/new/m.safetensors')")
+    assert _shown("explain.method: 'a' -> 'b'", {}, {}) == "explain.method: 'a' -> 'b'"

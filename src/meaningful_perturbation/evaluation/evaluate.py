@@ -536,9 +536,12 @@ def _prepare_out(out: Path, state: dict[str, Any], opts: EvaluateOptions) -> Non
         changed = a != state["compared"]
         if opts.resume and changed and not opts.force:
             diff = _diff(a, state["compared"]) if a is not None else ["unreadable evaluate.json"]
-            shown = "; ".join(diff[:5]) + (" ..." if len(diff) > 5 else "")
+            shown = "; ".join(_shown(d, old, state) for d in diff[:5]) + (" ..." if len(diff) > 5 else "")
             scoring_only = a is not None and all(d.split(":")[0].startswith(_SCORING_ONLY) for d in diff)
-            if any(d.startswith("data:") for d in diff):
+            if any(d.startswith("explain.") for d in diff):
+                hint = ("resume with the same settings, or choose a new --out (the saved explanations were made "
+                        "with the old ones; --resume --force refuses explain changes, --force alone starts over)")
+            elif any(d.startswith("data:") for d in diff):
                 hint = ("if the data set only moved, pass --resume --force: the pairs whose image paths are "
                         "unchanged keep their explanations, the others are explained again")
             elif scoring_only:
@@ -551,7 +554,7 @@ def _prepare_out(out: Path, state: dict[str, Any], opts: EvaluateOptions) -> Non
         if opts.resume and opts.force and changed and a is not None:
             explain = [d for d in _diff(a, state["compared"]) if d.startswith("explain.")]
             if explain:  # the saved explanations were made otherwise: never label them with new settings
-                shown = "; ".join(explain[:5]) + (" ..." if len(explain) > 5 else "")
+                shown = "; ".join(_shown(d, old, state) for d in explain[:5]) + (" ..." if len(explain) > 5 else "")
                 raise ConfigError(f"--resume --force: the explanations saved in {str(out)!r} were made with other "
                                   f"explain settings ({shown}); --resume --force only re-scores them after "
                                   "scoring-only or data-location changes; choose a new --out (or pass --force "
@@ -567,6 +570,15 @@ def _prepare_out(out: Path, state: dict[str, Any], opts: EvaluateOptions) -> Non
 
         raise InputError("--out: " + os_error_text(e, "cannot create folder" if not out.is_dir() else "cannot write",
                                                    "--out")) from None
+
+
+def _shown(change: str, old: Any, state: dict[str, Any]) -> str:
+    """One change for a message; a masker compared by content is named by its files."""
+    key = change.split(":", 1)[0]
+    if key.endswith(".masker") and "sha256:" in change:
+        was = old.get("masker_file", "?") if isinstance(old, dict) else "?"
+        return f"{key}: another masker file content ({was!r} -> {state.get('masker_file', '?')!r})"
+    return change
 
 
 # Settings that change only the scoring: a resume with --force re-scores the saved explanations.
@@ -654,6 +666,9 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
                 "params": proto["params"], "limit": opts.limit,
                 "explain": _explain_record(settings)}
     state = {"format": _FORMAT, "version": 1, "compared": compared}
+    masker = (settings.overrides or {}).get("masker") if settings.method == "masker" else None
+    if isinstance(masker, str):  # compared by content; the path only for the messages
+        state["masker_file"] = str(Path(masker).resolve()) if masker != "demo" else masker
 
     run_dir = out / RUN_DIR
     ropts = RunOptions(source=str(out / MANIFEST), out=str(run_dir), source_type="jsonl",
