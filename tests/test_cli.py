@@ -160,3 +160,18 @@ def test_python_m_help():
     r = subprocess.run([sys.executable, "-m", "meaningful_perturbation", "--help"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "explain" in r.stdout and "methods" in r.stdout
+
+
+def test_explain_leaves_no_config_json_after_a_target_error(tmp_path, model_spec, capsys):
+    out = tmp_path / "o"
+    base = ["explain", str(EXAMPLES / "x.png"), "--model", model_spec, "--trust-code", "--method", "gradient",
+            "--target", "999", "-q"]
+    assert main(base + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # (after the tiny model's head warning)
+    assert err == "mperturb: error: --target: class index 999 out of range for a model with 6 classes"
+    assert not out.exists()  # the folder and config.json this run created are removed
+    kept = tmp_path / "k"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    assert main(base + ["--out", str(kept)]) == 2
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]  # only what this run wrote is removed

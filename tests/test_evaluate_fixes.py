@@ -418,3 +418,100 @@ def test_fuzz_coco_annotations_raise_only_input_error(tmp_path_factory, part, k,
         return
     for r in recs:
         segments_mask(r["segments"], r["boxes"], (8, 8), (8, 8))
+
+
+# ------------------------------------------- review 16/17: --resume --force, explain changes
+def test_resume_force_refuses_changed_explain_settings_but_rescores(root, tmp_path, capsys):
+    out = tmp_path / "o"
+    base = ["evaluate", "pointing", "--data", str(root / "voc"), "--out", str(out), *model(root, 20)]
+    assert main(base) == 0
+    state = (out / "evaluate.json").read_text()
+    saved = (out / "run" / "results.jsonl").read_text()
+    e = one_error(capsys, [*base, "--resume", "--force", "--method", "rise"])
+    assert "--resume --force: the explanations saved in" in e and "explain.method: 'gradient' -> 'rise'" in e
+    assert "choose a new --out" in e
+    e = one_error(capsys, [*base, "--resume", "--method", "rise"])  # without --force: the hint does not send to it
+    assert "explain.method: 'gradient' -> 'rise'" in e and "choose a new --out" in e
+    assert "--resume --force refuses explain changes" in e
+    # nothing was relabelled: the state and the saved explanations are those of the first run
+    assert (out / "evaluate.json").read_text() == state
+    assert (out / "run" / "results.jsonl").read_text() == saved
+    # a scoring-only change is still accepted with --resume --force
+    assert main([*base, "--resume", "--force", "--param", "tolerance_px=100"]) == 0
+    assert json.loads((out / "results.json").read_text())["all"] == 1.0
+
+
+BINARY = b"\xff\xfe\x00\x01garbage"
+
+
+@pytest.mark.parametrize("name, protocol, n, rel, option", [
+    ("in_csv", "imagenet-loc", 3, "LOC_val_solution.csv", "--annotations"),
+    ("in_csv", "imagenet-loc", 3, "LOC_synset_mapping.txt", "--synsets"),
+    ("voc", "pointing", 20, "VOCdevkit/VOC2007/ImageSets/Main/test.txt", "--data"),
+    ("voc", "pointing", 20, "VOCdevkit/VOC2007/Annotations/000002.xml", "--data"),
+    ("coco", "pointing", 3, "annotations/instances_val2014.json", "--annotations"),
+])
+def test_undecodable_annotation_files_are_one_line_errors(root, tmp_path, capsys, name, protocol, n, rel, option):
+    data = tmp_path / name
+    if name == "in_csv":
+        d.write_imagenet(data, "csv")
+    else:
+        shutil.copytree(root / name, data)
+    (data / rel).write_bytes(BINARY)
+    argv = ["evaluate", protocol, "--data", str(data), "--out", str(tmp_path / "o"), *model(root, n)]
+    if name == "coco":
+        argv += ["--dataset", "coco14"]
+    e = one_error(capsys, argv)
+    assert e.startswith(f"mperturb: error: {option}: ") and Path(rel).name in e, e
+
+
+@pytest.mark.parametrize("edit", ["unknown class", "xmin > xmax", "bad number", "missing xml"])
+def test_a_user_error_while_streaming_annotations_leaves_out_as_found(root, tmp_path, capsys, edit):
+    voc = tmp_path / "voc"
+    shutil.copytree(root / "voc", voc)
+    base = voc / "VOCdevkit" / "VOC2007"
+    xml = base / "Annotations" / "000003.xml"  # the last image: the first pairs are already streamed
+    text = xml.read_text()
+    if edit == "unknown class":
+        xml.write_text(text.replace("<name>bird</name>", "<name>unicorn</name>", 1))
+    elif edit == "xmin > xmax":
+        xml.write_text(text.replace("<xmin>", "<xmin>9999", 1))
+    elif edit == "bad number":
+        xml.write_text(text.replace("<ymax>", "<ymax>x", 1))
+    else:
+        (base / "ImageSets" / "Main" / "test.txt").write_text("000001\n000002\n000009\n")
+    for out in (tmp_path / "new", tmp_path / "empty"):
+        if out.name == "empty":
+            out.mkdir()
+        one_error(capsys, ["evaluate", "pointing", "--data", str(voc), "--out", str(out), *model(root, 20)])
+        if out.name == "new":
+            assert not out.exists()
+        else:
+            assert out.is_dir() and list(out.iterdir()) == []
+
+
+def test_a_masker_for_another_classifier_is_refused_before_out_is_written(root, tmp_path, capsys):
+    out = tmp_path / "o"
+    e = one_error(capsys, ["evaluate", "pointing", "--data", str(root / "voc"), "--out", str(out),
+                           *model(root, 20), "--method", "masker", "--masker", "demo"])
+    assert e.startswith("mperturb: error: --masker: ") and "another classifier" in e, e
+    assert not out.exists()
+
+
+def test_an_out_below_a_file_is_an_out_error(root, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    e = one_error(capsys, ["evaluate", "pointing", "--data", str(root / "voc"), "--out", str(afile / "x"),
+                           *model(root, 20)])
+    assert e.startswith("mperturb: error: --out: cannot create folder") and "afile" in e, e
+    assert afile.read_text() == "mine"
+
+
+def test_a_masker_change_is_shown_once_with_its_files():
+    from meaningful_perturbation.evaluation.evaluate import _shown
+
+    change = "explain.overrides.masker: 'sha256:aa' -> 'sha256:bb'"
+    got = _shown(change, {"masker_file": "/old/m.safetensors"}, {"masker_file": "/new/m.safetensors"})
+    assert got == ("explain.overrides.masker: another masker file content ('/old/m.safetensors' -> "
+                   "'/new/m.safetensors')")
+    assert _shown("explain.method: 'a' -> 'b'", {}, {}) == "explain.method: 'a' -> 'b'"

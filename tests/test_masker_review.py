@@ -332,3 +332,31 @@ def test_cli_resume_with_nothing_to_do_rewrites_nothing(tmp_path, capsys):
     assert rc == 2 and err.startswith("mperturb: error: --steps: the checkpoint in ") and "already has 2 steps" in err
     rc, err = _cli(capsys, *base, "--steps", "2")
     assert rc == 2 and "holds the checkpoint.safetensors of an earlier training; pass --resume" in err
+
+
+def test_overwrite_replaces_a_finished_training_with_its_checkpoint(tmp_path):
+    out = tmp_path / "m"
+    train_masker(_net(), _arrays(), out=out, steps=2, eval_n=0, layers=("2",), **FAST)
+    assert (out / "checkpoint.safetensors").is_file()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match=r"holds the checkpoint.safetensors of an earlier training; pass --resume "
+                                         r"to continue it, --overwrite to replace it"):
+        train_masker(_net(), _arrays(), out=out, steps=1, eval_n=0, layers=("2",), **FAST)
+    before = {n: (out / n).read_bytes() for n in ("masker.safetensors", "checkpoint.safetensors")}
+    with pytest.raises(InputError, match=r"--input-size"):  # a refused new training keeps the old one
+        train_masker(_net(), _arrays(), out=out, steps=1, eval_n=0, layers=("2",), overwrite=True,
+                     input_size=(SIZE * 2, SIZE * 2), **FAST)
+    assert {n: (out / n).read_bytes() for n in before} == before
+    r = train_masker(_net(), _arrays(), out=out, steps=1, eval_n=0, layers=("2",), overwrite=True, **FAST)
+    assert r.steps_run == 1 and r.new_steps == 1  # a new training from step 0, not the old checkpoint's
+    assert (out / "checkpoint.safetensors").read_bytes() != before["checkpoint.safetensors"]
+    again = train_masker(_net(), _arrays(), out=out, steps=1, eval_n=0, layers=("2",), resume=True, **FAST)
+    assert again.new_steps == 0 and again.steps_run == 1  # the checkpoint is the new training's (1 step)
+    assert (out / "notes.txt").read_text() == "mine"  # nothing else is touched
+
+
+def test_cli_errors_of_training_settings_name_the_option(tmp_path, capsys):
+    rc, err = _cli(capsys, "train-masker", "--model", "demo", "--data", "shapes", "--out", str(tmp_path / "o"), "-q",
+                   "--device", "cpu", "--set", "distil=1", "--steps", "1")
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith("mperturb: error: --set distil: 1") and "needs teacher masks" in err, err

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, MeaningfulPerturbationError
 from ..demo import DEMO_NOTE
 from ..explanation import LOW_CONFIDENCE, low_confidence
 from ..targets import clean_scores, target_from_option
@@ -304,9 +304,18 @@ def _to_hwc_uint8(img: torch.Tensor) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     """``mperturb explain``; an ``OSError`` on a file under ``--out`` becomes one
     :class:`InputError` naming the file and the fix (see the module docstring)."""
-    state: dict[str, list[Path]] = {"new": []}
+    state: dict[str, list[Path]] = {"new": [], "created": []}
     try:
         return _run(args, state)
+    except MeaningfulPerturbationError:
+        # A user error before any image's files were written (e.g. --target 9 on a 6-class
+        # model): remove the config.json (and folder) this run created, nothing else.
+        for p in state["created"]:
+            try:
+                p.rmdir() if p.is_dir() else p.unlink(missing_ok=True)
+            except OSError:  # a folder that is not empty: kept
+                pass
+        raise
     except OSError as e:
         for p in state["new"]:  # this image's files that did not exist before it
             try:
@@ -365,6 +374,8 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
     if isinstance(settings.target, str) and settings.target not in ("top1", "top5"):
         # Check a class name before anything is written (indices need the model's output size).
         target_from_option(settings.target, torch.zeros(1, len(class_names or ()) or 1), class_names)
+    # config.json, then the folder, in the order they are removed on a user error (see run()).
+    state["created"] = [p for p in (out / "config.json", out) if not p.exists()]
     out.mkdir(parents=True, exist_ok=True)
     _write_json(
         out / "config.json",
@@ -404,6 +415,7 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
         sal = ex.saliency[0].float()
         # Files (on a write error, run() removes those of this image that are new).
         state["new"] = [p for p in (out / f"{stem}{suf}" for suf in OUTPUT_SUFFIXES) if not p.exists()]
+        state["created"] = []  # an image's files follow: config.json describes them and stays
         ex.save(out / f"{stem}.npz")
         original = np.asarray(image, dtype=np.uint8)
         areas, pick = ex.extra.get("areas"), ex.config.get("saliency_area")

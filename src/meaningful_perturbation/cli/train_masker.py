@@ -45,7 +45,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="held-out images for the card's quality line (default 64)")
     t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.safetensors (same settings; --steps may grow)")
     t.add_argument("--overwrite", action="store_true",
-                   help="replace the masker.safetensors / MASKER_CARD.md of an earlier, finished training in --out")
+                   help="replace an earlier training in --out (its masker.safetensors, MASKER_CARD.md and "
+                        "checkpoint.safetensors; nothing else)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -113,9 +114,16 @@ def run(args: argparse.Namespace) -> int:
         size = (size, size) if isinstance(size, int) else tuple(size)
     else:
         size = None
-    result = train_masker(loaded.model, src, out=args.out, config=cfg, resume=args.resume,
-                          progress=not args.quiet and sys.stderr.isatty(), eval_n=args.eval_n, classifier_name=spec,
-                          device=device, input_size=size, overwrite=args.overwrite)
+    try:
+        result = train_masker(loaded.model, src, out=args.out, config=cfg, resume=args.resume,
+                              progress=not args.quiet and sys.stderr.isatty(), eval_n=args.eval_n,
+                              classifier_name=spec, device=device, input_size=size, overwrite=args.overwrite)
+    except (ConfigError, InputError) as e:  # the library names its argument; the CLI names the option
+        key = str(e).split(":", 1)[0]
+        if key in valid:
+            option = _OPTION_OF[key] if key in given_by_option else f"--set {key}"
+            raise type(e)(option + str(e)[len(key):]) from None
+        raise
     if args.resume and result.new_steps == 0:
         print(f"mperturb train-masker: already trained {result.steps_run} steps; nothing to do (pass a larger --steps to "
               f"continue); {Path(args.out) / 'masker.safetensors'} unchanged")

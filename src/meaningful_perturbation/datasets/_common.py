@@ -88,7 +88,7 @@ def read_xml(path: Path, *, one_based: bool) -> dict[str, Any]:
     """
     try:
         root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as e:
+    except (OSError, ET.ParseError, UnicodeDecodeError, ValueError) as e:
         raise InputError(f"--data: cannot read annotation {str(path)!r} ({e})") from None
     size = None
     s = root.find("size")

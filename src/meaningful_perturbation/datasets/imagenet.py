@@ -64,7 +64,11 @@ def _synset_names(path: Path, wnids: list[str]) -> list[str]:
     """``"n01440764 tench"``: the WordNet id and the first name after it on its line (the id
     alone where the line has none), in the file's order."""
     names = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"--synsets: cannot read {str(path)!r} ({e})") from None
+    for line in text.splitlines():
         parts = line.strip().split(None, 1)
         if len(parts) == 2:
             names[parts[0]] = parts[1].split(",")[0].strip()
@@ -155,6 +159,8 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, list[tuple[str, list[float]]]]]
                 yield row[0].strip(), boxes
         except csv.Error as e:
             raise InputError(f"--annotations: {path.name} line {reader.line_num}: {e}") from None
+        except UnicodeDecodeError as e:
+            raise InputError(f"--annotations: cannot read {str(path)!r} (not UTF-8 text: {e})") from None
 
 
 def iter_imagenet(

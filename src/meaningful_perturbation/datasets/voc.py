@@ -60,37 +60,37 @@ def iter_voc(
     if info is not None:
         info.update({"root": str(root), "split": split, "classes": len(VOC_CLASSES), "class_names": list(VOC_CLASSES)})
     try:
-        f = open(ids_file, encoding="utf-8")
-    except OSError as e:
+        with open(ids_file, encoding="utf-8") as f:
+            id_lines = f.read().splitlines()  # a list of ids: small
+    except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"--data: cannot read {str(ids_file)!r} ({e})") from None
     seen: set[str] = set()
     questionable = {"duplicate id(s) in the image list (each image used once)": 0,
                     "annotation(s) whose <size> disagrees with the image file (the file's size is used)": 0}
-    with f:
-        for line in f:
-            stem = line.split()[0] if line.split() else ""
-            if not stem:
-                continue
-            if stem in seen:
-                questionable["duplicate id(s) in the image list (each image used once)"] += 1
-                continue
-            seen.add(stem)
-            xml = root / "Annotations" / f"{stem}.xml"
-            if not xml.is_file():
-                raise InputError(f"--data: {ids_file.name} lists {stem!r} but {str(xml)!r} does not exist")
-            rec = read_xml(xml, one_based=True)
-            by_class: dict[str, list[list[float]]] = {}
-            for o in rec["objects"]:
-                if o["name"] not in index:
-                    raise InputError(f"--data: {str(xml)!r}: unknown VOC class {o['name']!r}")
-                by_class.setdefault(o["name"], []).append(o["box"])
-            path = str(find_image(root / "JPEGImages", stem, rec["filename"], ".jpg"))
-            size = rec["size"]
-            real = image_size(path) if size is not None else None
-            if real is not None and list(real) != list(size):
-                questionable["annotation(s) whose <size> disagrees with the image file (the file's size is used)"] += 1
-                size = list(real)
-            for c in sorted(by_class, key=index.__getitem__):
-                yield {"path": path, "image": stem, "target": index[c], "class": c, "boxes": by_class[c],
-                       "classes_in_image": len(by_class), "size": size}
+    for line in id_lines:
+        stem = line.split()[0] if line.split() else ""
+        if not stem:
+            continue
+        if stem in seen:
+            questionable["duplicate id(s) in the image list (each image used once)"] += 1
+            continue
+        seen.add(stem)
+        xml = root / "Annotations" / f"{stem}.xml"
+        if not xml.is_file():
+            raise InputError(f"--data: {ids_file.name} lists {stem!r} but {str(xml)!r} does not exist")
+        rec = read_xml(xml, one_based=True)
+        by_class: dict[str, list[list[float]]] = {}
+        for o in rec["objects"]:
+            if o["name"] not in index:
+                raise InputError(f"--data: {str(xml)!r}: unknown VOC class {o['name']!r}")
+            by_class.setdefault(o["name"], []).append(o["box"])
+        path = str(find_image(root / "JPEGImages", stem, rec["filename"], ".jpg"))
+        size = rec["size"]
+        real = image_size(path) if size is not None else None
+        if real is not None and list(real) != list(size):
+            questionable["annotation(s) whose <size> disagrees with the image file (the file's size is used)"] += 1
+            size = list(real)
+        for c in sorted(by_class, key=index.__getitem__):
+            yield {"path": path, "image": stem, "target": index[c], "class": c, "boxes": by_class[c],
+                   "classes_in_image": len(by_class), "size": size}
     warn_counts(questionable, f"--data: {ids_file.name}")

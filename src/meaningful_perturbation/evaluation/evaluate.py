@@ -536,9 +536,12 @@ def _prepare_out(out: Path, state: dict[str, Any], opts: EvaluateOptions) -> Non
         changed = a != state["compared"]
         if opts.resume and changed and not opts.force:
             diff = _diff(a, state["compared"]) if a is not None else ["unreadable evaluate.json"]
-            shown = "; ".join(diff[:5]) + (" ..." if len(diff) > 5 else "")
+            shown = "; ".join(_shown(d, old, state) for d in diff[:5]) + (" ..." if len(diff) > 5 else "")
             scoring_only = a is not None and all(d.split(":")[0].startswith(_SCORING_ONLY) for d in diff)
-            if any(d.startswith("data:") for d in diff):
+            if any(d.startswith("explain.") for d in diff):
+                hint = ("resume with the same settings, or choose a new --out (the saved explanations were made "
+                        "with the old ones; --resume --force refuses explain changes, --force alone starts over)")
+            elif any(d.startswith("data:") for d in diff):
                 hint = ("if the data set only moved, pass --resume --force: the pairs whose image paths are "
                         "unchanged keep their explanations, the others are explained again")
             elif scoring_only:
@@ -548,17 +551,55 @@ def _prepare_out(out: Path, state: dict[str, Any], opts: EvaluateOptions) -> Non
                 hint = "resume with the same settings, or pass --resume --force to continue with the new ones"
             raise ConfigError(f"--resume: the evaluation in {str(out)!r} was made with other settings "
                               f"({shown}); {hint}")
+        if opts.resume and opts.force and changed and a is not None:
+            explain = [d for d in _diff(a, state["compared"]) if d.startswith("explain.")]
+            if explain:  # the saved explanations were made otherwise: never label them with new settings
+                shown = "; ".join(_shown(d, old, state) for d in explain[:5]) + (" ..." if len(explain) > 5 else "")
+                raise ConfigError(f"--resume --force: the explanations saved in {str(out)!r} were made with other "
+                                  f"explain settings ({shown}); --resume --force only re-scores them after "
+                                  "scoring-only or data-location changes; choose a new --out (or pass --force "
+                                  "without --resume to explain everything again)")
         drop = OWN_FILES if not opts.resume else ((SCORES, "results.json", "results.md") if changed else ())
         for n in drop:  # only this program's own files
             (out / n).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
+    except OSError as e:  # e.g. a file where a folder of the path should be
+        from .._atomic import os_error_text
+
+        raise InputError("--out: " + os_error_text(e, "cannot create folder" if not out.is_dir() else "cannot write",
+                                                   "--out")) from None
+
+
+def _shown(change: str, old: Any, state: dict[str, Any]) -> str:
+    """One change for a message; a masker compared by content is named by its files."""
+    key = change.split(":", 1)[0]
+    if key.endswith(".masker") and "sha256:" in change:
+        was = old.get("masker_file", "?") if isinstance(old, dict) else "?"
+        return f"{key}: another masker file content ({was!r} -> {state.get('masker_file', '?')!r})"
+    return change
 
 
 # Settings that change only the scoring: a resume with --force re-scores the saved explanations.
 _SCORING_ONLY = ("params.iou_threshold", "params.tolerance_px", "params.difficult_", "params.alphas",
                  "params.rules", "params.heldout_every", "params.component", "params.degenerate", "params.levels",
                  "params.thresholds", "params.blur_sigma", "params.suppression")
+
+
+def _explain_record(settings: Any) -> dict[str, Any]:
+    """The explain settings as compared on ``--resume``: JSON values, no device, and a masker
+    file named by its content (a moved copy is the same masker; an edited file is not)."""
+    from ..runner.run import _masker_identity, _replace_value
+
+    rec = json.loads(json.dumps({k: v for k, v in settings.to_dict().items() if k != "device"}, default=str))
+    masker = (getattr(settings, "config", None) or {}).get("masker")
+    if getattr(settings, "method", None) == "masker" and isinstance(masker, str):
+        try:
+            rec = _replace_value(rec, masker, _masker_identity(masker))
+        except OSError:  # unreadable: the masker check names it later
+            pass
+    return rec
 
 
 def _model_classes(settings: Any) -> tuple[Any, Any, Any, int, str]:
@@ -623,8 +664,11 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
     compared = {"protocol": opts.protocol, "dataset": dataset, "data": str(Path(opts.data).resolve()),
                 "images": opts.images, "annotations": opts.annotations, "synsets": opts.synsets,
                 "params": proto["params"], "limit": opts.limit,
-                "explain": {k: v for k, v in settings.to_dict().items() if k != "device"}}
+                "explain": _explain_record(settings)}
     state = {"format": _FORMAT, "version": 1, "compared": compared}
+    masker = (settings.overrides or {}).get("masker") if settings.method == "masker" else None
+    if isinstance(masker, str):  # compared by content; the path only for the messages
+        state["masker_file"] = str(Path(masker).resolve()) if masker != "demo" else masker
 
     run_dir = out / RUN_DIR
     ropts = RunOptions(source=str(out / MANIFEST), out=str(run_dir), source_type="jsonl",
@@ -646,10 +690,9 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
                           f"{info.get('classes')} (protocol {opts.protocol}); use a model trained on this data set")
     if info.get("class_names"):  # progress lines and results.jsonl name the data set's classes
         ropts = dataclasses.replace(ropts, class_names=tuple(str(c) for c in info["class_names"]))
-    if rank == 0:
-        _prepare_out(out, state, opts)
-        if opts.resume:
-            _resume_fixups(out)
+    from ..masker.model import check_masker_setting
+
+    check_masker_setting(settings, model, prep)  # a bad or foreign masker: refused before --out is written
 
     def chained() -> Iterator[dict[str, Any]]:
         yield first
@@ -657,9 +700,21 @@ def evaluate(settings: Any, opts: EvaluateOptions) -> EvaluateSummary:
 
     manifest = out / MANIFEST
     if rank == 0:
-        # Under torchrun the other ranks read the manifest only inside run_directory, after
-        # the process-group rendezvous, which rank 0 joins once the manifest is written.
-        write_manifest(chained(), manifest, opts.limit)
+        # The annotations are streamed into the manifest, so a malformed one further down is
+        # found only while it is written: a fresh --out is then left as it was found.
+        made_dir = not out.exists()
+        fresh = made_dir or (out.is_dir() and not any(not n.startswith(".") for n in os.listdir(out)))
+        try:
+            _prepare_out(out, state, opts)
+            if opts.resume:
+                _resume_fixups(out)
+            # Under torchrun the other ranks read the manifest only inside run_directory, after
+            # the process-group rendezvous, which rank 0 joins once the manifest is written.
+            write_manifest(chained(), manifest, opts.limit)
+        except MeaningfulPerturbationError:
+            if fresh:
+                _remove_created(out, made_dir)
+            raise
     summary = run_directory(settings, ropts)
     if summary.rank != 0:
         return EvaluateSummary({}, "", out, summary.rank, summary.world_size)
@@ -753,6 +808,21 @@ def _head_origin(user_head: str, proto: dict[str, Any], kind: str) -> str:
     if proto["params"].get("head", "auto") != "auto":
         return f"protocol parameter head={proto['params']['head']}"
     return "auto-detected"
+
+
+def _remove_created(out: Path, made_dir: bool) -> None:
+    """After a user error in a fresh ``--out``: remove what this invocation wrote there (the
+    state and the manifest; the folder itself when it created it and it is empty again)."""
+    for n in (STATE_FILE, MANIFEST):
+        try:
+            (out / n).unlink(missing_ok=True)
+        except OSError:
+            pass
+    if made_dir:
+        try:
+            out.rmdir()  # only when empty
+        except OSError:
+            pass
 
 
 def _resume_fixups(out: Path) -> None:

@@ -178,14 +178,6 @@ def check_fingerprint(fingerprint: dict[str, Any], model: nn.Module, num_classes
         InputError: ``input_size`` differs from the masker's (resize the images, or train at that size).
         ModelError: class count, layers, the tapped layers' weights or the head's weights differ.
     """
-    if input_size is not None:
-        size = [int(input_size[0]), int(input_size[1])]
-        if size != list(fingerprint["input_size"]):
-            h, w = fingerprint["input_size"]
-            raise InputError(
-                f"{option}: the masker {where} was trained on {h}x{w} images, got {size[0]}x{size[1]}; resize the images "
-                f"to {h}x{w} (--input-size {h}), or train a masker at {size[0]} px (mperturb train-masker --data "
-                f"shapes:{size[0]} ..., or NAME:{size[0]} for another ground-truth family)")
     if num_classes is not None and int(num_classes) != int(fingerprint["classes"]):
         raise ModelError(
             f"masker: {where} was trained for a classifier with {fingerprint['classes']} classes, this model outputs "
@@ -210,6 +202,15 @@ def check_fingerprint(fingerprint: dict[str, Any], model: nn.Module, num_classes
                 f"masker: {where} was trained for another classifier: its head ({fingerprint.get('head', '?')!r}, the last "
                 f"layer with weights) differs from this model's ({head[0] if head else None!r}; re-initialised or fine-tuned?); "
                 "train a masker for this model (mperturb train-masker --model ...)")
+    # After the classifier checks: the size advice is wrong for a masker of another classifier.
+    if input_size is not None:
+        size = [int(input_size[0]), int(input_size[1])]
+        if size != list(fingerprint["input_size"]):
+            h, w = fingerprint["input_size"]
+            raise InputError(
+                f"{option}: the masker {where} was trained on {h}x{w} images, got {size[0]}x{size[1]}; resize the images "
+                f"to {h}x{w} (--input-size {h}), or train a masker at {size[0]} px (mperturb train-masker --data "
+                f"shapes:{size[0]} ..., or NAME:{size[0]} for another ground-truth family)")
 
 
 def _conv(cin: int, cout: int) -> nn.Sequential:

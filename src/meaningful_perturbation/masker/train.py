@@ -296,8 +296,8 @@ def train_masker(
             and time-boxed runs).
         head: how the classifier's output is read (as in :func:`~meaningful_perturbation.explain`;
             ``"auto"`` decides from the output on the first batch).
-        overwrite: replace an earlier ``masker.safetensors`` / ``MASKER_CARD.md`` in ``out``
-            that has no checkpoint (refused otherwise).
+        overwrite: replace an earlier training in ``out`` (its ``masker.safetensors``,
+            ``MASKER_CARD.md`` and ``checkpoint.safetensors`` are removed before the first step).
 
     The data is checked against the classifier before the first step (label range, the
     source's class count, channels, image size; see :func:`~.data.check_source`);
@@ -370,9 +370,9 @@ def train_masker(
 def _train(model, src, data, cfg, outdir, resume, progress, input_size, eval_n, classifier_name, stop_after, device, head, overwrite):
     if resume and (outdir is None or not (outdir / CHECKPOINT).is_file()):
         raise InputError(f"--resume: no {CHECKPOINT} in {str(outdir)!r}; start without --resume")
-    if not resume and outdir is not None and (outdir / CHECKPOINT).exists():
+    if not resume and not overwrite and outdir is not None and (outdir / CHECKPOINT).exists():
         raise InputError(f"--out: {str(outdir)!r} holds the {CHECKPOINT} of an earlier training; pass --resume to "
-                         "continue it, or choose another --out")
+                         "continue it, --overwrite to replace it, or choose another --out")
     if not resume and not overwrite and outdir is not None:
         old = [n for n in (WEIGHTS, CARD) if (outdir / n).exists()]
         if old:
@@ -428,6 +428,11 @@ def _train(model, src, data, cfg, outdir, resume, progress, input_size, eval_n, 
 
                 done_masker = load_masker(outdir / WEIGHTS, option="--out")
                 return TrainResult(done_masker, history, start, earlier_seconds, done_masker.info.get("quality"), outdir, new_steps=0)
+        if overwrite and not resume and outdir is not None:
+            # --overwrite: the earlier training's own files go once everything is checked, so that
+            # its checkpoint can never be mistaken for this training's.
+            for n in (WEIGHTS, CARD, CHECKPOINT):
+                (outdir / n).unlink(missing_ok=True)
         end = cfg.steps if stop_after is None else min(cfg.steps, start + int(stop_after))
         bar = None
         if progress:
