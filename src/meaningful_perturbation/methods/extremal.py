@@ -294,7 +294,7 @@ register(
 register(
     "extremal-fast",
     ExtremalConfig,
-    "`extremal` with a quarter of the schedule (200 SGD steps, the same λ path); as good on the ground-truth benchmark",
+    "`extremal` with a quarter of the schedule (200 SGD steps, the same λ path); as good on ShapeEvidence, weaker on TextureEvidence",
     perturbation_levels=perturbation_levels,
     steps=200,
     notes={"steps": "a quarter of 800, the area weight following the same λ path (×1.0035⁴ per step): within the CI of the full schedule on ShapeEvidence (docs/benchmarks.md, quality vs steps)"},
