@@ -103,9 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = module.add_parser(sub)
         if cmd is not None and cmd.get_default("func") is None:
             cmd.set_defaults(func=module.run)
-    for name, cmd in sub.choices.items():  # usage errors as one line (evaluate sets its own)
-        if "error" not in vars(cmd):
-            cmd.error = _one_line_usage_error(name)  # type: ignore[method-assign]
+    for name, cmd in sub.choices.items():  # usage errors as one line
+        cmd.error = _one_line_usage_error(name)  # type: ignore[method-assign]
     parser.error = _one_line_usage_error(None)  # type: ignore[method-assign]
     return parser
 

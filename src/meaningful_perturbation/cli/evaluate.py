@@ -60,13 +60,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="start over in --out (removes only its own files); with --resume: accept changed settings")
     e.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar or per-item messages (the results table still goes to stdout)")
-    p.set_defaults(func=run)
-
-    def one_line_error(message: str) -> None:  # the project's form, not argparse's usage block
-        print(f"mperturb: error: evaluate: {' '.join(str(message).split())}", file=sys.stderr)
-        raise SystemExit(2)
-
-    p.error = one_line_error  # type: ignore[method-assign]
+    p.set_defaults(func=run)  # usage errors: one line, set for every subcommand in cli/__init__.py
     return p
 
 

@@ -48,13 +48,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="replace an earlier training in --out (its masker.safetensors, MASKER_CARD.md and "
                         "checkpoint.safetensors; nothing else)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
-
-    def one_line_error(message: str) -> None:  # the project's form, not argparse's usage block
-        print(f"mperturb: error: train-masker: {' '.join(str(message).split())}", file=sys.stderr)
-        raise SystemExit(2)
-
-    p.error = one_line_error  # type: ignore[method-assign]
+    p.set_defaults(func=run)  # usage errors: one line, set for every subcommand in cli/__init__.py
     return p
 
 
