@@ -59,7 +59,7 @@ from .backgrounds import (
     _procedural_background,
     available_photos,
 )
-from .shapes import ShapeTensors, _check_args, _normalize_tensor
+from .shapes import ShapeEvidence, ShapeTensors, _check_args
 
 __all__ = [
     "TEXTURE_CLASSES",
@@ -150,19 +150,7 @@ class TextureEvidence:
             ``counterfactuals`` ``(n, 3, S, S)`` float32, ``labels`` ``(n,)`` int64,
             ``masks`` / ``distractors`` ``(n, S, S)`` bool), the same type as ShapeEvidence's.
         """
-        import torch
-
-        def img(a: np.ndarray) -> torch.Tensor:
-            t = torch.from_numpy(np.ascontiguousarray(a)).to(device)
-            return _normalize_tensor(t) if normalize else t
-
-        return ShapeTensors(
-            images=img(self.images),
-            labels=torch.from_numpy(self.labels).to(device),
-            masks=torch.from_numpy(self.masks).to(device),
-            distractors=torch.from_numpy(self.distractors).to(device),
-            counterfactuals=img(self.counterfactuals),
-        )
+        return ShapeEvidence.to_tensors(self, normalize, device)  # the same fields, the same conversion
 
 
 # ------------------------------------------------------------------------- drawing
