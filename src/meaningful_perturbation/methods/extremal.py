@@ -151,12 +151,13 @@ def area_term(full: torch.Tensor, areas: tuple[float, ...]) -> torch.Tensor:
     n, k = full.shape[:2]
     flat = full.reshape(n, k, -1)
     P = flat.shape[-1]
-    A = torch.tensor([int(round(a * P)) for a in areas], device=flat.device)  # (K,)
+    counts = [int(round(a * P)) for a in areas]  # Python ints: reading them back from the device would sync every step
+    A = torch.tensor(counts, device=flat.device)  # (K,)
     with torch.no_grad():
         # τ = A-th largest = (P − A + 1)-th smallest; A = 0 → weight 0 everywhere.
         taus = []
         for j in range(k):
-            a_j = int(A[j])
+            a_j = counts[j]
             if a_j == 0:
                 taus.append(torch.full((n,), float("inf"), dtype=flat.dtype, device=flat.device))
             else:
