@@ -81,7 +81,7 @@ def test_smooth_max_gradcheck_float64():
 
 
 def test_smooth_max_fold_backward_equals_shifted_adds(monkeypatch):
-    """The accelerator path of the backward (one F.fold) gives the CPU path's gradient."""
+    """The CUDA path of the backward (one F.fold) gives the CPU path's gradient."""
     import meaningful_perturbation.core.smoothmax as smoothmax
 
     sm = SmoothMaxMask.for_image((40, 52), 3.0, 9.0)

@@ -169,7 +169,7 @@ class _LatticeSmoothMax(torch.autograd.Function):
         return _fold_neighbours(g_nb, R), None, None, None
 
 
-#: Take the accelerator path (``F.fold``) on the CPU too: ``benchmarks/overhead.py --count``
+#: Take the CUDA path (``F.fold``) on the CPU too: ``benchmarks/overhead.py --count``
 #: counts the kernels a GPU step launches on a CPU, and the tests compare both paths.
 FOLD_ON_CPU = False
 
@@ -178,14 +178,14 @@ def _fold_neighbours(g_nb: torch.Tensor, R: int) -> torch.Tensor:
     """Adjoint of :func:`_neighbours`: sum ``(M, h, w, (2R+1)²)`` neighbourhood values back
     onto the ``(M, h + 2R, w + 2R)`` points they were read from.
 
-    On accelerators this is one ``F.fold`` (col2im: two kernel launches per step, where a
-    GPU step is bound by launches, issue 14); on CPU the ``(2R+1)²`` shifted adds are as
+    On CUDA this is one ``F.fold`` (col2im: two kernel launches per step, where a GPU step is
+    bound by launches, issue 14); on the CPU (and other devices) the ``(2R+1)²`` shifted adds are as
     fast or faster (``F.fold`` is up to 1.8× slower there for many small lattices). Both
     give the same sums (tested).
     """
     m, h, w, D = g_nb.shape
     d = 2 * R + 1
-    if g_nb.device.type != "cpu" or FOLD_ON_CPU:
+    if g_nb.device.type == "cuda" or FOLD_ON_CPU:  # MPS and others keep the adds (col2im support varies)
         cols = g_nb.reshape(m, h * w, D).transpose(1, 2)
         return F.fold(cols, (h + 2 * R, w + 2 * R), d).reshape(m, h + 2 * R, w + 2 * R)
     g_flat = g_nb.new_zeros((m, h + 2 * R, w + 2 * R))
