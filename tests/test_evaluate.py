@@ -98,7 +98,7 @@ def test_manifest_is_written_from_a_stream_without_holding_it(tmp_path):
                    "boxes": [[1.0, 2.0, 30.0, 40.0]]}
 
     tracemalloc.start()
-    n = write_manifest(records(), tmp_path / "m.jsonl")
+    n = write_manifest(records(), tmp_path / "m.jsonl", check_images=False)  # the paths are made up
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert n == 50_000 == made["n"]
@@ -107,7 +107,13 @@ def test_manifest_is_written_from_a_stream_without_holding_it(tmp_path):
         first = json.loads(f.readline())
     assert first == {"path": "/data/val/00000000.JPEG", "target": 0,
                      "eval": {"image": "0", "boxes": [[1.0, 2.0, 30.0, 40.0]]}}
-    assert write_manifest(records(), tmp_path / "m2.jsonl", limit=3) == 3
+    assert write_manifest(records(), tmp_path / "m2.jsonl", limit=3, check_images=False) == 3
+    with pytest.raises(InputError, match=r"--images: none of the image files the annotations name exists \(the first: "
+                                         r"/data/val/00000000.JPEG\)"):
+        write_manifest(records(), tmp_path / "m3.jsonl", limit=5)
+    (tmp_path / "real.JPEG").write_bytes(b"")
+    mixed = [{"path": "/data/val/x.JPEG", "target": 0}, {"path": str(tmp_path / "real.JPEG"), "target": 1}]
+    assert write_manifest(iter(mixed), tmp_path / "m4.jsonl") == 2  # one image found: the rest fail per pair
 
 
 # --------------------------------------------------------------------------- protocols

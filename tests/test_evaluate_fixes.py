@@ -515,3 +515,30 @@ def test_a_masker_change_is_shown_once_with_its_files():
     assert got == ("explain.overrides.masker: another masker file content ('/old/m.safetensors' -> "
                    "'/new/m.safetensors')")
     assert _shown("explain.method: 'a' -> 'b'", {}, {}) == "explain.method: 'a' -> 'b'"
+
+
+# ------------------------------------------- options a layout ignores; a folder without images
+def test_options_the_data_set_does_not_use_are_refused(root, tmp_path, capsys):
+    syn = tmp_path / "syn.txt"
+    syn.write_text("n01440764 tench\n")
+    for extra, name in ((["--synsets", str(syn)], "synsets"), (["--images", str(tmp_path)], "images"),
+                        (["--annotations", str(syn)], "annotations")):
+        out = tmp_path / f"o_{name}"
+        e = one_error(capsys, ["evaluate", "pointing", "--data", str(root / "voc"), *extra, "--out", str(out),
+                               *model(root, 20)])
+        assert e.startswith(f"mperturb: error: --{name}: the PASCAL VOC 2007 test layout does not use it"), e
+        assert not out.exists()
+    e = one_error(capsys, ["evaluate", "pointing", "--dataset", "coco14", "--data", str(root / "coco"),
+                           "--synsets", str(syn), "--out", str(tmp_path / "o_coco"), *model(root, 3)])
+    assert e.startswith("mperturb: error: --synsets: the COCO 2014 val layout does not use it"), e
+
+
+def test_an_images_folder_holding_none_of_the_images_is_refused_up_front(root, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "o"
+    e = one_error(capsys, ["evaluate", "pointing", "--dataset", "coco14", "--data", str(root / "coco"),
+                           "--images", str(empty), "--out", str(out), *model(root, 3)])
+    assert e.startswith("mperturb: error: --images: none of the "), e
+    assert str(empty) in e and "point --data (or --images) at the folder that holds them" in e
+    assert not out.exists()  # nothing explained, the fresh --out left as it was

@@ -86,6 +86,12 @@ def dataset_records(dataset: str, opts: EvaluateOptions, proto: dict[str, Any], 
     """The data set's records (see :mod:`meaningful_perturbation.datasets`), streamed."""
     from ..datasets import iter_coco, iter_imagenet, iter_voc
 
+    # Options the data set's layout does not use are refused, not silently ignored.
+    unused = {"voc07": ("synsets", "images", "annotations"), "coco14": ("synsets",)}.get(dataset, ())
+    for name in unused:
+        if getattr(opts, name) is not None:
+            raise ConfigError(f"--{name}: the {DATASETS.get(dataset, dataset)} layout does not use it (protocol "
+                              f"{opts.protocol}); got {getattr(opts, name)!r}; leave it out")
     if dataset == "imagenet":
         return iter_imagenet(opts.data, images=opts.images, annotations=opts.annotations, synsets=opts.synsets,
                              info=info)
@@ -94,14 +100,21 @@ def dataset_records(dataset: str, opts: EvaluateOptions, proto: dict[str, Any], 
     return iter_coco(opts.data, annotations=opts.annotations, images=opts.images, info=info)
 
 
-def write_manifest(records: Iterable[dict[str, Any]], path: str | os.PathLike[str], limit: int | None = None) -> int:
+def write_manifest(records: Iterable[dict[str, Any]], path: str | os.PathLike[str], limit: int | None = None,
+                   check_images: bool = True) -> int:
     """Write one runner manifest line per record (``path``, ``target`` and the annotations under
     ``eval``), atomically, consuming ``records`` one at a time. Returns the number of lines.
 
+    With ``check_images``, the image files are looked up until one exists (one ``stat`` when the
+    folder is right): a missing image only fails its own pairs later (``failures.jsonl``), but a
+    folder holding none of them is refused here, before anything is explained.
+
     Raises:
-        InputError: no record at all.
+        InputError: no record at all; or (``check_images``) none of the images exists.
     """
     n = 0
+    found = not check_images
+    first_missing = last = None
     with atomic_open(path, "w") as f:
         for rec in records:
             if limit is not None and n >= limit:
@@ -110,8 +123,16 @@ def write_manifest(records: Iterable[dict[str, Any]], path: str | os.PathLike[st
                    "eval": {k: v for k, v in rec.items() if k not in ("path", "target")}}
             f.write(json.dumps(row, separators=(",", ":"), allow_nan=False) + "\n")
             n += 1
+            if not found and rec["path"] != last:
+                last = rec["path"]
+                found = os.path.isfile(str(last))
+                if not found and first_missing is None:
+                    first_missing = last
         if n == 0:
             raise InputError("--data: the annotations hold no (image, class) pair to evaluate")
+        if not found:
+            raise InputError(f"--images: none of the image files the annotations name exists (the first: "
+                             f"{first_missing}); point --data (or --images) at the folder that holds them")
     return n
 
 
