@@ -330,3 +330,25 @@ def test_usage_errors_are_one_line_at_every_level(argv, expected, capsys):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1, err
     assert err[0].startswith(expected), err[0]
+
+
+def test_a_flag_and_set_giving_the_same_setting_differently_are_refused(tmp_path, capsys):
+    """--steps / --areas / --masker and a --set (or --config) of the same key must agree."""
+    img = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(img)
+    base = ["explain", str(img), "--device", "cpu", "-q"]
+    capsys.readouterr()
+    assert main([*base, "--method", "paper", "--steps", "5", "--set", "steps=6", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["mperturb: error: --steps: --steps 5 and steps=6 from --set/--config disagree; give the setting once"]
+    assert not (tmp_path / "a").exists()
+    assert main([*base, "--method", "extremal-sweep", "--areas", "0.1", "0.2", "0.4", "--set", "areas=[0.1,0.2,0.3]",
+                 "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mperturb: error: --areas: --areas (0.1, 0.2, 0.4) and areas=(0.1, 0.2, 0.3)"), err
+    assert main([*base, "--method", "masker", "--masker", "demo", "--set", "masker=other.safetensors",
+                 "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mperturb: error: --masker: --masker 'demo' and masker='other.safetensors'"), err
+    # the same value twice is accepted
+    assert main([*base, "--method", "paper", "--steps", "2", "--set", "steps=2", "--out", str(tmp_path / "d")]) == 0

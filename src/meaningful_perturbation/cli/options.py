@@ -247,6 +247,11 @@ def name_option(message: str, args: argparse.Namespace | None) -> str:
     return message
 
 
+def _norm(value: Any) -> Any:
+    """Lists and tuples compare equal (``--areas 0.1 0.2`` vs ``--set areas=[0.1,0.2]``)."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
 def build_run_settings(args: argparse.Namespace) -> RunSettings:
     """Validate the parsed options into a :class:`RunSettings`.
 
@@ -266,6 +271,7 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
     for item in getattr(args, "set_values", None) or []:
         key, value = parse_set_value(item)
         overrides[key] = value
+    given = dict(overrides)  # from --config / --set: a dedicated flag must not silently replace them
     if getattr(args, "steps", None) is not None:
         overrides["steps"] = args.steps
     if getattr(args, "areas", None) is not None:
@@ -279,6 +285,10 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
 
         as_masker(args.masker, option="--masker")  # a bad file fails now, before the model loads
         overrides["masker"] = args.masker
+    for key, flag in FLAG_SETTINGS.items():
+        if key in given and getattr(args, key, None) is not None and _norm(given[key]) != _norm(overrides.get(key, getattr(args, key))):
+            raise ConfigError(f"{flag}: {flag} {_norm(overrides.get(key, getattr(args, key)))!r} and {key}="
+                              f"{_norm(given[key])!r} from --set/--config disagree; give the setting once")
     # JSON lists -> tuples (configs are frozen dataclasses with tuple fields).
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     layer = getattr(args, "layer", None)
