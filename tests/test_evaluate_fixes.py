@@ -542,3 +542,23 @@ def test_an_images_folder_holding_none_of_the_images_is_refused_up_front(root, t
     assert e.startswith("mperturb: error: --images: none of the "), e
     assert str(empty) in e and "point --data (or --images) at the folder that holds them" in e
     assert not out.exists()  # nothing explained, the fresh --out left as it was
+
+
+def test_duplicate_coco_category_and_absurd_polygon_coordinates_are_named(root, tmp_path, capsys):
+    src = root / "coco" / "annotations" / "instances_val2014.json"
+    js = json.loads(src.read_text())
+    bad = tmp_path / "dup.json"
+    bad.write_text(json.dumps({**js, "categories": js["categories"] + [{"id": 3, "name": "again"}]}))
+    e = one_error(capsys, ["evaluate", "pointing", "--dataset", "coco14", "--data", str(root / "coco"),
+                           "--annotations", str(bad), "--out", str(tmp_path / "o1"), *model(root, 3)])
+    assert "category id 3 is listed 2 times in categories; each category needs its own id" in e, e
+    anns = [dict(a) for a in js["annotations"]]
+    first = next(a for a in anns if isinstance(a.get("segmentation"), list) and a["segmentation"])
+    first["segmentation"] = [[1e308, 0.0, 5.0, 5.0, 0.0, 5.0]]
+    bad2 = tmp_path / "far.json"
+    bad2.write_text(json.dumps({**js, "annotations": anns}))
+    e = one_error(capsys, ["evaluate", "pointing", "--dataset", "coco14", "--data", str(root / "coco"),
+                           "--annotations", str(bad2), "--out", str(tmp_path / "o2"), *model(root, 3)])
+    assert f"annotation {first['id']}: segmentation: polygon 0: expected an even number of finite coordinates" in e, e
+    assert "|v| <= 1e+07" in e
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()

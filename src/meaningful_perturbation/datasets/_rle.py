@@ -105,6 +105,12 @@ def rle_decode(seg: dict[str, Any], where: str = "segmentation") -> np.ndarray:
     return flat.reshape(w, h).T  # COCO RLE runs are column-major
 
 
+#: Largest polygon coordinate accepted, in pixels: far beyond any image (COCO's are under
+#: 1000 px; a gigapixel scan is ~10⁵ px a side). A larger value is a corrupt file, which
+#: would otherwise draw a nearly empty mask without a word.
+MAX_COORDINATE = 1e7
+
+
 def check_segmentation(seg: Any, where: str) -> bool:
     """Check one annotation's ``segmentation``; ``False`` when it is empty (``None``, ``[]``:
     the box stands in for it), ``True`` when usable.
@@ -118,9 +124,9 @@ def check_segmentation(seg: Any, where: str) -> bool:
         for k, poly in enumerate(seg):
             if (not isinstance(poly, list) or len(poly) % 2
                     or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                               for v in poly)):
+                               and abs(v) <= MAX_COORDINATE for v in poly)):
                 raise InputError(f"{where}: polygon {k}: expected an even number of finite coordinates "
-                                 f"[x0, y0, x1, y1, ...], got {str(poly)[:60]}")
+                                 f"[x0, y0, x1, y1, ...] in pixels (|v| <= {MAX_COORDINATE:.0e}), got {str(poly)[:60]}")
         return True
     if isinstance(seg, dict):
         _counts(seg, where)

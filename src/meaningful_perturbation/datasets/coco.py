@@ -89,6 +89,11 @@ def iter_coco(
         raise InputError(f"--annotations: {str(ann)!r} is not a COCO instances file "
                          f"(expected images, annotations and categories; {type(e).__name__}: {e})") from None
     del js
+    if len(index) != len(cats):
+        ids = [int(c["id"]) for c in cats]
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise InputError(f"--annotations: {str(ann)!r}: category id {dup} is listed {ids.count(dup)} times in "
+                         "categories; each category needs its own id")
     # Every annotation is checked here, while the manifest is streamed, before anything is
     # explained: a malformed one stops the evaluation with one line naming it.
     by_image: dict[int, list[dict[str, Any]]] = {}
