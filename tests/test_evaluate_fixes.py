@@ -562,3 +562,22 @@ def test_duplicate_coco_category_and_absurd_polygon_coordinates_are_named(root, 
     assert f"annotation {first['id']}: segmentation: polygon 0: expected an even number of finite coordinates" in e, e
     assert "|v| <= 1e+07" in e
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("form", ["xml", "csv"])
+def test_imagenet_images_without_an_annotation_are_counted_in_a_warning(tmp_path, form):
+    import warnings
+
+    from meaningful_perturbation.datasets import iter_imagenet
+    from meaningful_perturbation.errors import MeaningfulPerturbationWarning
+
+    data = d.write_imagenet(tmp_path / "in", form)
+    img_dir = data / "ILSVRC" / "Data" / "CLS-LOC" / "val"
+    for k in range(2):
+        shutil.copy(next(img_dir.glob("*.JPEG")), img_dir / f"ILSVRC2012_val_9999999{k}.JPEG")
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        recs = list(iter_imagenet(data))
+    assert recs and all("9999999" not in r["path"] for r in recs)
+    said = [str(w.message) for w in got if issubclass(w.category, MeaningfulPerturbationWarning)]
+    assert any(f"2 image(s) in {img_dir} with no annotation (not evaluated)" in m for m in said), said

@@ -163,6 +163,9 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, list[tuple[str, list[float]]]]]
             raise InputError(f"--annotations: cannot read {str(path)!r} (not UTF-8 text: {e})") from None
 
 
+_IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+
+
 def iter_imagenet(
     data: str | os.PathLike[str],
     *,
@@ -197,10 +200,13 @@ def iter_imagenet(
 
     empty = "image(s) without any box (empty PredictionString / no <object>; no pair)"
     bad_size = "annotation(s) whose <size> disagrees with the image file (the file's size is used)"
-    questionable = {empty: 0, bad_size: 0}
+    unannotated = f"image(s) in {img_dir} with no annotation (not evaluated)"
+    questionable = {empty: 0, bad_size: 0, unannotated: 0}
+    annotated: set[str] = set()  # stems with an annotation (50,000 short strings)
 
     def records(stem: str, filename: str | None, size: list[int] | None,
                 objs: list[tuple[str, list[float]]], where: str) -> Iterator[dict[str, Any]]:
+        annotated.add(stem)
         if not objs:
             questionable[empty] += 1
             return
@@ -226,4 +232,9 @@ def iter_imagenet(
             rec = read_xml(ann / name, one_based=False)
             objs = [(o["name"], o["box"]) for o in rec["objects"]]
             yield from records(Path(name).stem, None, rec["size"], objs, str(ann / name))
+    # Images no annotation names are not evaluated: said, not dropped silently.
+    with os.scandir(img_dir) as it:
+        questionable[unannotated] = sum(
+            1 for e in it if not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in _IMAGE_SUFFIXES
+            and os.path.splitext(e.name)[0] not in annotated)
     warn_counts(questionable, f"--annotations: {ann.name}")
