@@ -360,3 +360,42 @@ def test_cli_errors_of_training_settings_name_the_option(tmp_path, capsys):
                    "--device", "cpu", "--set", "distil=1", "--steps", "1")
     assert rc == 2 and err.count("\n") == 1
     assert err.startswith("mperturb: error: --set distil: 1") and "needs teacher masks" in err, err
+
+
+def test_ctrl_c_inside_a_step_resumes_to_the_uninterrupted_weights_and_statistics(tmp_path):
+    """Interrupted after a step's masker forward pass (its BatchNorm statistics already moved)
+    and resumed: every weight and buffer equals an uninterrupted run's, num_batches_tracked
+    included, and the history has one record per step."""
+    from safetensors.torch import load_file
+
+    kw = dict(eval_n=0, layers=("2",), **{**FAST, "checkpoint_every": 100})
+    ref = train_masker(_net(), _arrays(), out=tmp_path / "ref", steps=5, **kw)
+
+    src, state = _arrays(), {"step": -1, "calls": 0}
+    real = src.batch
+
+    def batch(step, size):
+        state["step"], state["calls"] = step, 0
+        return real(step, size)
+
+    def hook(module, args):  # the classifier: first on the clean batch, then on the masked one
+        if state["step"] == 3:
+            state["calls"] += 1
+            if state["calls"] == 2:
+                raise KeyboardInterrupt
+
+    src.batch = batch
+    net = _net()
+    net.register_forward_pre_hook(hook)
+    with pytest.raises(KeyboardInterrupt):
+        train_masker(net, src, out=tmp_path / "m", steps=5, **kw)
+    assert state["calls"] == 2  # interrupted inside step 3, after the masker's forward pass
+    done = train_masker(_net(), _arrays(), out=tmp_path / "m", steps=5, resume=True, **kw)
+    assert done.new_steps == 2
+    a, b = ref.masker.net.state_dict(), done.masker.net.state_dict()
+    assert any("num_batches_tracked" in k for k in a)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+    ha = load_file(str(tmp_path / "ref" / "checkpoint.safetensors"))["history"]
+    hb = load_file(str(tmp_path / "m" / "checkpoint.safetensors"))["history"]
+    assert ha.shape == hb.shape and ha.shape[0] == 5

@@ -441,8 +441,14 @@ def _train(model, src, data, cfg, outdir, resume, progress, input_size, eval_n, 
             bar = tqdm(total=cfg.steps, initial=start, desc="train-masker", unit="step", dynamic_ncols=True)
         net.train()
         done = start
+        buffers: list[torch.Tensor] = []  # the masker's buffers (BatchNorm statistics) before the step in progress
+        base_history = len(history)  # records of the steps before `start` (a resumed training)
+        step = start
         try:
             for step in range(start, end):
+                # A step interrupted after its forward pass has already moved the BatchNorm
+                # statistics; the checkpoint must hold them as they were after step `done`.
+                buffers = [b.detach().clone() for b in net.buffers()]
                 g = _step_generator(cfg.seed + 1, step)
                 x, labels, teacher = src.batch(step, cfg.batch_size)
                 x, labels = x.to(device), labels.to(device)
@@ -457,15 +463,21 @@ def _train(model, src, data, cfg, outdir, resume, progress, input_size, eval_n, 
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                done = step + 1
                 history.append({k: round(v, 6) for k, v in terms.items()})
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{terms['loss']:.3f}", area=f"{terms['area']:.3f}")
-                done = step + 1
                 if outdir is not None and (done % cfg.checkpoint_every == 0 or done == end):
                     _save_checkpoint(outdir / CHECKPOINT, masker, opt, done, cfg, history,
                                      {"data": data_desc, "seconds": earlier_seconds + time.perf_counter() - t0})
         except KeyboardInterrupt:
+            if buffers and done == step:  # interrupted before its update: undo its forward pass (resume redoes it)
+                with torch.no_grad():
+                    for b, saved in zip(net.buffers(), buffers):
+                        b.copy_(saved)
+            if len(history) < base_history + done - start:  # interrupted between the update and its record
+                history.append({k: round(v, 6) for k, v in terms.items()})
             if outdir is not None and done > start:  # keep the finished steps
                 _save_checkpoint(outdir / CHECKPOINT, masker, opt, done, cfg, history,
                                  {"data": data_desc, "seconds": earlier_seconds + time.perf_counter() - t0})
