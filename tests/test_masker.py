@@ -345,3 +345,20 @@ def test_the_runner_calls_the_masker_once_per_batch(tmp_path, monkeypatch):
                  "--device", "cpu", "-q"]) == 0
     assert sorted(calls) == [1, 4]
     assert len(list((tmp_path / "r" / "items").glob("*.npz"))) == 5
+
+
+def test_distilling_a_run_of_another_classifier_is_warned_about(tmp_path, capsys):
+    from meaningful_perturbation.cli import main
+
+    for i in range(2):
+        _png((tmp_path / "imgs").mkdir(exist_ok=True) or tmp_path / "imgs" / f"i{i}.png", seed=30 + i)
+    assert main(["run", str(tmp_path / "imgs"), "--out", str(tmp_path / "r"), "--method", "center", "--device", "cpu", "-q"]) == 0
+    base = ["train-masker", "--data", f"run:{tmp_path / 'r'}", "--steps", "1", "--eval-n", "0", "--device", "cpu", "-q",
+            "--set", "batch_size=2"]
+    capsys.readouterr()
+    assert main([*base, "--model", "demo", "--out", str(tmp_path / "m1")]) == 0
+    assert "explain another model" not in capsys.readouterr().err  # the same classifier: nothing to say
+    main([*base, "--model", "demo:textures", "--out", str(tmp_path / "m2")])
+    err = capsys.readouterr().err
+    assert (f"mperturb: warning: --data: the teacher masks of {tmp_path / 'r'} explain another model (--model demo) than "
+            "the classifier this masker is trained for (--model demo:textures)") in err, err

@@ -101,6 +101,17 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(_OPTION_OF[key] + str(e)[len(key):]) from None
         raise ConfigError(f"--set: {e}") from None
     src = data_source(args.data, seed=cfg.seed, preprocessing=prep)
+    teacher = getattr(src, "teacher_model", None)
+    if teacher is not None and _spec_key(teacher[0], teacher[1]) != _spec_key(spec, args.weights):
+        import warnings
+
+        from ..errors import MeaningfulPerturbationWarning
+
+        run_w = f" --weights {teacher[1]}" if teacher[1] else ""
+        our_w = f" --weights {args.weights}" if args.weights else ""
+        warnings.warn(f"--data: the teacher masks of {args.data[4:]} explain another model (--model {teacher[0]}{run_w}) than "
+                      f"the classifier this masker is trained for (--model {spec}{our_w}); distil from a run of the same "
+                      "classifier", MeaningfulPerturbationWarning, stacklevel=2)
     if args.eval_n < 0:
         raise InputError(f"--eval-n: expected a count >= 0, got {args.eval_n}")
     size = getattr(args, "input_size", None)
@@ -135,3 +146,12 @@ def run(args: argparse.Namespace) -> int:
     for w in quality_warnings(q):
         print(f"mperturb: warning: {w}", file=sys.stderr)
     return 0
+
+
+def _spec_key(spec: str, weights: str | None) -> tuple[str, str | None]:
+    """A model spec and weights file compared across folders: file paths inside the spec are
+    resolved (``python:model.py:build`` and ``python:/abs/model.py:build`` are the same)."""
+    import os
+
+    parts = [str(Path(p).resolve()) if p and os.path.exists(p) else p for p in spec.split(":")]
+    return ":".join(parts), (str(Path(weights).resolve()) if weights and os.path.exists(weights) else weights)

@@ -157,6 +157,7 @@ class RunFolderSource(ArraySource):
         from ..io import load_image, preprocess
 
         root = Path(folder)
+        self.teacher_model = _run_model(root)  # (spec, weights) the run explained, or None
         files = sorted(root.glob("results*.jsonl"))
         if not files:
             raise InputError(f"--data: {folder!r} has no results*.jsonl; expected a folder written by `mperturb run`")
@@ -184,6 +185,22 @@ class RunFolderSource(ArraySource):
             raise InputError(f"--data: {folder!r} holds no finished items with their .npz")
         super().__init__(torch.stack(xs), torch.tensor(ys), None, torch.stack(ts), seed=seed,
                          description=f"{len(xs)} images of the run folder {root.name} (teacher masks: {files[0].name})")
+
+
+def _run_model(root: Path) -> tuple[str, str | None] | None:
+    """``(model spec, weights)`` recorded in a run folder's ``settings.json``, or ``None`` when
+    the folder has none (or an unreadable one: the items are still usable)."""
+    path = root / "settings.json"
+    try:
+        if not path.is_file() or path.stat().st_size > 1 << 20:
+            return None
+        settings = json.loads(path.read_text(encoding="utf-8"))["compared"]["settings"]
+        model, weights = settings["model"], settings.get("weights")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(model, str) or not (weights is None or isinstance(weights, str)):
+        return None
+    return model, weights
 
 
 def _check_arrays(images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None, teacher: torch.Tensor | None) -> None:
