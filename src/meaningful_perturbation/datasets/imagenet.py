@@ -75,6 +75,8 @@ def _synset_names(path: Path, wnids: list[str]) -> list[str]:
     return [f"{w} {names[w]}" if names.get(w) else w for w in wnids]
 
 
+_IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")  # validation image files (any case)
+
 def _locate(data: Path, images: str | None, annotations: str | None, synsets: str | None) -> tuple[Path, Path, Path]:
     if not data.is_dir():
         raise InputError(f"--data: expected the ImageNet folder, {str(data)!r} is not a folder")
@@ -105,7 +107,7 @@ def _locate(data: Path, images: str | None, annotations: str | None, synsets: st
         img = None
         for c in IMAGES_CANDIDATES:
             p = data / c if c else data
-            if p.is_dir() and any(n.lower().endswith((".jpeg", ".jpg", ".png")) for n in os.listdir(p)[:1000]):
+            if p.is_dir() and any(n.lower().endswith(_IMAGE_SUFFIXES) for n in os.listdir(p)[:1000]):
                 img = p
                 break
         if img is None:
@@ -161,9 +163,6 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, list[tuple[str, list[float]]]]]
             raise InputError(f"--annotations: {path.name} line {reader.line_num}: {e}") from None
         except UnicodeDecodeError as e:
             raise InputError(f"--annotations: cannot read {str(path)!r} (not UTF-8 text: {e})") from None
-
-
-_IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
 def iter_imagenet(

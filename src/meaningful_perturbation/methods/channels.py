@@ -79,7 +79,7 @@ from ..errors import AreaWarning, ConfigError
 from ..explanation import Explanation
 from .baselines import gradcam as _gc
 from .common import MAX_STEPS, Context, check_choice, check_range
-from .extremal import AREA_TOLERANCE, GAMES, PAPER_STEPS, area_term
+from .extremal import AREA_TOLERANCE, GAMES, PAPER_STEPS, area_term, check_areas
 from .registry import config_as_dict, register
 
 __all__ = ["ChannelsConfig", "resolve_layer_name", "module_name", "channel_maps"]
@@ -118,14 +118,7 @@ class ChannelsConfig:
             got = repr(self.layer) if isinstance(self.layer, (str, int, float)) or self.layer is None else f"a {type(self.layer).__name__}"
             raise ConfigError(f"layer: expected a module name such as 'features.10' (see model.named_modules()), "
                               f"a submodule of the model, or None (automatic), got {got}")
-        areas = self.areas
-        if isinstance(areas, (int, float)) and not isinstance(areas, bool):
-            areas = (areas,)
-        if not isinstance(areas, (tuple, list)) or len(areas) == 0:
-            raise ConfigError(f"areas: expected a non-empty sequence of channel fractions in (0, 1], got {self.areas!r}")
-        for a in areas:
-            if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a <= 1:
-                raise ConfigError(f"areas: every area must be a fraction of the channels in (0, 1], got {a!r} in {self.areas!r}")
+        check_areas(self.areas, "channel fractions", "a fraction of the channels")
         check_range("steps", self.steps, 1, MAX_STEPS, integer=True)
         check_range("lr", self.lr, 0, low_open=True)
         check_range("momentum", self.momentum, 0, 1)

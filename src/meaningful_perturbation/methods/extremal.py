@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -62,6 +63,24 @@ GAMES = ("preserve", "delete", "dual")
 # flagged is a constraint that did not converge, not the normal spread.
 AREA_TOLERANCE = 0.25
 PAPER_STEPS = 800  # 2019 paper §4: 800 iterations; the λ schedule is defined over them
+
+
+def check_areas(areas: Any, fractions: str = "fractions", fraction: str = "a fraction") -> tuple:
+    """``areas`` (one number or a non-empty sequence) as a tuple of fractions in (0, 1].
+
+    Raises:
+        ConfigError: naming ``areas``, what was expected (``fractions`` / ``fraction``: the
+            wording, e.g. "channel fractions" for :mod:`.channels`) and what arrived.
+    """
+    raw = areas
+    if isinstance(areas, (int, float)) and not isinstance(areas, bool):
+        areas = (areas,)
+    if not isinstance(areas, (tuple, list)) or len(areas) == 0:
+        raise ConfigError(f"areas: expected a non-empty sequence of {fractions} in (0, 1], got {raw!r}")
+    for a in areas:
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a <= 1:
+            raise ConfigError(f"areas: every area must be {fraction} in (0, 1], got {a!r} in {raw!r}")
+    return tuple(areas)
 
 
 @dataclass(frozen=True)
@@ -100,14 +119,7 @@ class ExtremalConfig:
     channels_last: bool = False  # channels_last memory format for the model input
 
     def validate(self) -> None:
-        areas = self.areas
-        if isinstance(areas, (int, float)) and not isinstance(areas, bool):
-            areas = (areas,)
-        if not isinstance(areas, (tuple, list)) or len(areas) == 0:
-            raise ConfigError(f"areas: expected a non-empty sequence of fractions in (0, 1], got {self.areas!r}")
-        for a in areas:
-            if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a <= 1:
-                raise ConfigError(f"areas: every area must be a fraction in (0, 1], got {a!r} in {self.areas!r}")
+        areas = check_areas(self.areas)
         check_range("steps", self.steps, 1, MAX_STEPS, integer=True)
         check_range("lr", self.lr, 0, low_open=True)
         check_range("momentum", self.momentum, 0, 1)
