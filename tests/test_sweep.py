@@ -190,10 +190,11 @@ def test_dual_game_scores_the_deleted_input_too():
 
 # -- batching --------------------------------------------------------------------------------
 
-def test_batch_of_images_equals_one_by_one():
+@pytest.mark.parametrize("start", [dict(start="constant", init=0.5), dict()], ids=["constant", "occlusion"])
+def test_batch_of_images_equals_one_by_one(start):
     model, x = _oracle(24)
     model, x = model.double(), x.double()
-    kw = dict(method="extremal-sweep", areas=(0.05, 0.1, 0.3), steps=8, jitter="none", init=0.5, lr=0.2)
+    kw = dict(method="extremal-sweep", areas=(0.05, 0.1, 0.3), steps=8, jitter="none", lr=0.2, **start)
     together = mp.explain(model, x, target=[0, 1], **kw)
     for i in range(2):
         alone = mp.explain(model, x[i : i + 1], target=[i], **kw)
@@ -207,7 +208,7 @@ def test_areas_of_a_sweep_equal_extremal_runs_of_each_area():
     model, x = model.double(), x.double()
     areas = (0.05, 0.1, 0.3)
     kw = dict(target=0, steps=10, jitter="none", init=0.5, lr=0.2)  # masks that move in 10 steps
-    sweep = mp.explain(model, x, method="extremal-sweep", areas=areas, **kw)
+    sweep = mp.explain(model, x, method="extremal-sweep", areas=areas, start="constant", **kw)  # extremal's start
     opt = sweep.scores["optimised"][0]
     assert opt[0] < opt[1] < opt[2]  # three different masks, not three copies of the start
     for k, a in enumerate(areas):
@@ -332,15 +333,22 @@ def test_cli_explain_and_run_accept_the_sweep(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("game, passes", [("preserve", 3 * 4 + 2 * 3 + 2), ("dual", 2 * 3 * 4 + 4 * 3 + 2)])
-def test_model_passes_per_image(game, passes):
+@pytest.mark.parametrize("start, probe", [("constant", 0), ("occlusion", 22 * 22)])
+def test_model_passes_per_image(game, passes, start, probe):
     # K·steps (+ K·steps for dual) optimisation passes, the optimised and the reported masks
-    # (K each, per game), the clean and the fully perturbed image: the cost docs/sweep.md states
+    # (K each, per game), the clean and the fully perturbed image, and one pass per window of the
+    # occlusion start (24 px: window 3, stride 1): the cost docs/sweep.md states
+    from meaningful_perturbation.evaluation.benchmark import _passes
+
     model, x = _oracle(24, n=2)
     seen = []
     model.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
-    mp.explain(model, x, target=[0, 1], method="extremal-sweep", areas=(0.05, 0.1, 0.3), steps=4, game=game,
-               jitter="none")
-    assert sum(seen) == 2 * passes
+    ex = mp.explain(model, x, target=[0, 1], method="extremal-sweep", areas=(0.05, 0.1, 0.3), steps=4, game=game,
+                    jitter="none", start=start)
+    assert sum(seen) == 2 * (passes + probe)
+    assert ex.extra["probe_passes"] == probe
+    fb, fwd = _passes("extremal-sweep", dict(areas=(0.05, 0.1, 0.3), steps=4, game=game, start=start), 24)
+    assert fb == 3 * 4 * (2 if game == "dual" else 1) and fwd == 4 + probe  # the benchmark's estimate counts the probe
 
 
 # -- fix15: convergence is warned about ------------------------------------------------------
@@ -351,7 +359,8 @@ def test_unconverged_rungs_warn_and_are_flagged_while_masks_stay_nested():
     model, x = _oracle(24, n=1)
     with pytest.warns(AreaWarning, match=r"^extremal-sweep: 3 of 3 masks miss their target area by more than 25% "
                                          r"\(image 0 area 0.05 -> 1.000, image 0 area 0.1 -> 1.000, image 0 area 0.2 -> 1.000\)"):
-        ex = mp.explain(model, x, target=0, method="extremal-sweep", areas=(0.05, 0.1, 0.2), steps=1, jitter="none")
+        ex = mp.explain(model, x, target=0, method="extremal-sweep", areas=(0.05, 0.1, 0.2), steps=1, jitter="none",
+                        start="constant")
     assert ex.extra["achieved_area"] == [[1.0, 1.0, 1.0]]  # overshoot: one step leaves the init
     assert ex.extra["area_missed"] == [[True, True, True]]
     m = ex.masks[0]
@@ -516,3 +525,109 @@ def test_panel_optimisation_subplot_shows_a_middle_rung(tmp_path, monkeypatch):
     assert main(["explain", str(img), "--model", spec, "--trust-code", "--method", "extremal-sweep", "--steps", "2",
                  "--areas", "0.05", "0.1", "0.2", "0.4", "0.6", "--out", str(tmp_path / "o"), "-q"]) == 0
     assert seen["history_title"] == "optimisation (area 20.0%)"
+
+
+# --- the occlusion start (docs/sweep.md, "The start") ---------------------------------------
+
+
+def _problem(model, x, targets, **overrides):
+    from meaningful_perturbation.core.objective import Targets
+    from meaningful_perturbation.methods.common import Context
+    from meaningful_perturbation.methods.extremal import build_problem
+    from meaningful_perturbation.methods.registry import resolve_config
+
+    with torch.no_grad():
+        logits = model(x)
+    ctx = Context(model, x, Targets([[t] for t in targets], x.device), logits, 0, torch.Generator().manual_seed(0),
+                  "extremal-sweep")
+    cfg = resolve_config(get_method("extremal-sweep"), dict(overrides, jitter="none"))
+    return ctx, cfg, build_problem(ctx, cfg)
+
+
+def test_occlusion_probe_equals_captum_occlusion_with_the_games_perturbation():
+    """The probe is occlusion (Zeiler & Fergus 2014) with the fully perturbed image as the
+    occluder and the target's probability as the score: Captum's Occlusion with the same
+    baseline, window and stride gives the same map (a stride that ends at the far edge, so
+    both use the same windows)."""
+    from captum.attr import Occlusion
+
+    from meaningful_perturbation.methods.sweep import occlusion_probe, probe_windows
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 5, padding=2), nn.Tanh(), nn.AdaptiveAvgPool2d(3), nn.Flatten(),
+                          nn.Linear(54, 5)).double().eval()
+    x = torch.rand(2, 3, 20, 20, dtype=torch.float64)
+    ctx, cfg, problem = _problem(model, x, [1, 3])
+    window, stride = 6, 2  # (20 - 6) % 2 == 0: no extra flush window
+    ours, passes = occlusion_probe(problem, ctx.targets, ctx.clean_logits, (20, 20), window, stride)
+    assert passes == len(probe_windows((20, 20), window, stride)) == 8 * 8
+    occ = Occlusion(lambda z: model(z).softmax(-1))
+    ref = occ.attribute(x, sliding_window_shapes=(3, window, window), strides=(3, stride, stride),
+                        baselines=problem.levels[:, 0], target=torch.tensor([1, 3])).mean(dim=1)
+    torch.testing.assert_close(ours.double(), ref.double(), atol=1e-6, rtol=0)
+    assert ours.abs().amax() > 1e-4  # the map is not trivially zero
+
+
+def test_probe_windows_cover_every_pixel_and_end_flush():
+    from meaningful_perturbation.methods.sweep import probe_windows
+
+    boxes = probe_windows((21, 13), 5, 4)
+    rows = sorted({r for r, _ in boxes})
+    cols = sorted({c for _, c in boxes})
+    assert rows == [0, 4, 8, 12, 16] and cols == [0, 4, 8]  # 16 = 21 - 5 flush; 8 = 13 - 5 already on the grid
+    cover = torch.zeros(21, 13)
+    for r, c in boxes:
+        cover[r : r + 5, c : c + 5] += 1
+    assert (cover > 0).all()
+    assert probe_windows((4, 4), 9, 2) == [(0, 0)]  # a window larger than the image is clipped to it
+
+
+def test_occlusion_start_puts_each_rung_on_the_evidence():
+    """TextureOracle: class k's evidence is box k. The start of every rung up to the box's
+    area lies inside the box, and each rung keeps exactly round(a·P) lattice points."""
+    from meaningful_perturbation.methods.sweep import occlusion_probe, probe_size, start_from
+
+    model, x = _oracle(32, n=2)
+    areas = (0.02, 0.04, 0.08)
+    ctx, cfg, problem = _problem(model, x, [0, 1], areas=areas)  # image k holds the texture of box k
+    importance, _ = occlusion_probe(problem, ctx.targets, ctx.clean_logits, (32, 32), *probe_size(cfg, (32, 32)))
+    theta = start_from(importance, problem.theta, areas)
+    gh, gw = theta.shape[-2:]
+    P = gh * gw
+    box = nn.functional.interpolate(region_masks(32, BOXES).unsqueeze(1), size=(gh, gw), mode="area").squeeze(1)
+    for i, k in enumerate([0, 1]):
+        for j, a in enumerate(areas):
+            kept = theta[i, j, 0]
+            assert set(kept.unique().tolist()) <= {0.0, 1.0}
+            assert int(kept.sum()) == round(a * P)
+            inside = (box[k][kept.bool()] > 0).double().mean()  # kept lattice points touching the evidence box
+            assert inside == 1.0 if a < 0.05 else inside >= 0.9, (i, j, float(inside))
+
+
+def test_start_from_keeps_a_constant_start_where_the_probe_is_flat():
+    from meaningful_perturbation.methods.sweep import start_from
+
+    theta = torch.full((2, 3, 1, 4, 4), 1.0)
+    importance = torch.zeros(2, 8, 8)
+    importance[1, :4, :4] = 1.0  # image 1: the top-left quarter matters
+    out = start_from(importance, theta, (0.1, 0.25, 0.5))
+    assert torch.equal(out[0], theta[0])  # flat map: the constant start, not a cut in pixel order
+    assert torch.equal(out[1, 1, 0], torch.tensor([[1.0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]))
+    assert [int(out[1, j].sum()) for j in range(3)] == [2, 4, 8]
+
+
+def test_start_setting_errors_and_the_constant_start():
+    model, x = _oracle(24, n=1)
+    with pytest.raises(ConfigError, match=r"start: expected one of 'occlusion', 'constant', got 'gt'"):
+        mp.explain(model, x, target=0, method="extremal-sweep", areas=AREAS, steps=2, start="gt")
+    with pytest.raises(ConfigError, match=r"init: a constant start value is used only with start='constant'.*got init=0.5"):
+        mp.explain(model, x, target=0, method="extremal-sweep", areas=AREAS, steps=2, init=0.5)
+    with pytest.raises(ConfigError, match=r"probe_window"):
+        mp.explain(model, x, target=0, method="extremal-sweep", areas=AREAS, steps=2, probe_window=0)
+    occ = mp.explain(model, x, target=0, method="extremal-sweep", areas=AREAS, steps=2, jitter="none")
+    const = mp.explain(model, x, target=0, method="extremal-sweep", areas=AREAS, steps=2, jitter="none", start="constant")
+    assert occ.extra["start"] == "occlusion" and const.extra["start"] == "constant"
+    assert const.extra["probe_passes"] == 0
+    # 24 px: window round(32·24/224) = 3, stride round(8·24/224) = 1 → 22 × 22 windows
+    assert occ.extra["probe_passes"] == 22 * 22
+    assert not torch.equal(occ.masks, const.masks)

@@ -497,7 +497,12 @@ def _passes(name: str, overrides: dict[str, Any], size: int) -> tuple[float, flo
     if isinstance(steps, int):
         areas = getattr(cfg, "area_tuple", None) or (1,)
         games = 2 if getattr(cfg, "game", "") == "dual" else 1
-        return float(steps * len(areas) * games), 4.0
+        probe = 0.0
+        if getattr(cfg, "start", None) == "occlusion":  # extremal-sweep's start: one forward per window
+            from ..methods.sweep import probe_size, probe_windows
+
+            probe = float(len(probe_windows((size, size), *probe_size(cfg, (size, size)))))
+        return float(steps * len(areas) * games), 4.0 + probe
     if isinstance(getattr(cfg, "n_masks", None), int):
         return 0.0, float(cfg.n_masks) + 1
     if name == "occlusion":  # measured: 843 passes at 64 px (docs/benchmarks.md), ~ the pixel count

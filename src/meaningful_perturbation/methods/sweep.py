@@ -9,6 +9,24 @@ perturbation; ``build_problem`` and the shared loop, unchanged) for every area o
 optimisation of each area is independent of the others (the loss is a sum over masks), so
 the optimised masks are those of ``K`` separate ``extremal`` runs.
 
+The start (this project's, measured; docs/sweep.md, "The start"). The 2019 start, every mask
+parameter 1 (nothing perturbed, ``start="constant"``), leaves the optimiser a first-order
+signal taken at the clean image, where a model whose evidence is redundant (any part of a
+texture carries it) is saturated: the area term then pulls every pixel down alike and the
+ranking is fixed early, in a worse local optimum of the same objective (on TextureEvidence the
+ground truth, kept alone, scores higher than the mask found at every larger area). By default
+(``start="occlusion"``) each rung starts instead from a top cut of an **occlusion probe**
+(Zeiler & Fergus 2014, §4.2) run under the game's own perturbation: every ``probe_window``
+square (32 px at 224, ``probe_stride`` 8 px apart) is replaced by the fully perturbed image
+and the drop of the target's probability is recorded; rung ``k`` starts with 1 on the
+``round(a_k·P)`` lattice points of highest mean drop, 0 elsewhere (an image where no window
+changes the score keeps the constant start). A finite deletion is not subject to the
+gradient's saturation; the objective, mask, λ path and optimiser are unchanged, so the result
+is still a local optimum of the 2019 game, and where the two starts differ the occlusion start
+reaches the higher preserved score at most rungs (measured on both families). Choosing a start
+by evaluating candidate masks with the model follows the 2017 authors' code (its circular
+initialisation, :mod:`.paper`). Cost: one forward pass per window (841 at 64 px, 625 at 224).
+
 Nesting, by construction (not in the optimisation). The optimised masks ``m_k`` need not be
 nested. Every pixel gets a *ranking score* ``s(p) = Σ_k m_k(p)``: for nested binary masks
 this is ``K + 1 − k*(p)``, where ``k*(p)`` is the first area whose mask holds ``p`` (how
@@ -56,9 +74,11 @@ pixel-wise. The envelope ``best[k] = max_{j ≤ k} curve[j]`` (:func:`area_curve
 preserved score within area ``a_k``") is non-decreasing by definition.
 
 Cost: ``K·steps`` forward+backward passes per image plus ``2·K + 2`` forward passes (the
-optimised masks, the reported masks, the clean and the fully perturbed image); ``dual`` doubles
-both per-area terms (``2·K·steps + 4·K + 2``). The defaults (12 areas, 300 steps, preservation)
-cost 3626 passes per image, under the 4001 of ``rise``; ``dual`` with ``steps=150`` costs 3650.
+optimised masks, the reported masks, the clean and the fully perturbed image) plus one
+forward pass per window of the occlusion start (841 at 64 px, 625 at 224 px: about the
+image's pixel count over 80, square images); ``dual`` doubles both per-area terms
+(``2·K·steps + 4·K + 2``). The defaults (12 areas, 100 steps, preservation, occlusion start)
+cost 2067 passes per 64 px image, about half the 4001 of ``rise``; ``dual`` costs 3291.
 """
 
 from __future__ import annotations
@@ -70,13 +90,15 @@ from typing import Any
 import torch
 
 from ..core.loop import forward_scores
+from ..core.objective import class_probability
 from ..core.perturbation import blend, gaussian_blur
 from ..errors import ConfigError
-from .common import Context, check_range, pixels, perturbation_levels, run_problem
+from .common import Context, check_choice, check_range, pixels, perturbation_levels, run_problem
 from .extremal import AREA_TOLERANCE, ExtremalConfig, build_problem, warn_area_misses
 from .registry import register
 
-__all__ = ["DEFAULT_AREAS", "MIN_AREAS", "SweepConfig", "area_curve", "check_pixel_counts", "nested_masks", "rank_saliency"]
+__all__ = ["DEFAULT_AREAS", "MIN_AREAS", "STARTS", "SweepConfig", "area_curve", "check_pixel_counts", "nested_masks", "occlusion_probe",
+           "probe_size", "probe_windows", "rank_saliency", "start_from"]
 
 #: The default ladder: 12 areas spaced by a factor √2 from 1.25% to 56.6% of the image,
 #: ``0.025·√2^(k−2)``, k = 0…11. Every other rung is one of the 2019 paper's areas (2.5%, 5%,
@@ -87,6 +109,10 @@ DEFAULT_AREAS = (0.0125, 0.0177, 0.025, 0.0354, 0.05, 0.0707, 0.1, 0.1414, 0.2, 
 #: the method is ``extremal``.
 MIN_AREAS = 3
 SWEEP_GAMES = ("preserve", "dual")
+#: Starts of the sweep's optimisation: the occlusion probe's top cuts, or a constant (``init``).
+STARTS = ("occlusion", "constant")
+#: Images per forward pass of the occlusion probe (speed and memory only; occlusion's batch).
+PROBE_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -95,10 +121,13 @@ class SweepConfig(ExtremalConfig):
     dense area ladder, a schedule that fits the cost of ``rise``, and the curve's readout."""
 
     areas: tuple[float, ...] = DEFAULT_AREAS  # 0.025·√2^(k−2), k = 0..11: the 2019 paper's 2.5/5/10/20% and the √2 rungs between and around them (1.25%-56.6%)
-    steps: int = 300  # 12 areas × 300 = 3600 forward+backward passes (+26 forward), under rise's 4001 per image; the λ path of the paper's 800 steps followed over 300 (as extremal-fast); docs/sweep.md, cost
+    steps: int = 100  # 12 × 100 = 1200 forward+backward passes (+26 forward, + the probe's windows: 2067 at 64 px), about half of rise's 4001; the λ path of the paper's 800 steps followed over 100; from the occlusion start as good as 250 steps (n = 16) and matching rise and occlusion at n = 200 on both families (docs/sweep.md)
     saliency_area: float | None = None  # must be None: the sweep's saliency ranks the pixels over all areas
     smooth: float = 0.0  # off; else σ (fraction of the short side) of a blur of the ranking score before ranking (as extremal's pointing option)
     keep_fraction: float = 0.9  # sufficient area: the smallest area keeping 90% of the clean score ("nearly all" of the evidence); a readout only, it changes no mask
+    start: str = "occlusion"  # each rung starts from the top cut of an occlusion probe (Zeiler & Fergus 2014) under the game's own perturbation; "constant": the 2019 start (init, default 1 = nothing perturbed); docs/sweep.md, "The start"
+    probe_window: int = 32  # px at 224: occlusion's window (1/7 of the side, RISE's cell at s = 7)
+    probe_stride: int = 8  # px at 224: occlusion's stride (Captum's ImageNet occlusion tutorial)
 
     def validate(self) -> None:
         areas = self.areas
@@ -126,6 +155,14 @@ class SweepConfig(ExtremalConfig):
             raise ConfigError(f"saliency_area: expected None for extremal-sweep (its saliency ranks pixels over all areas), "
                               f"got {self.saliency_area!r}")
         check_range("keep_fraction", self.keep_fraction, 0, 1, low_open=True)
+        check_choice("start", self.start, STARTS)
+        if self.start == "occlusion" and self.init is not None:
+            raise ConfigError(
+                f"init: a constant start value is used only with start='constant' (extremal-sweep starts from an "
+                f"occlusion probe by default), got init={self.init!r} with start='occlusion'; set start=constant too"
+            )
+        check_range("probe_window", self.probe_window, 1, integer=True)
+        check_range("probe_stride", self.probe_stride, 1, integer=True)
         super().validate()
 
 
@@ -209,11 +246,104 @@ def check_pixel_counts(areas: tuple[float, ...], size: tuple[int, int]) -> None:
             )
 
 
+def probe_windows(size: tuple[int, int], window: int, stride: int) -> list[tuple[int, int]]:
+    """Top-left corners ``(row, col)`` of the occlusion probe's windows on an ``H×W`` image:
+    ``window`` px squares (clipped to the image) every ``stride`` px, plus one flush with the
+    far edge where the stride does not end there, so every pixel is covered."""
+
+    def starts(length: int, side: int) -> list[int]:
+        out = list(range(0, length - side + 1, stride))
+        return out if out[-1] == length - side else out + [length - side]
+
+    H, W = size
+    return [(r, c) for r in starts(H, min(window, H)) for c in starts(W, min(window, W))]
+
+
+def probe_size(cfg: SweepConfig, size: tuple[int, int]) -> tuple[int, int]:
+    """The probe's window and stride in pixels of an ``H×W`` image (given at ``reference_size``,
+    scaled with the short side, at least 1 px)."""
+    scale = min(size) / float(cfg.reference_size)
+    return max(1, round(pixels(cfg.probe_window, scale))), max(1, round(pixels(cfg.probe_stride, scale)))
+
+
+def occlusion_probe(problem, targets, clean_logits: torch.Tensor, size: tuple[int, int], window: int,
+                    stride: int) -> tuple[torch.Tensor, int]:
+    """Sliding-window occlusion (Zeiler & Fergus 2014, §4.2) under the game's own perturbation.
+
+    Every ``window × window`` square (``stride`` apart, the last one flush with the far edge)
+    is replaced by the fully perturbed image (``levels[:, 0]``, a mask value of 0) and the drop
+    of the target's probability is recorded; a pixel's importance is the mean drop over the
+    windows that cover it.
+
+    Args:
+        problem: the sweep's :class:`~..core.loop.Problem` (levels, model, head).
+        targets: the images' target sets.
+        clean_logits: ``(N, classes)`` model output on the clean images (no pass is repeated).
+        size: ``(H, W)``.
+        window, stride: in pixels of this image, at least 1.
+
+    Returns:
+        ``(N, H, W)`` importance (probability units; positive = perturbing it lowers the
+        score) and the number of forward passes per image (the windows).
+    """
+    H, W = size
+    n = problem.levels.shape[0]
+    wh, ww = min(window, H), min(window, W)
+    boxes = probe_windows(size, window, stride)
+    clean = class_probability(clean_logits, targets, problem.head)  # (N,)
+    total = torch.zeros(n, H, W, dtype=torch.float32, device=problem.levels.device)
+    cover = torch.zeros(H, W, dtype=torch.float32, device=problem.levels.device)
+    per_pass = max(1, PROBE_BATCH // n)
+    for i in range(0, len(boxes), per_pass):
+        chunk = boxes[i : i + per_pass]
+        keep = torch.ones(len(chunk), H, W, dtype=problem.levels.dtype, device=problem.levels.device)
+        for j, (r, c) in enumerate(chunk):
+            keep[j, r : r + wh, c : c + ww] = 0
+        b = len(chunk)
+        with torch.no_grad():
+            xt = blend(problem.levels, keep.view(1, b, 1, H, W).expand(n, b, 1, H, W))
+            scores = forward_scores(problem, xt.reshape(n * b, *xt.shape[2:]), targets.repeat(b)).view(n, b).float()
+        drop = clean.float().view(n, 1) - scores  # (N, b)
+        for j, (r, c) in enumerate(chunk):
+            total[:, r : r + wh, c : c + ww] += drop[:, j].view(n, 1, 1)
+            cover[r : r + wh, c : c + ww] += 1
+    return total / cover.clamp_min(1), len(boxes)
+
+
+def start_from(importance: torch.Tensor, theta: torch.Tensor, areas: tuple[float, ...]) -> torch.Tensor:
+    """Mask parameters ``(N, K, 1, gh, gw)`` of each rung's start: 1 on the ``round(a_k·P)``
+    lattice points of highest importance (averaged over each point's cell), 0 elsewhere.
+
+    An image whose importance is flat (no window changed the score) keeps ``theta``'s
+    constant start: a top cut of a flat map would only follow the pixel order.
+    """
+    n, k = theta.shape[:2]
+    gh, gw = theta.shape[-2:]
+    P = gh * gw
+    cell = torch.nn.functional.interpolate(importance.unsqueeze(1).float(), size=(gh, gw), mode="area").reshape(n, P)
+    order = torch.sort(cell, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(P, device=order.device).expand(n, P).contiguous())
+    out = theta.clone()
+    span = cell.amax(dim=1) - cell.amin(dim=1)
+    informative = span > 1e-6 * cell.abs().amax(dim=1).clamp_min(1e-12)
+    for j, a in enumerate(areas):
+        c = min(max(int(round(a * P)), 1), P)
+        top = (rank < c).to(theta.dtype).view(n, *theta.shape[2:])
+        out[:, j] = torch.where(informative.view(n, 1, 1, 1), top, theta[:, j])
+    return out
+
+
 def _run(ctx: Context, cfg: SweepConfig):
     areas = cfg.area_tuple
     H, W = ctx.size
     check_pixel_counts(areas, (H, W))
     problem = build_problem(ctx, cfg)
+    probe_passes = 0
+    if cfg.start == "occlusion":
+        window, stride = probe_size(cfg, (H, W))
+        importance, probe_passes = occlusion_probe(problem, ctx.targets, ctx.clean_logits, (H, W), window, stride)
+        problem.theta = start_from(importance.to(problem.theta.device), problem.theta, areas)
     scale = ctx.scale(cfg.reference_size)
     tie_sigma = pixels(cfg.sigma, scale)  # the smooth mask's own σ (21 px at 224)
 
@@ -224,7 +354,8 @@ def _run(ctx: Context, cfg: SweepConfig):
         tie = gaussian_blur(s.unsqueeze(1), tie_sigma).squeeze(1)
         return rank_saliency(s, tie, knee=areas[0])
 
-    ex = run_problem(ctx, problem, cfg, saliency=saliency, extra={"areas": list(areas)})
+    ex = run_problem(ctx, problem, cfg, saliency=saliency, extra={"areas": list(areas), "start": cfg.start,
+                                                                     "probe_passes": probe_passes})
     soft = ex.masks
     n, k = soft.shape[:2]
     achieved = (soft > 0.5).float().mean(dim=(2, 3))
