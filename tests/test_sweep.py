@@ -346,6 +346,7 @@ def test_model_passes_per_image(game, passes, start, probe):
     ex = mp.explain(model, x, target=[0, 1], method="extremal-sweep", areas=(0.05, 0.1, 0.3), steps=4, game=game,
                     jitter="none", start=start)
     assert sum(seen) == 2 * (passes + probe)
+    assert max(seen) == 2 * 3 * (2 if game == "dual" else 1)  # the probe never batches more than a step does
     assert ex.extra["probe_passes"] == probe
     fb, fwd = _passes("extremal-sweep", dict(areas=(0.05, 0.1, 0.3), steps=4, game=game, start=start), 24)
     assert fb == 3 * 4 * (2 if game == "dual" else 1) and fwd == 4 + probe  # the benchmark's estimate counts the probe

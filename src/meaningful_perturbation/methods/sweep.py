@@ -111,7 +111,8 @@ MIN_AREAS = 3
 SWEEP_GAMES = ("preserve", "dual")
 #: Starts of the sweep's optimisation: the occlusion probe's top cuts, or a constant (``init``).
 STARTS = ("occlusion", "constant")
-#: Images per forward pass of the occlusion probe (speed and memory only; occlusion's batch).
+#: Most images per forward pass of the occlusion probe (speed and memory only; occlusion's
+#: batch). The probe never passes more images at once than the optimisation does (N·K·games).
 PROBE_BATCH = 64
 
 
@@ -293,7 +294,9 @@ def occlusion_probe(problem, targets, clean_logits: torch.Tensor, size: tuple[in
     clean = class_probability(clean_logits, targets, problem.head)  # (N,)
     total = torch.zeros(n, H, W, dtype=torch.float32, device=problem.levels.device)
     cover = torch.zeros(H, W, dtype=torch.float32, device=problem.levels.device)
-    per_pass = max(1, PROBE_BATCH // n)
+    # no more images per forward than one optimisation step passes (N·K·games, with gradients):
+    # the probe adds no peak memory of its own
+    per_pass = max(1, min(PROBE_BATCH, n * problem.theta.shape[1] * len(problem.games)) // n)
     for i in range(0, len(boxes), per_pass):
         chunk = boxes[i : i + per_pass]
         keep = torch.ones(len(chunk), H, W, dtype=problem.levels.dtype, device=problem.levels.device)
