@@ -281,6 +281,7 @@ def test_device_auto_is_the_default_and_said_once(monkeypatch, capsys, cuda, mps
 
     from meaningful_perturbation import _runtime
     from meaningful_perturbation.cli.options import add_method_options, add_model_options, build_run_settings
+    from meaningful_perturbation.cli.options import flush_device_note as flush
 
     monkeypatch.setattr(_runtime, "_count", lambda kind: {"cpu": 1, "cuda": int(cuda), "mps": int(mps)}.get(kind, 0))
     monkeypatch.delenv("RANK", raising=False)
@@ -291,10 +292,16 @@ def test_device_auto_is_the_default_and_said_once(monkeypatch, capsys, cuda, mps
     args = parser.parse_args([])
     assert args.device == "auto"
     assert build_run_settings(args).device == chosen
+    assert capsys.readouterr().err == ""  # kept until the command's checks have passed
+    flush()
     assert capsys.readouterr().err == f"mperturb: note: device {chosen} (--device auto: {why})\n"
+    flush()
+    assert capsys.readouterr().err == ""  # once
     assert build_run_settings(parser.parse_args(["-q"])).device == chosen
+    flush()
     assert capsys.readouterr().err == ""  # -q: silent
     assert build_run_settings(parser.parse_args(["--device", "cpu"])).device == "cpu"
+    flush()
     assert capsys.readouterr().err == ""  # an explicit device is not announced
     monkeypatch.setenv("RANK", "1")
     build_run_settings(args)
@@ -352,3 +359,20 @@ def test_a_flag_and_set_giving_the_same_setting_differently_are_refused(tmp_path
     assert len(err) == 1 and err[0].startswith("mperturb: error: --masker: --masker 'demo' and masker='other.safetensors'"), err
     # the same value twice is accepted
     assert main([*base, "--method", "paper", "--steps", "2", "--set", "steps=2", "--out", str(tmp_path / "d")]) == 0
+
+
+@pytest.mark.parametrize("argv", [
+    ["--method", "extremal-sweep", "--set", "start=foo"],
+    ["--method", "extremal-sweep", "--areas", "0.3", "0.1", "0.5"],
+    ["--method", "extremal-channels", "--layer", "nosuchlayer"],
+])
+def test_a_bad_setting_is_the_only_line_with_device_auto(argv, capsys, tmp_path):
+    """The --device auto note waits until the settings (and the layer) are checked: a failing
+    command prints its one error line and nothing else."""
+    img = tmp_path / "a.png"
+    Image.new("RGB", (64, 64), (120, 30, 200)).save(img)
+    out = tmp_path / "o"
+    assert main(["explain", str(img), "--steps", "2", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("mperturb: error: "), err
+    assert not out.exists()

@@ -632,3 +632,41 @@ def test_start_setting_errors_and_the_constant_start():
     # 24 px: window round(32·24/224) = 3, stride round(8·24/224) = 1 → 22 × 22 windows
     assert occ.extra["probe_passes"] == 22 * 22
     assert not torch.equal(occ.masks, const.masks)
+
+
+def test_probe_settings_refused_where_they_would_do_nothing():
+    model, x = _oracle(24, n=1)
+    kw = dict(target=0, method="extremal-sweep", areas=AREAS, steps=2)
+    with pytest.raises(ConfigError, match=r"^probe_window: expected a window smaller than the image's short side \(224 px"
+                                          r".*got 1000"):
+        mp.explain(model, x, probe_window=1000, **kw)
+    with pytest.raises(ConfigError, match=r"^probe_window: used only by the occlusion start, got probe_window=16 with "
+                                          r"start='constant'"):
+        mp.explain(model, x, start="constant", probe_window=16, **kw)
+    with pytest.raises(ConfigError, match=r"^probe_stride: used only by the occlusion start"):
+        mp.explain(model, x, start="constant", probe_stride=4, **kw)
+    # 223 px at 224 rounds to the whole 24 px side: refused once the image size is known
+    with pytest.raises(ConfigError, match=r"^probe_window: the occlusion probe's window \(223 px at 224, 24 px here\) "
+                                          r"spans the short side of the 24x24 image"):
+        mp.explain(model, x, probe_window=223, **kw)
+
+
+def test_areas_as_numpy_or_torch_arrays_are_a_ladder():
+    model, x = _oracle(24, n=1)
+    kw = dict(target=0, method="extremal-sweep", steps=2, jitter="none")
+    ref = mp.explain(model, x, areas=(0.05, 0.1, 0.2), **kw)
+    for areas in (np.array([0.05, 0.1, 0.2]), torch.tensor([0.05, 0.1, 0.2], dtype=torch.float64)):
+        ex = mp.explain(model, x, areas=areas, **kw)
+        assert ex.extra["areas"] == [0.05, 0.1, 0.2]
+        assert torch.equal(ex.masks, ref.masks)
+    with pytest.raises(ConfigError, match=r"areas: expected a sorted sequence"):
+        mp.explain(model, x, areas=np.array([[0.05, 0.1, 0.2]]), **kw)  # 2-d: refused, not flattened
+
+
+def test_progress_bar_names_the_probe_and_times_the_steps_alone(capsys):
+    model, x = _oracle(24, n=1)
+    mp.explain(model, x, target=0, method="extremal-sweep", areas=AREAS, steps=3, jitter="none", progress=True)
+    err = capsys.readouterr().err
+    assert "extremal-sweep: occlusion probe, 484 windows" in err  # 24 px: window 3, stride 1
+    after = err.split("occlusion probe")[-1]
+    assert "\rextremal-sweep:   0%" in after and "0/3" in after  # then the steps, the bar reset after the probe

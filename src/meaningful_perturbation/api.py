@@ -164,6 +164,17 @@ def explain(
         if user_cb is not None:
             user_cb(step, total)
 
+    def note(text: str) -> None:
+        # a phase before the steps (the sweep's occlusion probe): named on the bar, and the
+        # bar's clock restarted when it ends, so the steps' rate and ETA are the steps' own
+        if bar is None:
+            return
+        if text:
+            bar.set_description_str(f"{method}: {text}")
+        else:
+            bar.set_description_str(method)
+            bar.reset(total=bar.total)
+
     try:
         with frozen(model):
             logits, model_head = clean_scores(model, x, head)
@@ -181,6 +192,7 @@ def explain(
                 callback=cb if (bar is not None or user_cb is not None) else None,
                 head=model_head,
                 input_dtype=x.dtype,
+                note=note if bar is not None else None,
             )
             return spec.run(ctx, cfg)
     finally:

@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Any
 
-from .options import add_method_options, add_model_options, build_run_settings, parse_set_value
+from .options import add_method_options, add_model_options, build_run_settings, flush_device_note, parse_set_value
 
 __all__ = ["add_parser", "run"]
 
@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.evaluate import EvaluateOptions, evaluate
 
     settings = build_run_settings(args)
+    flush_device_note()
     from ..errors import ConfigError
 
     params: dict[str, Any] = {}

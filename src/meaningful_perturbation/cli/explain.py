@@ -30,7 +30,8 @@ from ..errors import InputError, MeaningfulPerturbationError
 from ..demo import DEMO_NOTE
 from ..explanation import LOW_CONFIDENCE, low_confidence
 from ..targets import clean_scores, target_from_option
-from .options import RunSettings, add_method_options, add_model_options, build_run_settings, check_masker_setting, method_overrides
+from .options import (RunSettings, add_method_options, add_model_options, build_run_settings, check_masker_setting,
+                      flush_device_note, method_overrides)
 from .._atomic import atomic_write_text, error_files, on_path, os_error_text
 from .._terminal import escape_text
 
@@ -367,6 +368,7 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
 
         resolve_layer_name(loaded.model, layer)  # a bad --layer fails before anything is written
     check_masker_setting(settings, loaded.model, prep)  # a masker for another classifier: refused before any write
+    flush_device_note()  # every setting, the layer and the masker checked: an error above is the only line
     from ..api import mirror_config
 
     settings.config = mirror_config(loaded.model, settings.config, settings.overrides)  # flip jitter off for a model that is not mirror-invariant

@@ -259,11 +259,12 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
         ConfigError / InputError: unknown method or setting, bad ``--set``/``--config``,
             a ``--device`` this build or machine lacks, a ``--seed`` outside ``[-2**63, 2**64)``.
     """
+    _PENDING_NOTE.clear()
     device = getattr(args, "device", None) or AUTO
     resolved = check_device(device, "--device")
-    if device.strip().lower() == AUTO:
+    announce = device.strip().lower() == AUTO
+    if announce:
         device = str(resolved)  # "cuda" (no index: under torchrun the runner adds LOCAL_RANK), "mps", "cpu"
-        _announce_device(device, quiet=bool(getattr(args, "quiet", False)))
     seed = check_seed(int(getattr(args, "seed", 0) or 0), "--seed")
     overrides: dict[str, Any] = {}
     if getattr(args, "config", None):
@@ -311,6 +312,8 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
             raise ConfigError(named) from None
         where = "--set" if getattr(args, "set_values", None) or not getattr(args, "config", None) else "--config"
         raise ConfigError(f"{where}: {e}") from None
+    if announce:  # once every setting is valid: a bad one gets its error line alone
+        _announce_device(device, quiet=bool(getattr(args, "quiet", False)))
     prep: dict[str, Any] = {}
     for name in ("input_size", "resize", "channels", "mean", "std"):
         value = getattr(args, name, None)
@@ -332,13 +335,24 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
     )
 
 
+_PENDING_NOTE: list[str] = []
+
+
+def flush_device_note() -> None:
+    """Print the ``--device auto`` note kept by :func:`build_run_settings` (once). Commands call
+    it when the checks that need the model (``--layer``) have passed, so that an error is the
+    only line a failing command prints."""
+    while _PENDING_NOTE:
+        print(_PENDING_NOTE.pop(0), file=sys.stderr)
+
+
 def _announce_device(device: str, *, quiet: bool) -> None:
     """One stderr line naming the device ``--device auto`` chose (not with ``-q``; under
     torchrun only rank 0 speaks)."""
     if quiet or os.environ.get("RANK", "0") not in ("", "0"):
         return
     why = {"cuda": "CUDA is available", "mps": "MPS is available"}.get(device, "no CUDA or MPS device")
-    print(f"mperturb: note: device {device} (--device auto: {why})", file=sys.stderr)
+    _PENDING_NOTE[:] = [f"mperturb: note: device {device} (--device auto: {why})"]  # printed by flush_device_note
 
 
 def method_overrides(settings: RunSettings) -> dict[str, Any]:

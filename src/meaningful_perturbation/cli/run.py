@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-from .options import add_method_options, add_model_options, build_run_settings
+from .options import add_method_options, add_model_options, build_run_settings, flush_device_note
 
 __all__ = ["add_parser", "run"]
 
@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from ..runner import RunOptions, run_directory, summarise
 
     settings = build_run_settings(args)
+    flush_device_note()
     metrics: tuple[str, ...] = ()
     if args.metrics is not None:
         names = [m for v in args.metrics for m in v.split(",") if m]

@@ -52,6 +52,9 @@ class Context:
         head: how the model's output is read as class scores (see :mod:`..core.head`).
         input_dtype: dtype of the model's input (the caller's ``x.dtype``); every forward
             pass casts its input to it (None: no cast).
+        note: optional ``note(text)``: a phase before the steps (e.g. ``extremal-sweep``'s
+            occlusion probe) is running; ``note("")`` when it ends, so a progress bar can say
+            so and time the steps alone.
     """
 
     model: Callable
@@ -64,6 +67,7 @@ class Context:
     callback: Callable[[int, int], None] | None = None
     head: Head = LOGITS
     input_dtype: torch.dtype | None = None
+    note: Callable[[str], None] | None = None
 
     @property
     def size(self) -> tuple[int, int]:

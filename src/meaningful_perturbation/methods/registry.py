@@ -124,11 +124,21 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any]):
         raise ConfigError(
             f"{', '.join(map(repr, unknown))}: not a setting of method {spec.name!r}; valid settings: {', '.join(valid)}"
         )
-    cfg = dataclasses.replace(base, **overrides)
+    cfg = dataclasses.replace(base, **{k: _plain(v) for k, v in overrides.items()})
     check = getattr(cfg, "validate", None)
     if check is not None:
         check()
     return cfg
+
+
+def _plain(value: Any) -> Any:
+    """NumPy arrays and torch tensors of at most one dimension as Python values (a 0-d one as
+    its scalar, a 1-d one as a tuple): ``areas=np.array([...])`` is a ladder like a tuple.
+    Anything else, higher-dimensional arrays included (refused by the settings' checks), as is."""
+    if hasattr(value, "tolist") and getattr(value, "ndim", None) in (0, 1) and not isinstance(value, (str, bytes)):
+        out = value.tolist()
+        return tuple(out) if isinstance(out, list) else out
+    return value
 
 
 def config_sources(config_cls: type) -> dict[str, str]:

@@ -83,6 +83,7 @@ cost 2067 passes per 64 px image, about half the 4001 of ``rise``; ``dual`` cost
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -164,6 +165,20 @@ class SweepConfig(ExtremalConfig):
             )
         check_range("probe_window", self.probe_window, 1, integer=True)
         check_range("probe_stride", self.probe_stride, 1, integer=True)
+        if self.probe_window >= self.reference_size:
+            raise ConfigError(
+                f"probe_window: expected a window smaller than the image's short side ({self.reference_size} px at the "
+                f"reference size {self.reference_size}, where it is given), got {self.probe_window}: one window covering "
+                "the image ranks no region"
+            )
+        if self.start == "constant":
+            defaults = {f.name: f.default for f in dataclasses.fields(SweepConfig)}
+            for name in ("probe_window", "probe_stride"):
+                if getattr(self, name) != defaults[name]:
+                    raise ConfigError(
+                        f"{name}: used only by the occlusion start, got {name}={getattr(self, name)!r} with "
+                        "start='constant'; drop it or use start=occlusion"
+                    )
         super().validate()
 
 
@@ -345,7 +360,17 @@ def _run(ctx: Context, cfg: SweepConfig):
     probe_passes = 0
     if cfg.start == "occlusion":
         window, stride = probe_size(cfg, (H, W))
+        if window >= min(H, W):
+            raise ConfigError(
+                f"probe_window: the occlusion probe's window ({cfg.probe_window} px at {cfg.reference_size}, {window} px "
+                f"here) spans the short side of the {H}x{W} image, so it cannot rank any region; use a smaller window "
+                f"(it is given at {cfg.reference_size} px and scales with the short side) or start=constant"
+            )
+        if ctx.note is not None:
+            ctx.note(f"occlusion probe, {len(probe_windows((H, W), window, stride))} windows")
         importance, probe_passes = occlusion_probe(problem, ctx.targets, ctx.clean_logits, (H, W), window, stride)
+        if ctx.note is not None:
+            ctx.note("")
         problem.theta = start_from(importance.to(problem.theta.device), problem.theta, areas)
     scale = ctx.scale(cfg.reference_size)
     tie_sigma = pixels(cfg.sigma, scale)  # the smooth mask's own σ (21 px at 224)
