@@ -670,3 +670,23 @@ def test_progress_bar_names_the_probe_and_times_the_steps_alone(capsys):
     assert "extremal-sweep: occlusion probe, 484 windows" in err  # 24 px: window 3, stride 1
     after = err.split("occlusion probe")[-1]
     assert "\rextremal-sweep:   0%" in after and "0/3" in after  # then the steps, the bar reset after the probe
+
+
+def test_cli_readout_names_each_area_and_the_summary_keeps_the_areas(tmp_path, capsys):
+    import json
+
+    from meaningful_perturbation.cli.explain import area_summary, masked_readout
+
+    assert masked_readout([0.8714, 0.9021], {"areas": [0.05, 0.1]}) == "0.871 / 0.902 at 5% / 10%"
+    assert masked_readout([0.8714], {"areas": [0.05]}) == "0.871"
+    assert area_summary({"areas": [0.1, 0.2, 0.3], "achieved_area": [[0.1, 0.21, 0.3]], "area_missed": [[False] * 3],
+                         "start": "occlusion", "probe_passes": 841, "other": 1}) == {
+        "areas": [0.1, 0.2, 0.3], "achieved_area": [0.1, 0.21, 0.3], "area_missed": [False] * 3,
+        "start": "occlusion", "probe_passes": 841}
+    img = tmp_path / "a.png"
+    Image.new("RGB", (64, 64), (120, 30, 200)).save(img)
+    assert main(["explain", str(img), "--method", "extremal-sweep", "--steps", "2", "--device", "cpu", "-q",
+                 "--out", str(tmp_path / "o")]) == 0
+    summary = json.loads((tmp_path / "o" / "a_summary.json").read_text())
+    assert summary["area"]["start"] == "occlusion" and summary["area"]["probe_passes"] == 841
+    assert len(summary["area"]["achieved_area"]) == len(summary["area"]["area_missed"]) == 12
