@@ -391,3 +391,26 @@ def test_converged_masks_do_not_warn():
         warn_area_misses("extremal", torch.tensor([[0.04, 0.124, 0.15]]), (0.05, 0.1, 0.2))  # -20%, +24%, -25%
     with pytest.warns(mp.AreaWarning, match=r"1 of 3 masks .* \(image 0 area 0\.1 -> 0\.126\)"):
         warn_area_misses("extremal", torch.tensor([[0.05, 0.126, 0.2]]), (0.05, 0.1, 0.2))
+
+
+def test_occlusion_start_is_an_option_of_extremal_and_the_default_stays_the_papers():
+    """`extremal` keeps the 2019 constant start by default; `start="occlusion"` starts each
+    area from the occlusion probe's top cut (methods/start.py), batched = one by one."""
+    from meaningful_perturbation.methods import get_method
+    from oracles import BOXES
+
+    assert get_method("extremal").default_config().start == "constant"
+    assert get_method("extremal-fast").default_config().start == "constant"
+    model = TextureOracle(24, BOXES, gain=4.0, bias=0.0, log=True).double()
+    x = torch.cat([textured_image(24, k, seed=k, boxes=BOXES, grain=24 / 64) for k in range(2)]).double()
+    kw = dict(method="extremal", areas=(0.05, 0.2), steps=6, jitter="none")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = mp.explain(model, x, target=[0, 1], **kw)
+        occ = mp.explain(model, x, target=[0, 1], start="occlusion", **kw)
+        alone = mp.explain(model, x[1:], target=[1], start="occlusion", **kw)
+    assert "start" not in plain.extra and occ.extra["start"] == "occlusion" and occ.extra["probe_passes"] == 22 * 22
+    assert not torch.equal(plain.masks, occ.masks)
+    assert torch.equal(alone.masks, occ.masks[1:])
+    with pytest.raises(ConfigError, match=r"^init: a constant start value is used only with start='constant'"):
+        mp.explain(model, x, target=[0, 1], start="occlusion", init=1.0, **kw)

@@ -619,7 +619,7 @@ def test_start_from_keeps_a_constant_start_where_the_probe_is_flat():
 
 def test_start_setting_errors_and_the_constant_start():
     model, x = _oracle(24, n=1)
-    with pytest.raises(ConfigError, match=r"start: expected one of 'occlusion', 'constant', got 'gt'"):
+    with pytest.raises(ConfigError, match=r"start: expected one of 'constant', 'occlusion', got 'gt'"):
         mp.explain(model, x, target=0, method="extremal-sweep", areas=AREAS, steps=2, start="gt")
     with pytest.raises(ConfigError, match=r"init: a constant start value is used only with start='constant'.*got init=0.5"):
         mp.explain(model, x, target=0, method="extremal-sweep", areas=AREAS, steps=2, init=0.5)

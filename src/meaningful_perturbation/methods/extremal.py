@@ -52,6 +52,7 @@ from ..core.smoothmax import SmoothMaxMask
 from ..errors import AreaWarning, ConfigError
 from .common import MAX_STEPS, Context, check_choice, check_range, optimizer, perturbation_levels, pixels, run_problem
 from .registry import register
+from .start import apply_start, check_start
 
 __all__ = ["AREA_TOLERANCE", "ExtremalConfig", "area_term", "warn_area_misses"]
 
@@ -117,6 +118,9 @@ class ExtremalConfig:
     early_stop: int | None = None  # off by default; a window in steps (see docs/benchmarks.md)
     autocast: bool = False  # bfloat16 autocast of the model forward
     channels_last: bool = False  # channels_last memory format for the model input
+    start: str = "constant"  # the 2019 start (every parameter `init`); "occlusion": each area starts from a top cut of an occlusion probe under the game's own perturbation (methods/start.py; docs/sweep.md, "The start")
+    probe_window: int = 32  # px at 224: the occlusion start's window (occlusion's: 1/7 of the side, RISE's cell at s = 7)
+    probe_stride: int = 8  # px at 224: the occlusion start's stride (occlusion's: Captum's ImageNet occlusion tutorial)
 
     def validate(self) -> None:
         areas = check_areas(self.areas)
@@ -145,6 +149,7 @@ class ExtremalConfig:
         check_range("top_k", self.top_k, 1, integer=True)
         if self.early_stop is not None:
             check_range("early_stop", self.early_stop, 1, integer=True)
+        check_start(self)
 
     @property
     def area_tuple(self) -> tuple[float, ...]:
@@ -252,6 +257,7 @@ def build_problem(ctx: Context, cfg: ExtremalConfig) -> Problem:
 
 def _run(ctx: Context, cfg: ExtremalConfig):
     problem = build_problem(ctx, cfg)
+    probe_passes = apply_start(ctx, cfg, problem)  # 0 for the 2019 constant start
     areas = cfg.area_tuple
     delete_only = cfg.game == "delete"
     H, W = ctx.size
@@ -272,6 +278,8 @@ def _run(ctx: Context, cfg: ExtremalConfig):
     # (the area of the binary mask the ranking constraint pulls towards); its mean is kept too.
     achieved = (salient > 0.5).float().mean(dim=(2, 3))
     ex.extra["achieved_area"] = achieved.tolist()
+    if cfg.start != "constant":
+        ex.extra["start"], ex.extra["probe_passes"] = cfg.start, probe_passes
     ex.extra["mask_mean"] = salient.mean(dim=(2, 3)).tolist()
     warn_area_misses(ctx.method, achieved, areas)
     return ex

@@ -83,7 +83,6 @@ cost 2067 passes per 64 px image, about half the 4001 of ``rise``; ``dual`` cost
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -91,11 +90,11 @@ from typing import Any
 import torch
 
 from ..core.loop import forward_scores
-from ..core.objective import class_probability
 from ..core.perturbation import blend, gaussian_blur
 from ..errors import ConfigError
-from .common import Context, check_choice, check_range, pixels, perturbation_levels, run_problem
+from .common import Context, check_range, pixels, perturbation_levels, run_problem
 from .extremal import AREA_TOLERANCE, ExtremalConfig, build_problem, warn_area_misses
+from .start import STARTS, apply_start, occlusion_probe, probe_size, probe_windows, start_from  # noqa: F401 (re-exported)
 from .registry import register
 
 __all__ = ["DEFAULT_AREAS", "MIN_AREAS", "STARTS", "SweepConfig", "area_curve", "check_pixel_counts", "nested_masks", "occlusion_probe",
@@ -110,11 +109,6 @@ DEFAULT_AREAS = (0.0125, 0.0177, 0.025, 0.0354, 0.05, 0.0707, 0.1, 0.1414, 0.2, 
 #: the method is ``extremal``.
 MIN_AREAS = 3
 SWEEP_GAMES = ("preserve", "dual")
-#: Starts of the sweep's optimisation: the occlusion probe's top cuts, or a constant (``init``).
-STARTS = ("occlusion", "constant")
-#: Most images per forward pass of the occlusion probe (speed and memory only; occlusion's
-#: batch). The probe never passes more images at once than the optimisation does (N·K·games).
-PROBE_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -128,8 +122,6 @@ class SweepConfig(ExtremalConfig):
     smooth: float = 0.0  # off; else σ (fraction of the short side) of a blur of the ranking score before ranking (as extremal's pointing option)
     keep_fraction: float = 0.9  # sufficient area: the smallest area keeping 90% of the clean score ("nearly all" of the evidence); a readout only, it changes no mask
     start: str = "occlusion"  # each rung starts from the top cut of an occlusion probe (Zeiler & Fergus 2014) under the game's own perturbation; "constant": the 2019 start (init, default 1 = nothing perturbed); docs/sweep.md, "The start"
-    probe_window: int = 32  # px at 224: occlusion's window (1/7 of the side, RISE's cell at s = 7)
-    probe_stride: int = 8  # px at 224: occlusion's stride (Captum's ImageNet occlusion tutorial)
 
     def validate(self) -> None:
         areas = self.areas
@@ -157,28 +149,6 @@ class SweepConfig(ExtremalConfig):
             raise ConfigError(f"saliency_area: expected None for extremal-sweep (its saliency ranks pixels over all areas), "
                               f"got {self.saliency_area!r}")
         check_range("keep_fraction", self.keep_fraction, 0, 1, low_open=True)
-        check_choice("start", self.start, STARTS)
-        if self.start == "occlusion" and self.init is not None:
-            raise ConfigError(
-                f"init: a constant start value is used only with start='constant' (extremal-sweep starts from an "
-                f"occlusion probe by default), got init={self.init!r} with start='occlusion'; set start=constant too"
-            )
-        check_range("probe_window", self.probe_window, 1, integer=True)
-        check_range("probe_stride", self.probe_stride, 1, integer=True)
-        if self.probe_window >= self.reference_size:
-            raise ConfigError(
-                f"probe_window: expected a window smaller than the image's short side ({self.reference_size} px at the "
-                f"reference size {self.reference_size}, where it is given), got {self.probe_window}: one window covering "
-                "the image ranks no region"
-            )
-        if self.start == "constant":
-            defaults = {f.name: f.default for f in dataclasses.fields(SweepConfig)}
-            for name in ("probe_window", "probe_stride"):
-                if getattr(self, name) != defaults[name]:
-                    raise ConfigError(
-                        f"{name}: used only by the occlusion start, got {name}={getattr(self, name)!r} with "
-                        "start='constant'; drop it or use start=occlusion"
-                    )
         super().validate()
 
 
@@ -262,116 +232,12 @@ def check_pixel_counts(areas: tuple[float, ...], size: tuple[int, int]) -> None:
             )
 
 
-def probe_windows(size: tuple[int, int], window: int, stride: int) -> list[tuple[int, int]]:
-    """Top-left corners ``(row, col)`` of the occlusion probe's windows on an ``H×W`` image:
-    ``window`` px squares (clipped to the image) every ``stride`` px, plus one flush with the
-    far edge where the stride does not end there, so every pixel is covered."""
-
-    def starts(length: int, side: int) -> list[int]:
-        out = list(range(0, length - side + 1, stride))
-        return out if out[-1] == length - side else out + [length - side]
-
-    H, W = size
-    return [(r, c) for r in starts(H, min(window, H)) for c in starts(W, min(window, W))]
-
-
-def probe_size(cfg: SweepConfig, size: tuple[int, int]) -> tuple[int, int]:
-    """The probe's window and stride in pixels of an ``H×W`` image (given at ``reference_size``,
-    scaled with the short side, at least 1 px)."""
-    scale = min(size) / float(cfg.reference_size)
-    return max(1, round(pixels(cfg.probe_window, scale))), max(1, round(pixels(cfg.probe_stride, scale)))
-
-
-def occlusion_probe(problem, targets, clean_logits: torch.Tensor, size: tuple[int, int], window: int,
-                    stride: int) -> tuple[torch.Tensor, int]:
-    """Sliding-window occlusion (Zeiler & Fergus 2014, §4.2) under the game's own perturbation.
-
-    Every ``window × window`` square (``stride`` apart, the last one flush with the far edge)
-    is replaced by the fully perturbed image (``levels[:, 0]``, a mask value of 0) and the drop
-    of the target's probability is recorded; a pixel's importance is the mean drop over the
-    windows that cover it.
-
-    Args:
-        problem: the sweep's :class:`~..core.loop.Problem` (levels, model, head).
-        targets: the images' target sets.
-        clean_logits: ``(N, classes)`` model output on the clean images (no pass is repeated).
-        size: ``(H, W)``.
-        window, stride: in pixels of this image, at least 1.
-
-    Returns:
-        ``(N, H, W)`` importance (probability units; positive = perturbing it lowers the
-        score) and the number of forward passes per image (the windows).
-    """
-    H, W = size
-    n = problem.levels.shape[0]
-    wh, ww = min(window, H), min(window, W)
-    boxes = probe_windows(size, window, stride)
-    clean = class_probability(clean_logits, targets, problem.head)  # (N,)
-    total = torch.zeros(n, H, W, dtype=torch.float32, device=problem.levels.device)
-    cover = torch.zeros(H, W, dtype=torch.float32, device=problem.levels.device)
-    # no more images per forward than one optimisation step passes (N·K·games, with gradients):
-    # the probe adds no peak memory of its own
-    per_pass = max(1, min(PROBE_BATCH, n * problem.theta.shape[1] * len(problem.games)) // n)
-    for i in range(0, len(boxes), per_pass):
-        chunk = boxes[i : i + per_pass]
-        keep = torch.ones(len(chunk), H, W, dtype=problem.levels.dtype, device=problem.levels.device)
-        for j, (r, c) in enumerate(chunk):
-            keep[j, r : r + wh, c : c + ww] = 0
-        b = len(chunk)
-        with torch.no_grad():
-            xt = blend(problem.levels, keep.view(1, b, 1, H, W).expand(n, b, 1, H, W))
-            scores = forward_scores(problem, xt.reshape(n * b, *xt.shape[2:]), targets.repeat(b)).view(n, b).float()
-        drop = clean.float().view(n, 1) - scores  # (N, b)
-        for j, (r, c) in enumerate(chunk):
-            total[:, r : r + wh, c : c + ww] += drop[:, j].view(n, 1, 1)
-            cover[r : r + wh, c : c + ww] += 1
-    return total / cover.clamp_min(1), len(boxes)
-
-
-def start_from(importance: torch.Tensor, theta: torch.Tensor, areas: tuple[float, ...]) -> torch.Tensor:
-    """Mask parameters ``(N, K, 1, gh, gw)`` of each rung's start: 1 on the ``round(a_k·P)``
-    lattice points of highest importance (averaged over each point's cell), 0 elsewhere.
-
-    An image whose importance is flat (no window changed the score) keeps ``theta``'s
-    constant start: a top cut of a flat map would only follow the pixel order.
-    """
-    n, k = theta.shape[:2]
-    gh, gw = theta.shape[-2:]
-    P = gh * gw
-    cell = torch.nn.functional.interpolate(importance.unsqueeze(1).float(), size=(gh, gw), mode="area").reshape(n, P)
-    order = torch.sort(cell, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(P, device=order.device).expand(n, P).contiguous())
-    out = theta.clone()
-    span = cell.amax(dim=1) - cell.amin(dim=1)
-    informative = span > 1e-6 * cell.abs().amax(dim=1).clamp_min(1e-12)
-    for j, a in enumerate(areas):
-        c = min(max(int(round(a * P)), 1), P)
-        top = (rank < c).to(theta.dtype).view(n, *theta.shape[2:])
-        out[:, j] = torch.where(informative.view(n, 1, 1, 1), top, theta[:, j])
-    return out
-
-
 def _run(ctx: Context, cfg: SweepConfig):
     areas = cfg.area_tuple
     H, W = ctx.size
     check_pixel_counts(areas, (H, W))
     problem = build_problem(ctx, cfg)
-    probe_passes = 0
-    if cfg.start == "occlusion":
-        window, stride = probe_size(cfg, (H, W))
-        if window >= min(H, W):
-            raise ConfigError(
-                f"probe_window: the occlusion probe's window ({cfg.probe_window} px at {cfg.reference_size}, {window} px "
-                f"here) spans the short side of the {H}x{W} image, so it cannot rank any region; use a smaller window "
-                f"(it is given at {cfg.reference_size} px and scales with the short side) or start=constant"
-            )
-        if ctx.note is not None:
-            ctx.note(f"occlusion probe, {len(probe_windows((H, W), window, stride))} windows")
-        importance, probe_passes = occlusion_probe(problem, ctx.targets, ctx.clean_logits, (H, W), window, stride)
-        if ctx.note is not None:
-            ctx.note("")
-        problem.theta = start_from(importance.to(problem.theta.device), problem.theta, areas)
+    probe_passes = apply_start(ctx, cfg, problem)
     scale = ctx.scale(cfg.reference_size)
     tie_sigma = pixels(cfg.sigma, scale)  # the smooth mask's own σ (21 px at 224)
 
