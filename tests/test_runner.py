@@ -253,3 +253,14 @@ def test_torchrun_two_processes_match_one(data, tmp_path):
     assert sorted((r["id"], r["target"][0]) for r in a) == sorted((r["id"], r["target"][0]) for r in b)
     assert sorted(r["rank"] for r in b) == [0, 0, 0, 1, 1, 1]
     assert not list(two.glob("*.rank*.jsonl"))
+
+
+def test_area_warnings_name_the_files_not_batch_indices(data, tmp_path, capsys):
+    """An AreaWarning of a batch said "image 0", "image 1": the runner names each item's file."""
+    root, rows = data
+    out = tmp_path / "out"
+    assert main(["run", str(root / "imgs"), "--out", str(out), "--batch-size", "3", "--method", "extremal",
+                 "--steps", "1", "--set", "jitter=none"]) == 0
+    err = capsys.readouterr().err
+    assert "masks miss their target area" in err, err
+    assert "img00.png area 0.025" in err and "img05.png area" in err and "image 0 area" not in err, err

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -510,13 +512,20 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
                 xb = torch.stack([r["x"] for r in keep]).to(device)
             t0 = time.perf_counter()
             try:
-                ex = explain_fn(loaded.model, xb, target=targets, method=settings.method, seed=settings.seed,
-                                head=head_kind, progress=False, **overrides)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    ex = explain_fn(loaded.model, xb, target=targets, method=settings.method, seed=settings.seed,
+                                    head=head_kind, progress=False, **overrides)
             except ConfigError:
                 raise
             except Exception as e:
                 split_or_fail(keep, "explain", e)
                 return
+            for w in caught:  # "image i" of this batch -> the item's file, so the warning names it
+                text = re.sub(r"\bimage (\d+)\b",
+                              lambda m: keep[int(m.group(1))]["item"].rel if int(m.group(1)) < len(keep) else m.group(0),
+                              str(w.message))
+                warnings.warn_explicit(text, w.category, w.filename, w.lineno)
             per_item = (time.perf_counter() - t0) / len(keep)
             write_items(keep, ex, per_item)
 
