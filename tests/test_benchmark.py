@@ -402,7 +402,8 @@ def test_estimate_counts_each_methods_passes() -> None:
     from meaningful_perturbation.evaluation.benchmark import _passes, estimate_seconds
 
     assert _passes("paper", {}, 64) == (300.0, 4.0)
-    assert _passes("extremal-fast", {}, 64) == (800.0, 4.0)  # 200 steps x 4 areas
+    assert _passes("extremal-fast", {}, 64) == (800.0, 4.0 + 841)  # 200 steps x 4 areas; the probe: 29² windows at 64 px
+    assert _passes("extremal-fast", {"start": "constant"}, 64) == (800.0, 4.0)
     assert _passes("extremal", {"steps": 10, "game": "dual"}, 64) == (80.0, 4.0)
     assert _passes("rise", {}, 64) == (0.0, 4001.0)
     assert _passes("random", {}, 64) == (0.0, 0.0)

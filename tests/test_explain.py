@@ -280,7 +280,7 @@ def test_extremal_fast_is_the_method_on_a_quarter_schedule():
     x = textured_image(size, 0, seed=0, grain=0.5)
     extra = {"areas": (0.1,)}
     a = mp.explain(model, x, method=fast, seed=3, **extra)
-    b = mp.explain(model, x, method=base, seed=3, steps=steps, **extra)
+    b = mp.explain(model, x, method=base, seed=3, steps=steps, start="occlusion", **extra)  # and the occlusion start
     assert torch.equal(a.masks, b.masks)
     assert a.history["loss"].shape[0] == steps
 

@@ -394,13 +394,14 @@ def test_converged_masks_do_not_warn():
 
 
 def test_occlusion_start_is_an_option_of_extremal_and_the_default_stays_the_papers():
-    """`extremal` keeps the 2019 constant start by default; `start="occlusion"` starts each
+    """`extremal` keeps the 2019 constant start by default (`extremal-fast` takes the occlusion
+    start); `start="occlusion"` starts each
     area from the occlusion probe's top cut (methods/start.py), batched = one by one."""
     from meaningful_perturbation.methods import get_method
     from oracles import BOXES
 
     assert get_method("extremal").default_config().start == "constant"
-    assert get_method("extremal-fast").default_config().start == "constant"
+    assert get_method("extremal-fast").default_config().start == "occlusion"  # measured on both families (docs/benchmarks.md)
     model = TextureOracle(24, BOXES, gain=4.0, bias=0.0, log=True).double()
     x = torch.cat([textured_image(24, k, seed=k, boxes=BOXES, grain=24 / 64) for k in range(2)]).double()
     kw = dict(method="extremal", areas=(0.05, 0.2), steps=6, jitter="none")

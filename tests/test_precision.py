@@ -33,7 +33,9 @@ MODEL_FREE = ("random", "center")
 POINTS = ("paper", "paper-loc", "seed", "extremal", "extremal-fast", "extremal-sweep", "gradient", "gradcam", "occlusion")
 # Largest |mask difference| from the float32 run allowed for a float64 model (measured: paper
 # 0.076 after 40 Adam steps, the trajectories separate by rounding; the others <= 8e-3).
-F64_TOL = {"paper": 0.2, "seed": 0.05, "occlusion": 0.05}
+# extremal-fast starts from the occlusion probe's binary top cut (identical in both precisions,
+# checked): from there float32 rounding moves the masks by up to ~0.003 after 40 steps.
+F64_TOL = {"paper": 0.2, "seed": 0.05, "occlusion": 0.05, "extremal-fast": 0.01}
 
 
 def _oracle(dtype):

@@ -498,8 +498,8 @@ def _passes(name: str, overrides: dict[str, Any], size: int) -> tuple[float, flo
         areas = getattr(cfg, "area_tuple", None) or (1,)
         games = 2 if getattr(cfg, "game", "") == "dual" else 1
         probe = 0.0
-        if getattr(cfg, "start", None) == "occlusion":  # extremal-sweep's start: one forward per window
-            from ..methods.sweep import probe_size, probe_windows
+        if getattr(cfg, "start", None) == "occlusion":  # the occlusion start: one forward per window
+            from ..methods.start import probe_size, probe_windows
 
             probe = float(len(probe_windows((size, size), *probe_size(cfg, (size, size)))))
         return float(steps * len(areas) * games), 4.0 + probe
