@@ -376,3 +376,46 @@ def test_a_bad_setting_is_the_only_line_with_device_auto(argv, capsys, tmp_path)
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith("mperturb: error: "), err
     assert not out.exists()
+
+
+def test_a_method_whose_optional_dependency_is_missing_is_one_error(monkeypatch, capsys, tmp_path):
+    """`--method gradient` without Captum: one line naming the extra, exit 2, no folder (was an
+    ImportError traceback after config.json had been written)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "captum" else real(name, *a))
+    img = tmp_path / "a.png"
+    Image.new("RGB", (64, 64), (120, 30, 200)).save(img)
+    out = tmp_path / "o"
+    assert main(["explain", str(img), "--method", "gradient", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("mperturb: error: --method: method 'gradient' needs captum, which is not installed: "
+                   "pip install 'meaningful-perturbation[baselines]'\n")
+    assert not out.exists()
+    import meaningful_perturbation as mp
+    from meaningful_perturbation import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^method 'occlusion' needs captum"):
+        mp.explain(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2)), torch.rand(1, 3, 8, 8),
+                   method="occlusion")
+
+
+def test_explain_area_warning_names_the_file(capsys, tmp_path):
+    img = tmp_path / "photo_a.png"
+    Image.new("RGB", (64, 64), (120, 30, 200)).save(img)
+    assert main(["explain", str(img), "--method", "extremal", "--steps", "1", "--set", "start=constant",
+                 "--device", "cpu", "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "masks miss their target area" in err and f"{img} area 0.025" in err and "image 0 area" not in err, err
+
+
+def test_a_bad_value_from_the_config_file_names_config_even_with_set(capsys, tmp_path):
+    img = tmp_path / "a.png"
+    Image.new("RGB", (64, 64), (120, 30, 200)).save(img)
+    cfg = tmp_path / "c.json"
+    cfg.write_text('{"probe_stride": 16}')
+    argv = ["explain", str(img), "--method", "extremal-fast", "--config", str(cfg), "--set", "start=constant",
+            "--steps", "2", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith("mperturb: error: --config: probe_stride: used only by the occlusion start")

@@ -410,7 +410,8 @@ def test_occlusion_start_is_an_option_of_extremal_and_the_default_stays_the_pape
         plain = mp.explain(model, x, target=[0, 1], **kw)
         occ = mp.explain(model, x, target=[0, 1], start="occlusion", **kw)
         alone = mp.explain(model, x[1:], target=[1], start="occlusion", **kw)
-    assert "start" not in plain.extra and occ.extra["start"] == "occlusion" and occ.extra["probe_passes"] == 22 * 22
+    assert plain.extra["start"] == "constant" and plain.extra["probe_passes"] == 0
+    assert occ.extra["start"] == "occlusion" and occ.extra["probe_passes"] == 22 * 22
     assert not torch.equal(plain.masks, occ.masks)
     assert torch.equal(alone.masks, occ.masks[1:])
     with pytest.raises(ConfigError, match=r"^init: a constant start value is used only with start='constant'"):

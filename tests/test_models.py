@@ -453,7 +453,9 @@ def test_hf_downloads_by_default_and_none_gives_random_weights(tmp_path, offline
     downloads into HF_HOME); --offline adds local_files_only=True; ID:NONE builds from the
     config alone, with random weights."""
     transformers = pytest.importorskip("transformers")
-    folder = _tiny_vit_folder(tmp_path / "vit")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(99)  # the stand-in "pretrained" weights: not the fixed seed of :NONE
+        folder = _tiny_vit_folder(tmp_path / "vit")
     calls: list = []
     auto = transformers.AutoModelForImageClassification
     real_pretrained, real_config = auto.from_pretrained, transformers.AutoConfig.from_pretrained
@@ -479,13 +481,16 @@ def test_hf_downloads_by_default_and_none_gives_random_weights(tmp_path, offline
     load_model("hf:org/tiny", offline=True)
     assert calls == [("model", "org/tiny", True)]
     calls.clear()
-    torch.manual_seed(12345)  # not the seed the saved folder was initialised with
+    torch.manual_seed(12345)
     b = load_model("hf:org/tiny:NONE")
     assert calls == [("config", "org/tiny", False)]  # the config only: no weights fetched
     pa = dict(a.model.named_parameters())
     pb = dict(b.model.named_parameters())
     assert pa.keys() == pb.keys()
     assert not torch.equal(pa["model.classifier.weight"], pb["model.classifier.weight"])
+    torch.manual_seed(777)  # :NONE weights come from a fixed seed, not the caller's generator
+    c = load_model("hf:org/tiny:NONE")
+    assert torch.equal(dict(c.model.named_parameters())["model.classifier.weight"], pb["model.classifier.weight"])
 
 
 def test_hf_preprocessing_from_convnext_style_config():

@@ -645,10 +645,13 @@ def test_probe_settings_refused_where_they_would_do_nothing():
         mp.explain(model, x, start="constant", probe_window=16, **kw)
     with pytest.raises(ConfigError, match=r"^probe_stride: used only by the occlusion start"):
         mp.explain(model, x, start="constant", probe_stride=4, **kw)
-    # 223 px at 224 rounds to the whole 24 px side: refused once the image size is known
-    with pytest.raises(ConfigError, match=r"^probe_window: the occlusion probe's window \(223 px at 224, 24 px here\) "
-                                          r"spans the short side of the 24x24 image"):
-        mp.explain(model, x, probe_window=223, **kw)
+    with pytest.raises(ConfigError, match=r"^probe_stride: expected a stride no larger than the window \(probe_window=32\)"
+                                          r", so that every pixel is probed, got 40"):
+        mp.explain(model, x, probe_stride=40, **kw)
+    # 223 px at 224 rounds to the whole 24 px side: one pixel less, so there is a region to rank
+    # (a run-time refusal would come after `mperturb run` has made its folder)
+    ex = mp.explain(model, x, probe_window=223, **kw)
+    assert ex.extra["probe_passes"] == 2 * 2  # 23 px windows at rows/cols 0 and 1
 
 
 def test_areas_as_numpy_or_torch_arrays_are_a_ladder():

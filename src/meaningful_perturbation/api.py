@@ -145,6 +145,7 @@ def explain(
         (torch.Size([2, 32, 32]), torch.Size([2, 1, 32, 32]))
     """
     spec = get_method(method)
+    spec.check_requirements()  # a missing optional dependency (Captum): one clear error, not an ImportError
     cfg = resolve_config(spec, overrides)
     cfg = _mirror_jitter(spec, cfg, overrides, model, method)
     x = check_images(x).detach()

@@ -42,3 +42,17 @@ def test_timm_missing_cache_fails_fast_and_weights_file_works(timm_lib, monkeypa
     loaded = load_model("timm:resnet18", weights=path)
     assert loaded.preprocessing.size == (224, 224)
     assert loaded.model(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
+
+
+@pytest.mark.parametrize("spec", ["torchvision:resnet18:NONE", "timm:resnet18:NONE"])
+def test_random_weights_are_the_same_in_every_call_and_leave_the_generator_alone(spec, tv, timm_lib):
+    """`:NONE` weights come from a fixed seed: two loads are the same model (a --resume or a
+    second run explains the same network), and the caller's RNG stream is untouched."""
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    a = load_model(spec).model
+    b = load_model(spec).model
+    assert torch.equal(torch.rand(3), expected)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name

@@ -20,6 +20,7 @@ import json
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -431,10 +432,14 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
         logits, head = clean_scores(loaded.model, xb, settings.head)
         target = target_from_option(settings.target, logits.cpu(), class_names)
         t0 = time.perf_counter()
-        ex = explain_fn(
-            loaded.model, xb, target=target, method=settings.method, seed=settings.seed,
-            head=head.kind, progress=interactive, **overrides,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ex = explain_fn(
+                loaded.model, xb, target=target, method=settings.method, seed=settings.seed,
+                head=head.kind, progress=interactive, **overrides,
+            )
+        for w in caught:  # one image per call: its "image 0" is this file
+            warnings.warn_explicit(re.sub(r"\bimage 0\b", str(path), str(w.message)), w.category, w.filename, w.lineno)
         seconds = time.perf_counter() - t0
         sal = ex.saliency[0].float()
         # Files (on a write error, run() removes those of this image that are new).

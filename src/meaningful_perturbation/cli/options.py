@@ -267,11 +267,16 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
         device = str(resolved)  # "cuda" (no index: under torchrun the runner adds LOCAL_RANK), "mps", "cpu"
     seed = check_seed(int(getattr(args, "seed", 0) or 0), "--seed")
     overrides: dict[str, Any] = {}
+    config_keys: set = set()
     if getattr(args, "config", None):
-        overrides.update(_read_config_file(args.config))
+        from_file = _read_config_file(args.config)
+        overrides.update(from_file)
+        config_keys = set(from_file)
+    set_keys = set()
     for item in getattr(args, "set_values", None) or []:
         key, value = parse_set_value(item)
         overrides[key] = value
+        set_keys.add(key)
     given = dict(overrides)  # from --config / --set: a dedicated flag must not silently replace them
     if getattr(args, "steps", None) is not None:
         overrides["steps"] = args.steps
@@ -295,6 +300,10 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
     layer = getattr(args, "layer", None)
     method = getattr(args, "method", None) or ("extremal-channels" if layer is not None else "paper")
     spec = get_method(method)
+    try:
+        spec.check_requirements()  # before the output folder or the model
+    except ConfigError as e:
+        raise ConfigError(f"--method: {e}") from None
     if layer is not None:
         if "layer" not in config_as_dict(spec.default_config()):
             raise ConfigError(f"--layer: method {method!r} takes no layer; use --method extremal-channels "
@@ -310,7 +319,13 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
         named = name_option(str(e), args)
         if named != str(e):
             raise ConfigError(named) from None
-        where = "--set" if getattr(args, "set_values", None) or not getattr(args, "config", None) else "--config"
+        key = str(e).split(":", 1)[0]  # the setting the check names: from --set, else from --config
+        if key in set_keys:
+            where = "--set"
+        elif key in config_keys:
+            where = "--config"
+        else:
+            where = "--set" if getattr(args, "set_values", None) or not getattr(args, "config", None) else "--config"
         raise ConfigError(f"{where}: {e}") from None
     if announce:  # once every setting is valid: a bad one gets its error line alone
         _announce_device(device, quiet=bool(getattr(args, "quiet", False)))

@@ -278,8 +278,7 @@ def _run(ctx: Context, cfg: ExtremalConfig):
     # (the area of the binary mask the ranking constraint pulls towards); its mean is kept too.
     achieved = (salient > 0.5).float().mean(dim=(2, 3))
     ex.extra["achieved_area"] = achieved.tolist()
-    if cfg.start != "constant":
-        ex.extra["start"], ex.extra["probe_passes"] = cfg.start, probe_passes
+    ex.extra["start"], ex.extra["probe_passes"] = cfg.start, probe_passes  # "constant": 0 passes
     ex.extra["mask_mean"] = salient.mean(dim=(2, 3)).tolist()
     warn_area_misses(ctx.method, achieved, areas)
     return ex

@@ -41,6 +41,19 @@ class MethodSpec:
     defaults: tuple[tuple[str, Any], ...] = ()
     notes: tuple[tuple[str, str], ...] = ()
     perturbation_levels: Callable[..., Any] | None = None
+    requires: tuple[tuple[str, str], ...] = ()  # (importable module, pip extra) of an optional dependency
+
+    def check_requirements(self) -> None:
+        """Raise :class:`~meaningful_perturbation.ConfigError` naming the missing optional
+        dependency and the extra that installs it (before anything is computed or written)."""
+        import importlib.util
+
+        for module, extra in self.requires:
+            if importlib.util.find_spec(module) is None:
+                raise ConfigError(
+                    f"method {self.name!r} needs {module}, which is not installed: "
+                    f"pip install 'meaningful-perturbation[{extra}]'"
+                )
 
     def default_config(self):
         return dataclasses.replace(self.config_cls(), **dict(self.defaults))
@@ -71,14 +84,17 @@ def register(
     *,
     notes: dict[str, str] | None = None,
     perturbation_levels: Callable[..., Any] | None = None,
+    requires: dict[str, str] | None = None,
     **defaults: Any,
 ) -> Callable:
     """Decorator registering ``run`` under ``name``; ``notes`` cite the source of each override;
-    ``perturbation_levels`` is the level builder of a mask-learning preset (see :class:`MethodSpec`)."""
+    ``perturbation_levels`` is the level builder of a mask-learning preset (see :class:`MethodSpec`);
+    ``requires`` maps an optional module the method imports to the pip extra that installs it."""
 
     def deco(run: Callable) -> Callable:
         _REGISTRY[name] = MethodSpec(
-            name, config_cls, run, summary, tuple(defaults.items()), tuple((notes or {}).items()), perturbation_levels
+            name, config_cls, run, summary, tuple(defaults.items()), tuple((notes or {}).items()), perturbation_levels,
+            tuple((requires or {}).items()),
         )
         return run
 

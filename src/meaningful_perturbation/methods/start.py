@@ -49,7 +49,8 @@ def check_start(cfg: Any) -> None:
     Raises:
         ConfigError: an unknown start; ``init`` with the occlusion start (it would be
             ignored); probe settings with the constant start (ignored too); a window not
-            smaller than the reference size (one window covering the image ranks nothing).
+            smaller than the reference size (one window covering the image ranks nothing); a
+            stride larger than the window (pixels no window covers).
     """
     check_choice("start", cfg.start, STARTS)
     if cfg.start == "occlusion" and cfg.init is not None:
@@ -65,6 +66,11 @@ def check_start(cfg: Any) -> None:
             f"reference size {cfg.reference_size}, where it is given), got {cfg.probe_window}: one window covering "
             "the image ranks no region"
         )
+    if cfg.probe_stride > cfg.probe_window:
+        raise ConfigError(
+            f"probe_stride: expected a stride no larger than the window (probe_window={cfg.probe_window}), so that "
+            f"every pixel is probed, got {cfg.probe_stride}"
+        )
     if cfg.start == "constant":
         defaults = {f.name: f.default for f in dataclasses.fields(type(cfg))}
         for name in ("probe_window", "probe_stride"):
@@ -79,19 +85,11 @@ def apply_start(ctx: Context, cfg: Any, problem: Problem) -> int:
     """With ``cfg.start == "occlusion"``, run the probe and set ``problem.theta`` to each area's
     top cut; returns the probe's forward passes per image (0 for the constant start).
 
-    Raises:
-        ConfigError: the probe's window spans the image's short side at this size.
     """
     if cfg.start != "occlusion":
         return 0
     H, W = ctx.size
     window, stride = probe_size(cfg, (H, W))
-    if window >= min(H, W):
-        raise ConfigError(
-            f"probe_window: the occlusion probe's window ({cfg.probe_window} px at {cfg.reference_size}, {window} px "
-            f"here) spans the short side of the {H}x{W} image, so it cannot rank any region; use a smaller window "
-            f"(it is given at {cfg.reference_size} px and scales with the short side) or start=constant"
-        )
     if ctx.note is not None:
         ctx.note(f"occlusion probe, {len(probe_windows((H, W), window, stride))} windows")
     importance, passes = occlusion_probe(problem, ctx.targets, ctx.clean_logits, (H, W), window, stride)
@@ -116,9 +114,15 @@ def probe_windows(size: tuple[int, int], window: int, stride: int) -> list[tuple
 
 def probe_size(cfg: Any, size: tuple[int, int]) -> tuple[int, int]:
     """The probe's window and stride in pixels of an ``H×W`` image (given at ``reference_size``,
-    scaled with the short side, at least 1 px)."""
+    scaled with the short side, at least 1 px; the window below the short side, the stride at
+    most the window)."""
     scale = min(size) / float(cfg.reference_size)
-    return max(1, round(pixels(cfg.probe_window, scale))), max(1, round(pixels(cfg.probe_stride, scale)))
+    short = min(size)
+    # probe_window < reference_size (checked), so the window is below the short side; rounding
+    # may reach it on a small image: one pixel less, so that there is still a region to rank
+    window = min(max(1, round(pixels(cfg.probe_window, scale))), max(1, short - 1))
+    stride = min(max(1, round(pixels(cfg.probe_stride, scale))), window)
+    return window, stride
 
 
 def occlusion_probe(problem, targets, clean_logits: torch.Tensor, size: tuple[int, int], window: int,

@@ -21,7 +21,9 @@ the Hugging Face sources. Local folders (``hf:FOLDER``) never touch the network.
 
 ``NONE`` as the last part (``torchvision:resnet50:NONE``, ``timm:resnet50:NONE``,
 ``hf:ORG/NAME:NONE``) builds the architecture with random weights: no weights are fetched
-(``hf:`` still needs the model's ``config.json``, from the cache or the hub).
+(``hf:`` still needs the model's ``config.json``, from the cache or the hub). The random
+weights come from a fixed seed (0; the caller's generator is left as found), so the same spec
+is the same model in every call and process.
 
 Zoo loads run inside :func:`~meaningful_perturbation.models.base.weights_only_loads`: every
 ``torch.load`` is weights-only unless ``trust_code``, downloads included.
@@ -181,6 +183,19 @@ def _hf_progress(enabled: bool) -> Iterator[None]:
             tf_logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def _fixed_init(active: bool) -> Iterator[None]:
+    """Random weights (``:NONE``) drawn from a fixed seed (0), the caller's CPU generator left
+    as found: the same spec builds the same model in every process and call, so ``--seed``
+    reproduces a run and ``--resume`` continues it with the same model."""
+    if not active:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
+
+
 def _split_none(arg: str) -> tuple[str, bool]:
     """``NAME:NONE`` -> ``(NAME, True)`` (random weights); anything else -> ``(arg, False)``."""
     head, sep, tail = arg.rpartition(":")
@@ -242,7 +257,7 @@ def load_torchvision(arg: str, request: LoadRequest) -> LoadedModel:
             f"put {pretrained.url} into that folder",
         )
     try:
-        with weights_only_loads(request.trust_code):  # torch.hub reads with weights_only=False
+        with weights_only_loads(request.trust_code), _fixed_init(pretrained is None):  # torch.hub: weights_only=False
             model = tvm.get_model(name, weights=pretrained, progress=request.progress)
     except (RuntimeError, OSError) as exc:
         if fetching and not cached.is_file():  # the download itself failed
@@ -325,7 +340,7 @@ def load_timm(arg: str, request: LoadRequest) -> LoadedModel:
         if callable(set_progress):  # timm's torch-hub downloads are silent unless asked
             set_progress(request.progress)
     try:
-        with weights_only_loads(request.trust_code), _hf_progress(request.progress):
+        with weights_only_loads(request.trust_code), _hf_progress(request.progress), _fixed_init(not pretrained):
             model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except Exception as exc:  # noqa: BLE001 - hub/network errors have many types
         if fetching is not None and isinstance(exc, OSError):  # requests/urllib errors are OSErrors
@@ -494,7 +509,8 @@ def load_hf(arg: str, request: LoadRequest) -> LoadedModel:
                 config = transformers.AutoConfig.from_pretrained(
                     source, trust_remote_code=request.trust_code, **kwargs
                 )
-                model = auto.from_config(config, trust_remote_code=request.trust_code)
+                with _fixed_init(True):
+                    model = auto.from_config(config, trust_remote_code=request.trust_code)
             else:
                 model = auto.from_pretrained(source, trust_remote_code=request.trust_code, **kwargs)
     except OSError as exc:

@@ -510,4 +510,4 @@ def _run(ctx: Context, cfg: GradCamConfig) -> Explanation:
     return package(ctx, up[:, 0], cfg, extra=extra)
 
 
-register("gradcam", GradCamConfig, "Grad-CAM (Selvaraju et al. 2017) at the last conv block / transformer block or a named layer")(_run)
+register("gradcam", GradCamConfig, "Grad-CAM (Selvaraju et al. 2017) at the last conv block / transformer block or a named layer", requires={"captum": "baselines"})(_run)

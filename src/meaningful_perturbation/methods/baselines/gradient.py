@@ -77,4 +77,4 @@ def _run(ctx: Context, cfg: GradientConfig) -> Explanation:
     return package(ctx, reduce_channels(grad, cfg.reduce), cfg)
 
 
-register("gradient", GradientConfig, "Input gradient (Simonyan et al. 2014): |∂S_c/∂x|, max over channels (Captum Saliency)")(_run)
+register("gradient", GradientConfig, "Input gradient (Simonyan et al. 2014): |∂S_c/∂x|, max over channels (Captum Saliency)", requires={"captum": "baselines"})(_run)

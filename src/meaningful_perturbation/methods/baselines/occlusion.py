@@ -82,4 +82,4 @@ def _run(ctx: Context, cfg: OcclusionConfig) -> Explanation:
     return package(ctx, attr.mean(dim=1), cfg, extra={"window": list(window[1:]), "stride": list(strides[1:])})
 
 
-register("occlusion", OcclusionConfig, "Sliding-window occlusion (Zeiler & Fergus 2014): score drop per pixel (Captum Occlusion)")(_run)
+register("occlusion", OcclusionConfig, "Sliding-window occlusion (Zeiler & Fergus 2014): score drop per pixel (Captum Occlusion)", requires={"captum": "baselines"})(_run)
