@@ -552,7 +552,7 @@ def test_occlusion_probe_equals_captum_occlusion_with_the_games_perturbation():
     both use the same windows)."""
     from captum.attr import Occlusion
 
-    from meaningful_perturbation.methods.sweep import occlusion_probe, probe_windows
+    from meaningful_perturbation.methods.start import occlusion_probe, probe_windows
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 6, 5, padding=2), nn.Tanh(), nn.AdaptiveAvgPool2d(3), nn.Flatten(),
@@ -570,7 +570,7 @@ def test_occlusion_probe_equals_captum_occlusion_with_the_games_perturbation():
 
 
 def test_probe_windows_cover_every_pixel_and_end_flush():
-    from meaningful_perturbation.methods.sweep import probe_windows
+    from meaningful_perturbation.methods.start import probe_windows
 
     boxes = probe_windows((21, 13), 5, 4)
     rows = sorted({r for r, _ in boxes})
@@ -586,7 +586,7 @@ def test_probe_windows_cover_every_pixel_and_end_flush():
 def test_occlusion_start_puts_each_rung_on_the_evidence():
     """TextureOracle: class k's evidence is box k. The start of every rung up to the box's
     area lies inside the box, and each rung keeps exactly round(a·P) lattice points."""
-    from meaningful_perturbation.methods.sweep import occlusion_probe, probe_size, start_from
+    from meaningful_perturbation.methods.start import occlusion_probe, probe_size, start_from
 
     model, x = _oracle(32, n=2)
     areas = (0.02, 0.04, 0.08)
@@ -606,7 +606,7 @@ def test_occlusion_start_puts_each_rung_on_the_evidence():
 
 
 def test_start_from_keeps_a_constant_start_where_the_probe_is_flat():
-    from meaningful_perturbation.methods.sweep import start_from
+    from meaningful_perturbation.methods.start import start_from
 
     theta = torch.full((2, 3, 1, 4, 4), 1.0)
     importance = torch.zeros(2, 8, 8)

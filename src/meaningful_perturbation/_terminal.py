@@ -8,7 +8,29 @@ file name (and every error line) the CLI prints goes through :func:`escape_text`
 
 from __future__ import annotations
 
-__all__ = ["escape_text"]
+import contextlib
+import re
+import warnings
+from typing import Iterator, Sequence
+
+__all__ = ["escape_text", "naming_images"]
+
+
+@contextlib.contextmanager
+def naming_images(names: Sequence[object]) -> Iterator[None]:
+    """Warnings raised inside (an ``explain`` call on a batch) are re-emitted on leaving with
+    "image i" replaced by ``names[i]`` (the file), so a warning about a batch names its files."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            pending = list(caught)
+    for w in pending:
+        text = re.sub(r"\bimage (\d+)\b",
+                      lambda m: str(names[int(m.group(1))]) if int(m.group(1)) < len(names) else m.group(0),
+                      str(w.message))
+        warnings.warn_explicit(text, w.category, w.filename, w.lineno)
 
 
 def escape_text(text: object) -> str:

@@ -20,7 +20,6 @@ import json
 import re
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from ..targets import clean_scores, target_from_option
 from .options import (RunSettings, add_method_options, add_model_options, build_run_settings, check_masker_setting,
                       flush_device_note, method_overrides)
 from .._atomic import atomic_write_text, error_files, on_path, os_error_text
-from .._terminal import escape_text
+from .._terminal import escape_text, naming_images
 
 __all__ = ["add_parser", "run", "safe_stem"]
 
@@ -432,14 +431,11 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
         logits, head = clean_scores(loaded.model, xb, settings.head)
         target = target_from_option(settings.target, logits.cpu(), class_names)
         t0 = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with naming_images([path]):  # one image per call: its "image 0" is this file
             ex = explain_fn(
                 loaded.model, xb, target=target, method=settings.method, seed=settings.seed,
                 head=head.kind, progress=interactive, **overrides,
             )
-        for w in caught:  # one image per call: its "image 0" is this file
-            warnings.warn_explicit(re.sub(r"\bimage 0\b", str(path), str(w.message)), w.category, w.filename, w.lineno)
         seconds = time.perf_counter() - t0
         sal = ex.saliency[0].float()
         # Files (on a write error, run() removes those of this image that are new).

@@ -94,11 +94,10 @@ from ..core.perturbation import blend, gaussian_blur
 from ..errors import ConfigError
 from .common import Context, check_range, pixels, perturbation_levels, run_problem
 from .extremal import AREA_TOLERANCE, ExtremalConfig, build_problem, warn_area_misses
-from .start import STARTS, apply_start, occlusion_probe, probe_size, probe_windows, start_from  # noqa: F401 (re-exported)
+from .start import apply_start
 from .registry import register
 
-__all__ = ["DEFAULT_AREAS", "MIN_AREAS", "STARTS", "SweepConfig", "area_curve", "check_pixel_counts", "nested_masks", "occlusion_probe",
-           "probe_size", "probe_windows", "rank_saliency", "start_from"]
+__all__ = ["DEFAULT_AREAS", "MIN_AREAS", "SweepConfig", "area_curve", "check_pixel_counts", "nested_masks", "rank_saliency"]
 
 #: The default ladder: 12 areas spaced by a factor √2 from 1.25% to 56.6% of the image,
 #: ``0.025·√2^(k−2)``, k = 0…11. Every other rung is one of the 2019 paper's areas (2.5%, 5%,

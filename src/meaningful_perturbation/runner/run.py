@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .._terminal import escape_text
+from .._terminal import escape_text, naming_images
 from ..demo import DEMO_NOTE
 from ..errors import ConfigError, InputError, MeaningfulPerturbationError
 from ..explanation import LOW_CONFIDENCE, low_confidence
@@ -512,8 +510,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
                 xb = torch.stack([r["x"] for r in keep]).to(device)
             t0 = time.perf_counter()
             try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
+                with naming_images([r["item"].rel for r in keep]):  # "image i" of the batch -> its file
                     ex = explain_fn(loaded.model, xb, target=targets, method=settings.method, seed=settings.seed,
                                     head=head_kind, progress=False, **overrides)
             except ConfigError:
@@ -521,11 +518,6 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
             except Exception as e:
                 split_or_fail(keep, "explain", e)
                 return
-            for w in caught:  # "image i" of this batch -> the item's file, so the warning names it
-                text = re.sub(r"\bimage (\d+)\b",
-                              lambda m: keep[int(m.group(1))]["item"].rel if int(m.group(1)) < len(keep) else m.group(0),
-                              str(w.message))
-                warnings.warn_explicit(text, w.category, w.filename, w.lineno)
             per_item = (time.perf_counter() - t0) / len(keep)
             write_items(keep, ex, per_item)
 
