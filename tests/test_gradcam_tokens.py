@@ -134,7 +134,8 @@ def test_class_token_model_uses_the_input_of_the_last_block():
     assert str(err.value).startswith(
         "layer: the class score depends on 'blocks.2' only through its 3 class/register token(s), not its patch "
         "tokens (a class-token classifier after the last block reads only the class token), so Grad-CAM there is "
-        "zero everywhere; name 'blocks.1' or 'blocks.2.norm1' (the block before it, or the last block's input norm"
+        "zero everywhere; name 'blocks.1' or 'blocks.2.norm1' (the input of the last block, whose patch tokens "
+        "still reach the score)"
     )
     # A name relative to a wrapper's inner model resolves when unambiguous (the CLI wraps HF
     # models as `.model`), and an integer child index of a Sequential is a name.
@@ -309,3 +310,83 @@ def test_hierarchical_tokens_on_a_halved_grid_and_chosen_automatically():
     (g,) = torch.autograd.grad(model.head(t.mean(dim=1)).gather(1, torch.tensor([[1], [0]])).sum(), t)
     as_map = lambda a: a.transpose(1, 2).reshape(2, 8, 2, 3)  # noqa: E731
     assert torch.allclose(ex.saliency, _cam_of(as_map(t.detach()), as_map(g), (16, 24)), atol=1e-6)
+
+
+def test_channels_last_stage_is_chosen_automatically():
+    # Swin-like: (N, h, w, C) stages after a patch-embedding convolution. The last stage
+    # (a block of the Sequential) is chosen, not the patch embedding and not a leaf inside it.
+    torch.manual_seed(6)
+    model = _ChannelsLast().eval()
+    x = torch.randn(1, 3, 16, 24)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not the "early layer" warning of the patch embedding
+        assert find_layer(model, x) == "stages.1"
+
+
+class _ResidualBranchStage(nn.Module):
+    """(N, h, w, C) tokens with the block's MLP branch behind an Identity before the skip
+    connection (timm Swin's ``drop_path2``): the Identity carries the branch only."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.norm, self.fc, self.drop_path = nn.LayerNorm(d), nn.Linear(d, d), nn.Identity()
+
+    def forward(self, x):
+        n, h, w, c = x.shape
+        t = x.reshape(n, h * w, c)
+        t = t + self.drop_path(self.fc(self.norm(t)))  # (N, T, D) inside the block
+        return t.reshape(n, h, w, c)
+
+
+class _SwinLike(nn.Module):
+    def __init__(self, d=8):
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, P, stride=P)
+        self.layers = nn.Sequential(nn.Sequential(_ResidualBranchStage(d), _ResidualBranchStage(d)))
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        return self.head(self.layers(self.patch(x).permute(0, 2, 3, 1)).mean(dim=(1, 2)))
+
+
+def test_layer_inside_a_residual_branch_is_never_chosen():
+    torch.manual_seed(8)
+    model = _SwinLike().eval()
+    x = torch.randn(1, 3, 16, 24)
+    name = find_layer(model, x)
+    assert name in ("layers.0", "layers.0.1"), name  # the stage or its last block, not '...drop_path'
+    ex = mp.explain(model, x, method="gradcam")
+    assert ex.extra["layer"] == name and ex.extra["layer_size"] == [4, 6]
+
+
+class _ConvNeXtLike(nn.Module):
+    """A depthwise conv, then LayerNorm + MLP channels-last, then back, plus the skip."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, d, P, stride=P)
+        self.stages = nn.Sequential(_CNBlock(d), _CNBlock(d))
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        return self.head(self.stages(self.stem(x)).mean(dim=(2, 3)))
+
+
+class _CNBlock(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.dw = nn.Conv2d(d, d, 3, padding=1, groups=d)
+        self.norm, self.fc = nn.LayerNorm(d), nn.Linear(d, d)
+
+    def forward(self, x):
+        y = self.fc(self.norm(self.dw(x).permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+        return x + y
+
+
+def test_convolution_inside_a_residual_branch_is_lifted_to_its_stage():
+    # The last Conv2d is the depthwise convolution inside the last block's branch; its map
+    # continues channels-last (norm, MLP): the block, then the stage around it, are used.
+    torch.manual_seed(9)
+    model = _ConvNeXtLike().eval()
+    x = torch.randn(1, 3, 16, 24)
+    assert find_layer(model, x) == "stages"

@@ -39,14 +39,20 @@ Layer choice: ``layer="features.29"`` names a submodule (``model.get_submodule``
 * CNNs: the last ``Conv2d`` to run, followed by the modules that run after it and keep its
   spatial size (its activation, an enclosing block); the last of them is used — the
   rectified output of the last convolution block (``relu5_3`` of VGG16, ``layer4`` of a
-  ResNet), the layer of the paper's experiments. Models without a ``Conv2d`` fall back to
-  the last module with a 4-D output larger than 1×1.
+  ResNet), the layer of the paper's experiments. The same map channels-last (ConvNeXt's norm
+  and MLP inside a block) does not end the extension, and the result is lifted to the last
+  enclosing module returning a map of its size (a convolution inside a residual branch →
+  its block or stage). Models without a ``Conv2d`` fall back to the last module with a 4-D
+  output larger than 1×1.
 * Token models (token sequences on the grid run after that layer): the last transformer
   block (a non-leaf element of an ``nn.Sequential``/``nn.ModuleList`` returning the token
   sequence; any token layer if there is none) whose *patch* tokens reach the score (one
   backward pass of the top logit). With a class-token classifier the last block's patch
   tokens never reach the score (only its class token is read), so the block before it — the
-  input of the last block — is used; with average pooling it is the last block.
+  input of the last block — is used; with average pooling it is the last block. Channels-last
+  ``(N, h, w, C)`` maps on a stage of the patch grid (Swin stages) count as token layers
+  without prefix; window partitions ``(N·windows, T, D)`` do not; without a block, layers
+  inside a block's residual branch are not candidates.
 
 If the layer found runs within the first third of the model's leaf modules (e.g. only the
 patch embedding has a usable output), a ``UserWarning`` names it and says how to pass
@@ -254,6 +260,12 @@ def _grid_error(name: str, shape: tuple[int, ...], grids: list[tuple[int, int]],
 
 
 # ----------------------------------------------------------------------- layer choice
+def _channels_last_on(shape: tuple[int, ...] | None, grid: tuple[int, int] | None) -> bool:
+    """A 4-D ``(N, h, w, C)`` activation on ``grid`` (ConvNeXt's norm and MLP, Swin's stages)."""
+    return grid is not None and shape is not None and len(shape) == 4 and tuple(shape[1:3]) == grid \
+        and tuple(shape[2:4]) != grid
+
+
 def _cnn_choice(events: list[_Event]) -> int | None:
     """Index of the event the CNN rule picks (module docstring), or None."""
     last_conv = max(
@@ -264,11 +276,25 @@ def _cnn_choice(events: list[_Event]) -> int | None:
         size = events[last_conv].spatial
         chosen = last_conv
         for i in range(last_conv + 1, len(events)):
+            if _channels_last_on(events[i].shape, size):
+                continue  # the same map channels-last inside a block (ConvNeXt's norm / MLP): go on
             if events[i].spatial != size:
                 break
             chosen = i
-        return chosen
+        return _enclosing(events, chosen)
     return max((i for i, e in enumerate(events) if e.spatial is not None and e.spatial[0] * e.spatial[1] > 1), default=None)
+
+
+def _enclosing(events: list[_Event], chosen: int) -> int:
+    """The last later event of a module that contains ``events[chosen]``'s module and returns a
+    map of the same size: the block or stage a convolution inside a residual branch belongs to
+    (MaxViT's MBConv inside its layer), never an activation before the skip connection."""
+    name, size = events[chosen].name, events[chosen].spatial
+    for i in range(chosen + 1, len(events)):
+        e = events[i]
+        if name.startswith(e.name + ".") and e.spatial == size:
+            chosen, name = i, e.name
+    return chosen
 
 
 def _is_block(model: nn.Module, name: str, module: nn.Module) -> bool:
@@ -329,14 +355,24 @@ def find_layer(model: nn.Module, x: torch.Tensor) -> str:
     chosen = _cnn_choice(events)
     grids = _patch_grids(model, events, size)
     start = 0 if chosen is None else chosen + 1
-    tokens = {}  # event index -> prefix, for token sequences on a grid after the CNN choice
+    family = _halvings(_patch_grids(model, events, size, maps=False))
+    batch = int(x.shape[0])
+    tokens = {}  # event index -> prefix, for token sequences (or channels-last maps) on a grid after the CNN choice
     for i in range(start, len(events)):
-        if _is_tokens(events[i].shape):
-            layout = _token_layout(events[i].shape[1], grids, size)
+        shape = events[i].shape
+        if _is_tokens(shape) and shape[0] == batch:  # not (N·windows, T, D): Swin's window partitions
+            layout = _token_layout(shape[1], grids, size)
             if layout is not None:
                 tokens[i] = layout[1]
+        elif shape is not None and len(shape) == 4 and shape[0] == batch \
+                and tuple(shape[1:3]) in family and tuple(shape[2:4]) not in family:
+            tokens[i] = 0  # a channels-last (N, h, w, C) map on a stage of the patch grid (Swin stages)
     if tokens:
-        blocks = [i for i in tokens if _is_block(model, events[i].name, events[i].module)] or list(tokens)
+        # Transformer blocks; if there are none, the token layers outside every block: a layer
+        # inside a block's residual branch (timm Swin's drop_path2) is not the block's output.
+        inside = [n for n, m in model.named_modules() if n and _is_block(model, n, m)]
+        blocks = [i for i in tokens if _is_block(model, events[i].name, events[i].module)] or [
+            i for i in tokens if not any(events[i].name.startswith(b + ".") for b in inside)]
         last = {events[i].name: i for i in blocks}  # a module run twice counts at its last call
         reach = _patch_tokens_reach_score(model, x, {n: (events[i].module, tokens[i]) for n, i in last.items()})
         chosen = max((i for n, i in last.items() if n in reach), default=chosen)
@@ -483,14 +519,17 @@ def _run(ctx: Context, cfg: GradCamConfig) -> Explanation:
         grid, prefix = layout["tokens"]
         if not bool(g[:, prefix:].ne(0).any()) and bool(g[:, :prefix].ne(0).any()):
             blocks = [n for n, m in model.named_modules() if n and _is_block(model, n, m)]
-            before = blocks[blocks.index(name) - 1] if name in blocks and blocks.index(name) > 0 else None
-            first = _first_layer_of(model, name) if name in blocks else None
-            hint = " or ".join(repr(n) for n in (before, first) if n) or "the block before it"
+            # the named block's input: the block before it, or its own first layer (input norm);
+            # a layer after the blocks (the final norm): the last block's input the same way
+            last = name if name in blocks else (blocks[-1] if blocks else None)
+            before = blocks[blocks.index(last) - 1] if last is not None and blocks.index(last) > 0 else None
+            first = _first_layer_of(model, last) if last is not None else None
+            hint = " or ".join(repr(n) for n in (before, first) if n) or "a layer before the class token is read out"
             raise ConfigError(
                 f"layer: the class score depends on {name!r} only through its {prefix} class/register token(s), "
                 "not its patch tokens (a class-token classifier after the last block reads only the class token), "
-                f"so Grad-CAM there is zero everywhere; name {hint} (the block before it, or the last block's "
-                "input norm: timm 'blocks.<last>.norm1', transformers '<...>.layer(s).<last>.layernorm_before')"
+                f"so Grad-CAM there is zero everywhere; name {hint} (the input of the last block, whose patch "
+                "tokens still reach the score)"
             )
         return _as_map(a, grid, prefix), _as_map(g, grid, prefix)
 
