@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import torch
 
 from ._runtime import check_seed
 from ._validate import check_images
-from .core.frozen import frozen
+from .core.frozen import frozen, modules_of
 from .core.head import check_head_option
 from .core.objective import Targets
 from .core.precision import working_dtype
-from .errors import InputError, MeaningfulPerturbationWarning
+from .errors import InputError, MeaningfulPerturbationError, MeaningfulPerturbationWarning, ModelError
 from .explanation import Explanation
 from .methods.common import Context
 from .methods.registry import get_method, resolve_config
@@ -40,7 +41,7 @@ def mirror_invariant(model: Any) -> bool:
         >>> mirror_invariant(m), setattr(m, "mirror_invariant", False), mirror_invariant(m)
         (True, None, False)
     """
-    mods = model.modules() if isinstance(model, torch.nn.Module) else [model]
+    mods = [m for root in modules_of(model) for m in root.modules()] or [model]  # a lambda: its modules
     return all(getattr(m, MIRROR_INVARIANT_ATTR, True) is not False for m in mods)
 
 
@@ -195,8 +196,44 @@ def explain(
                 input_dtype=x.dtype,
                 note=note if bar is not None else None,
             )
-            return spec.run(ctx, cfg)
+            try:
+                return spec.run(ctx, cfg)
+            except MeaningfulPerturbationError:
+                raise
+            except Exception as e:
+                failed = _model_failure(e, method, x)
+                if failed is None:
+                    raise
+                raise failed from e
     finally:
         if bar is not None:
             bar.close()
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _model_failure(e: Exception, method: str, x: torch.Tensor) -> ModelError | None:
+    """The :class:`ModelError` for an exception raised while ``method`` ran after the clean
+    pass, or None when it is not the model's (a defect of this package: re-raised as it is).
+
+    The model's: a torch ``RuntimeError`` or ``MemoryError`` (out of memory on the batched
+    steps, a device or dtype mismatch inside the model, a failing backward), or any exception
+    whose innermost frame lies outside this package (raised by the model's own code).
+    """
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    inner = os.path.abspath(frames[-1].filename) if frames else ""
+    if not isinstance(e, (RuntimeError, MemoryError)) and inner.startswith(_PACKAGE_DIR + os.sep):
+        return None
+    text = " ".join(str(e).split())
+    oom = "out of memory" in text.lower() or isinstance(e, MemoryError)
+    hint = ("; the optimisation passes all images (and every area or mask of a batch) together: explain fewer "
+            "images per call (mperturb: --batch-size), or lower the method's batch setting where it has one "
+            "(rise: batch_size)") if oom else ""
+    return ModelError(
+        f"model: the {method!r} explanation of {x.shape[0]} image(s) of shape {tuple(x.shape[1:])} failed after the "
+        f"clean pass with {type(e).__name__}: {text[:400]}{hint}"
+    )
 

@@ -187,8 +187,12 @@ def resolve_target(target: Any, logits: torch.Tensor, top_k: int = 1, head: Head
     for i, r in enumerate(rows):
         for c in r:
             if not 0 <= c < classes:
+                binary = (" (a one-column binary model scores one class, its positive class 0 with probability "
+                          "sigmoid(z); to explain its negative decision, wrap it in an nn.Module that returns -z: "
+                          "sigmoid(-z) = 1 - p)") if classes == 1 and c == 1 else ""
                 raise InputError(
                     f"target: class {c} is out of range for a model with {classes} classes (valid: 0..{classes - 1})"
+                    + binary
                 )
         if len(set(r)) != len(r):
             dup = next(c for c in r if r.count(c) > 1)

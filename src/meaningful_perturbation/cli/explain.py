@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InputError, MeaningfulPerturbationError
+from ..errors import ConfigError, InputError, MeaningfulPerturbationError, ModelError
 from ..demo import DEMO_NOTE
 from ..explanation import LOW_CONFIDENCE, low_confidence
 from ..targets import clean_scores, target_from_option
@@ -321,7 +321,17 @@ def _panel_title(name: str, method: str, ex: Any, names: list[str], scores: dict
 def _to_hwc_uint8(img: torch.Tensor) -> np.ndarray:
     if img.shape[0] == 1:  # a grey input is shown as grey RGB
         img = img.expand(3, -1, -1)
-    return (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+    return (img.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Remove the config.json (and folder) this command created, nothing else; a folder that
+    is not empty is kept."""
+    for p in created:
+        try:
+            p.rmdir() if p.is_dir() else p.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def run(args: argparse.Namespace) -> int:
@@ -333,11 +343,7 @@ def run(args: argparse.Namespace) -> int:
     except MeaningfulPerturbationError:
         # A user error before any image's files were written (e.g. --target 9 on a 6-class
         # model): remove the config.json (and folder) this run created, nothing else.
-        for p in state["created"]:
-            try:
-                p.rmdir() if p.is_dir() else p.unlink(missing_ok=True)
-            except OSError:  # a folder that is not empty: kept
-                pass
+        _remove_created(state["created"])
         raise
     except OSError as e:
         for p in state["new"]:  # this image's files that did not exist before it
@@ -359,7 +365,7 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
     from .. import figures
     from ..io import decode_size, denormalize, expand_images, load_image, map_to_original, overlay_base, preprocess
     from ..methods.common import input_stats_overrides
-    from ..models import CLI_OPTION_NAMES, load_model, resolve_model_preprocessing
+    from ..models import CLI_OPTION_NAMES, input_dtype, load_model, resolve_model_preprocessing
 
     settings: RunSettings = build_run_settings(args)
     paths = expand_images(args.images)
@@ -409,6 +415,9 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
     interactive = not args.quiet and sys.stderr.isatty()
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     failures = 0
+    explained = 0
+    head_kind = settings.head
+    model_dtype = input_dtype(loaded.model)  # a .half() model gets float16 images
     noted = {"demo": False}
     overrides = input_stats_overrides(settings.config, method_overrides(settings), prep.mean, prep.std)
     from tqdm.auto import tqdm
@@ -427,15 +436,32 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
         # Overlays at a bounded resolution (OVERLAY_MAX_SIDE): keep a small uint8 copy and drop
         # the full image, so a 12000 x 12000 input never gets a full-size float map or blend.
         image = overlay_base(image)
-        xb = x.unsqueeze(0).to(device)
-        logits, head = clean_scores(loaded.model, xb, settings.head)
-        target = target_from_option(settings.target, logits.cpu(), class_names)
-        t0 = time.perf_counter()
-        with naming_images([path]):  # one image per call: its "image 0" is this file
-            ex = explain_fn(
-                loaded.model, xb, target=target, method=settings.method, seed=settings.seed,
-                head=head.kind, progress=interactive, **overrides,
-            )
+        xb = x.unsqueeze(0).to(device=device, dtype=model_dtype)
+        # One head for the whole command: read (or checked) on the first image explained and
+        # kept. Before any image is done a setting the model contradicts is the user's error
+        # (exit 2); after that an image the model fails on, or whose output contradicts the
+        # head, is skipped like an unreadable one (exit 1), as `mperturb run` records a failure.
+        try:
+            logits, head = clean_scores(loaded.model, xb, head_kind)
+            target = target_from_option(settings.target, logits.cpu(), class_names)
+            t0 = time.perf_counter()
+            with naming_images([path]):  # one image per call: its "image 0" is this file
+                ex = explain_fn(
+                    loaded.model, xb, target=target, method=settings.method, seed=settings.seed,
+                    head=head.kind, progress=interactive, **overrides,
+                )
+        except (ModelError, ConfigError) as e:
+            if len(paths) == 1 or (isinstance(e, ConfigError) and not explained):
+                raise
+            failures += 1
+            msg = " ".join(str(e).split())
+            if isinstance(e, ConfigError) and msg.startswith("head:"):
+                how = "given with --head" if settings.head != "auto" else "read from the first image"
+                msg = f"--head: its output contradicts the head {head_kind!r} {how} ({msg[len('head:'):].strip()})"
+            print(escape_text(f"mperturb: skipping {path}: {msg}"), file=sys.stderr)
+            continue
+        explained += 1
+        head_kind = head.kind
         seconds = time.perf_counter() - t0
         sal = ex.saliency[0].float()
         # Files (on a write error, run() removes those of this image that are new).
@@ -510,7 +536,9 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
             + f" ({seconds:.1f}s) -> {out / stem}_*"))
         state["new"] = []
     bar.close()
+    if not explained:
+        _remove_created(state["created"])  # nothing explained: no config.json describing nothing
     if failures:
-        print(f"mperturb: {failures} of {len(paths)} image(s) could not be read", file=sys.stderr)
+        print(f"mperturb: {failures} of {len(paths)} image(s) could not be read or explained", file=sys.stderr)
         return 1
     return 0

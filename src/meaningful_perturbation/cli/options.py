@@ -319,8 +319,11 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
         named = name_option(str(e), args)
         if named != str(e):
             raise ConfigError(named) from None
-        key = str(e).split(":", 1)[0]  # the setting the check names: from --set, else from --config
-        if key in set_keys:
+        key = str(e).split(":", 1)[0].strip("'\"")  # the setting the check names
+        flag = FLAG_SETTINGS.get(key)
+        if flag is not None and getattr(args, key, None) is not None and key not in given:
+            where = flag  # --steps / --areas on a method without that setting
+        elif key in set_keys:
             where = "--set"
         elif key in config_keys:
             where = "--config"

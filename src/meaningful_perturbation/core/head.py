@@ -26,7 +26,8 @@ Heads (the ``head=`` option of ``explain``, ``--head`` on the command line):
 
 ``"auto"`` (the default) chooses from the model's output on the clean images, only where that
 is safe: one output column → ``"sigmoid"`` (a softmax of one column is 1 whatever the input);
-rows that are all non-negative and sum to 1 (within 1e-3, enough for float16 outputs) →
+rows that are all non-negative and sum to 1 (within the output's rounding: 1e-3 for float32
+and float16, the machine epsilon 2⁻⁷ for bfloat16 values, see :func:`sum_tolerance`) →
 ``"probabilities"``; anything else → ``"logits"``. A multi-label head cannot be told apart
 from logits by its values: pass ``head="sigmoid"``. Where the values make a reading doubtful
 (one column whose values all lie in [0, 1]; several columns all in [0, 1] whose rows do not
@@ -48,10 +49,30 @@ __all__ = ["HEADS", "Head", "unwrap_output", "model_output", "resolve_head", "de
 
 HEADS = ("auto", "logits", "probabilities", "sigmoid", "sigmoid-probabilities")
 
-# Tolerance of the "rows sum to 1" test: float16 softmax outputs sum to 1 within ~5e-4.
+# Tolerance of the "rows sum to 1" test: float16 softmax outputs sum to 1 within ~5e-4; values
+# of a coarser precision get that precision's machine epsilon (see sum_tolerance).
 _SUM_TOL = 1e-3
 # Probabilities are clamped away from 0 and 1 before a log so the logit-like scores stay finite.
 _EPS = 1e-7
+
+
+def sum_tolerance(out: torch.Tensor) -> float:
+    """How far a row of probabilities ``out`` ``(N, C)`` may miss 1 through rounding alone.
+
+    Each of a row's values is rounded to its precision with a relative error of at most half
+    the machine epsilon ε, so a softmax row stored in that precision sums to 1 within about
+    ε/2 (the values sum to 1). The precision is the output's dtype, or the coarsest of
+    bfloat16 / float16 that holds every value exactly (a bfloat16 softmax cast back to
+    float32 by the model). Returns max(1e-3, ε): 1e-3 for float32 and float16, 2⁻⁷ ≈ 0.0078
+    for bfloat16.
+    """
+    eps = torch.finfo(out.dtype).eps if out.is_floating_point() else 0.0
+    if out.is_floating_point() and out.dtype not in (torch.bfloat16, torch.float16):
+        for low in (torch.bfloat16, torch.float16):
+            if torch.equal(out, out.to(low).to(out.dtype)):
+                eps = torch.finfo(low).eps
+                break
+    return max(_SUM_TOL, float(eps))
 
 
 def _shape_of(v: Any) -> str:
@@ -213,9 +234,10 @@ def resolve_head(head: Any, out: torch.Tensor, *, name: str = "head", declared: 
         HeadWarning: when ``"auto"`` had to choose on values that would also fit another head.
     """
     check_head_option(head, name)
+    tol = sum_tolerance(out.detach())
     z = out.detach().float()
     in_unit = bool(((z >= 0) & (z <= 1)).all())
-    sums_to_one = bool((z >= 0).all()) and bool(((z.sum(dim=1) - 1).abs() <= _SUM_TOL).all())
+    sums_to_one = bool((z >= 0).all()) and bool(((z.sum(dim=1) - 1).abs() <= tol).all())
     cols = int(z.shape[1])
     if head == "probabilities" and not sums_to_one:
         worst = float((z.sum(dim=1) - 1).abs().max())
@@ -253,7 +275,8 @@ def resolve_head(head: Any, out: torch.Tensor, *, name: str = "head", declared: 
         return Head("sigmoid", detected=True)
     if sums_to_one and cols > 1:
         return Head("probabilities", detected=True)
-    if in_unit and cols > 1:
+    constant = bool((z.amax(dim=1) == z.amin(dim=1)).all())  # e.g. a zero-initialised head: no reading fits better
+    if in_unit and cols > 1 and not constant:
         warnings.warn(
             f"head: all {cols} outputs lie in [0, 1] but the rows do not sum to 1; they are read as logits "
             "(softmax). If the model ends in a sigmoid (multi-label), pass head='sigmoid-probabilities' "

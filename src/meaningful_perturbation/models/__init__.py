@@ -22,6 +22,7 @@ from meaningful_perturbation.models.base import PREPROCESSING_EXTRA_FILE, Loaded
 from meaningful_perturbation.models.channels import (
     CLI_OPTION_NAMES,
     check_input_channels,
+    input_dtype,
     infer_channels,
     resolve_model_preprocessing,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "ModelSpecInfo",
     "apply_state_dict",
     "check_input_channels",
+    "input_dtype",
     "infer_channels",
     "list_model_specs",
     "load_model",

@@ -38,6 +38,7 @@ from meaningful_perturbation.models.base import LoadedModel
 __all__ = [
     "CLI_OPTION_NAMES",
     "check_input_channels",
+    "input_dtype",
     "infer_channels",
     "probe_channels",
     "resolve_model_preprocessing",
@@ -94,6 +95,21 @@ def infer_channels(model: Any) -> tuple[int, str] | None:
             return in_channels, f"first Conv2d layer (in_channels={in_channels})"
         return None
     return None
+
+
+def input_dtype(model: Any) -> torch.dtype:
+    """The dtype to feed ``model``: the one floating dtype of all its parameters and buffers
+    when that is float16, bfloat16 or float64 (a ``model.half()`` loaded by the CLI), else
+    float32 (mixed-precision modules, parameter-free models, other callables). The CLI and
+    the runner cast their images to it; :func:`~meaningful_perturbation.explain` follows the
+    dtype it is given."""
+    if isinstance(model, nn.Module):
+        dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
+        if len(dtypes) == 1:
+            (only,) = dtypes
+            if only in (torch.float16, torch.bfloat16, torch.float64):
+                return only
+    return torch.float32
 
 
 def _dtype_and_device(model: Any, device: torch.device | str | None) -> tuple[torch.dtype, torch.device]:

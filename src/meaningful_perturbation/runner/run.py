@@ -36,6 +36,7 @@ import torch
 
 from .._terminal import escape_text, naming_images
 from ..demo import DEMO_NOTE
+from ..core.head import HEADS
 from ..errors import ConfigError, InputError, MeaningfulPerturbationError
 from ..explanation import LOW_CONFIDENCE, low_confidence
 from . import dist as distmod
@@ -255,10 +256,11 @@ def _probe_model(model: Any, prep: Any, device: torch.device) -> None:
 
     from ..core.head import model_output
     from ..io import preprocess
+    from ..models import input_dtype
     from ..targets import call_model
 
     x, _ = preprocess(Image.new("RGB", (64, 64), (128, 128, 128)), prep)
-    raw = call_model(model, x[None].to(device))
+    raw = call_model(model, x[None].to(device=device, dtype=input_dtype(model)))
     if isinstance(raw, torch.Tensor) and raw.is_floating_point():
         raw = torch.nan_to_num(raw)
     model_output(raw, 1, where="on the clean images")
@@ -371,7 +373,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
     from ..io import decode_size, load_image, map_to_original, overlay_base, preprocess
     from ..methods.common import input_stats_overrides
     from ..methods.registry import get_method, resolve_config
-    from ..models import CLI_OPTION_NAMES, load_model, resolve_model_preprocessing
+    from ..models import CLI_OPTION_NAMES, input_dtype, load_model, resolve_model_preprocessing
     from ..targets import clean_scores, target_from_option, top_classes
 
     validate_options(opts)
@@ -443,6 +445,13 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
         items_dir = out / "items"
         top_k = int(settings.config.get("top_k", 1) or 1)
         head_kind = getattr(settings, "head", "auto")
+        if head_kind == "auto":
+            # One head per run: a resumed run keeps the head its finished items were read with.
+            recs = _collect(_parts(out, "results"))
+            head_kind = next((recs[i]["head"] for i in recs if i in finished and recs[i].get("head") in HEADS
+                              and recs[i]["head"] != "auto"), "auto")
+        head_fixed = head_kind != "auto"  # read (or given) before this batch: a contradiction is the item's
+        model_dtype = input_dtype(loaded.model)  # a .half() model gets float16 images
 
         from tqdm.auto import tqdm
 
@@ -471,17 +480,25 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
                 run_batch([r])
 
         def run_batch(ready: list[dict[str, Any]]) -> None:
-            nonlocal head_kind
-            xb = torch.stack([r["x"] for r in ready]).to(device)
+            nonlocal head_kind, head_fixed
+            xb = torch.stack([r["x"] for r in ready]).to(device=device, dtype=model_dtype)
             try:
                 # The head is read once, on the first batch that succeeds ("auto" then stays).
                 logits, head = clean_scores(loaded.model, xb, head_kind)
-            except ConfigError:
-                raise  # settings that do not fit the model: not an item's fault
+            except ConfigError as e:
+                if not (head_fixed and str(e).startswith("head:")):
+                    raise  # settings that do not fit the model: not an item's fault
+                # the outputs on these images contradict the run's head: theirs, not the run's
+                how = "given with --head" if getattr(settings, "head", "auto") != "auto" else "read from the run's first images"
+                split_or_fail(ready, "model", ConfigError(
+                    f"--head: the model's output on this image contradicts the run's head {head_kind!r} ({how}): "
+                    + str(e)[len("head:"):].strip()))
+                return
             except Exception as e:
                 split_or_fail(ready, "model", e)
                 return
             head_kind = head.kind
+            head_fixed = True
             logits = logits.cpu()
             n_classes = int(logits.shape[-1])
             keep: list[dict[str, Any]] = []
@@ -507,7 +524,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
             if not keep:
                 return
             if len(keep) != len(ready):
-                xb = torch.stack([r["x"] for r in keep]).to(device)
+                xb = torch.stack([r["x"] for r in keep]).to(device=device, dtype=model_dtype)
             t0 = time.perf_counter()
             try:
                 with naming_images([r["item"].rel for r in keep]):  # "image i" of the batch -> its file
