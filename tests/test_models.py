@@ -647,9 +647,11 @@ def test_torchvision_failed_download_is_one_clear_error(tv_hub):
     with pytest.raises(ModelError) as info:
         load_model("torchvision:tiny")
     assert str(info.value) == (
-        f"model spec 'torchvision:tiny': downloading pretrained weights tiny-0123abcd.pth into the torch "
-        f"hub cache ({tv_hub['cache']}) failed (URLError: <urlopen error [Errno -3] Temporary failure in "
-        "name resolution>); check the network connection, or pass a state-dict file with --weights FILE"
+        f"model spec 'torchvision:tiny': downloading pretrained weights tiny-0123abcd.pth from "
+        f"https://example.invalid/models/tiny-0123abcd.pth into the torch hub cache ({tv_hub['cache']}; set by "
+        "TORCH_HOME) failed (URLError: <urlopen error [Errno -3] Temporary failure in name resolution>); check the "
+        "network connection, or put the file into that folder, or pass a state-dict file with --weights FILE "
+        "(':NONE' after the name: random weights)"
     )
 
 

@@ -57,6 +57,7 @@ __all__ = [
     "Explanation",
     "methods",
     "method_config",
+    "load_model",
     "MeaningfulPerturbationError",
     "InputError",
     "ConfigError",
@@ -71,3 +72,13 @@ __all__ = [
 def method_config(name: str):
     """The default (frozen dataclass) config of preset ``name``."""
     return get_method(name).default_config()
+
+
+def __getattr__(name: str):
+    # load_model on first use: the hub loaders (torchvision, timm, transformers) stay out of
+    # `import meaningful_perturbation`
+    if name == "load_model":
+        from .models import load_model
+
+        return load_model
+    raise AttributeError(f"module 'meaningful_perturbation' has no attribute {name!r}")

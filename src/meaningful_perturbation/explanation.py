@@ -245,6 +245,9 @@ class Explanation:
             n, h, w = sal.shape
             masks = reader.read("masks", kinds="f", ndim=4, what=f"(N, K, H, W) = ({n}, K, {h}, {w})",
                                 match={0: n, 2: h, 3: w})
+            for name, arr in (("saliency", sal), ("masks", masks)):
+                if not np.isfinite(arr).all():  # every method writes finite maps: a tampered or broken file
+                    raise InputError(f"{where}: {name} contains NaN or inf values; expected finite values")
             if len(meta["target"]) != n:
                 raise InputError(
                     f"{where}: metadata 'target' has {len(meta['target'])} entries but the "

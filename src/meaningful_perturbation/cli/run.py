@@ -65,7 +65,6 @@ def run(args: argparse.Namespace) -> int:
     from ..runner import RunOptions, run_directory, summarise
 
     settings = build_run_settings(args)
-    flush_device_note()
     metrics: tuple[str, ...] = ()
     if args.metrics is not None:
         names = [m for v in args.metrics for m in v.split(",") if m]
@@ -74,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         source=args.source, out=args.out, source_type=args.source_type, batch_size=args.batch_size,
         resume=args.resume, force=args.force, metrics=metrics, pointing_tolerance=args.pointing_tolerance,
         report=args.report, quiet=args.quiet, retry_failures=args.retry_failures,
+        on_checked=flush_device_note,  # the --device auto note once the run's checks passed: an error is alone
     )
     summary = run_directory(settings, opts)
     if summary.rank == 0:

@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import glob
 import os
 import warnings
 from pathlib import Path
@@ -79,6 +78,26 @@ _SUBFOLDER_HINT = ("; sub-folders are not searched: pass a quoted glob such as '
 
 def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _glob_files(pattern: str) -> list[Path]:
+    """The paths matching a glob ``pattern`` (``**`` crosses folders), without following
+    symbolic links to folders while crossing them: ``glob.glob(recursive=True)`` does, and two
+    links back up the tree (``sub/up -> ..``) make it enumerate ~2^depth paths, forever in
+    practice. Hidden names (a leading dot) match only a pattern part that starts with a dot,
+    as with :mod:`glob`."""
+    parts = Path(pattern).parts
+    k = next(i for i, part in enumerate(parts) if _GLOB_CHARS & set(part))
+    anchor = Path(*parts[:k]) if k else Path(".")
+    rest = parts[k:]
+    out = []
+    for m in anchor.glob(str(Path(*rest))):  # pathlib's ** does not descend into folder links
+        rel = m.relative_to(anchor).parts
+        if any(name.startswith(".") and not (i < len(rest) and rest[i].startswith("."))
+               for i, name in enumerate(rel)):
+            continue
+        out.append(m)
+    return out
 
 
 def expand_images(args: Sequence[str | os.PathLike[str]], *, recursive: bool = False) -> list[Path]:
@@ -139,10 +158,7 @@ def expand_images(args: Sequence[str | os.PathLike[str]], *, recursive: bool = F
             for p in images:
                 add(p)
         elif _GLOB_CHARS & set(text):
-            matches = sorted(
-                Path(m) for m in glob.glob(text, recursive=True)
-                if Path(m).is_file() and _is_image_name(Path(m))
-            )  # fmt: skip
+            matches = sorted(p for p in _glob_files(text) if p.is_file() and _is_image_name(p))
             if not matches:
                 raise InputError(f"{text}: pattern matches no image files")
             for p in matches:

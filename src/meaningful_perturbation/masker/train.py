@@ -459,7 +459,11 @@ def _train(model, src, data, cfg, outdir, resume, progress, input_size, eval_n, 
                 loss, terms = masker_loss(model, masker, x, classes.to(device), fake.to(device), cfg, feats, head=model_head,
                                           teacher=teacher.to(device) if teacher is not None else None)
                 if not math.isfinite(float(loss.detach())):
-                    raise ModelError(f"train-masker: the loss became {float(loss.detach())} at step {step}; lower --lr")
+                    raise ModelError(
+                        f"train-masker: the loss became {float(loss.detach())} at step {step}; lower the learning rate "
+                        f"(now {cfg.lr:g}: --set lr=...)"
+                        + (" or check the teacher masks (non-finite or outside [0, 1]?)" if teacher is not None else "")
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

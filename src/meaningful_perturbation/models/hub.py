@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import logging
 import math
 import os
 import re
@@ -144,12 +145,31 @@ def _missing_weights_error(
     )
 
 
-def _download_failed(spec: str, what: str, cache: str, where: str, exc: BaseException) -> ModelError:
+def _download_failed(spec: str, what: str, cache: str, where: str, exc: BaseException, url: str = "") -> ModelError:
+    """The one message for a download that failed: the same facts as the offline message (the
+    source's cache, the variable that moves it, where the file comes from) and the error."""
+    variable = TORCH_VARIABLE if cache == TORCH_CACHE else HF_VARIABLE
     return ModelError(
-        f"model spec {spec!r}: downloading pretrained weights {what} into {cache} ({where}) "
-        f"failed ({type(exc).__name__}: {one_line(exc)}); check the network connection, or "
-        "pass a state-dict file with --weights FILE"
+        f"model spec {spec!r}: downloading pretrained weights {what}{f' from {url}' if url else ''} into {cache} "
+        f"({where}; set by {variable}) failed ({type(exc).__name__}: {one_line(exc, 160)}); check the network "
+        f"connection, or put the file into that folder, or pass a state-dict file with --weights FILE "
+        f"(':NONE' after the name: random weights)"
     )
+
+
+@contextlib.contextmanager
+def _quiet_hub_retries() -> Iterator[None]:
+    """huggingface_hub logs every retry of a failed request (20 lines over ~50 s offline);
+    the failure itself is reported once, by :func:`_download_failed`."""
+    loggers = [logging.getLogger(name) for name in ("huggingface_hub", "urllib3")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -261,7 +281,8 @@ def load_torchvision(arg: str, request: LoadRequest) -> LoadedModel:
             model = tvm.get_model(name, weights=pretrained, progress=request.progress)
     except (RuntimeError, OSError) as exc:
         if fetching and not cached.is_file():  # the download itself failed
-            raise _download_failed(request.spec, cached.name, TORCH_CACHE, str(cached.parent), exc) from exc
+            raise _download_failed(request.spec, cached.name, TORCH_CACHE, str(cached.parent), exc,
+                                   pretrained.url) from exc
         raise ModelError(f"model spec {request.spec!r}: building the model failed ({one_line(exc)})") from exc
     _apply_weights(model, request)
     prep = _torchvision_preprocessing(meta_weights)
@@ -340,7 +361,8 @@ def load_timm(arg: str, request: LoadRequest) -> LoadedModel:
         if callable(set_progress):  # timm's torch-hub downloads are silent unless asked
             set_progress(request.progress)
     try:
-        with weights_only_loads(request.trust_code), _hf_progress(request.progress), _fixed_init(not pretrained):
+        with weights_only_loads(request.trust_code), _hf_progress(request.progress), _fixed_init(not pretrained), \
+                _quiet_hub_retries():
             model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except Exception as exc:  # noqa: BLE001 - hub/network errors have many types
         if fetching is not None and isinstance(exc, OSError):  # requests/urllib errors are OSErrors

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -80,7 +81,10 @@ def load_state_dict_file(
             f".safetensors file, upgrade torch, or pass {TRUST_FLAG} if you trust the file"
         )
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch's own "Detected pickle protocol ..." note on a plain pickle: the error below says it
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not _looks_like_torch_save(p):  # garbage, not a refused-but-valid pickle
             raise InputError(

@@ -70,6 +70,9 @@ class RunOptions:
     retry_failures: bool = False  # with --resume: retry the items of failures.jsonl
     # names of the output classes instead of the model's (mperturb evaluate: the data set's)
     class_names: tuple[str, ...] | None = None
+    # called once every setting, the model, the target and the run folder are checked (the CLI
+    # prints its --device auto note there, so that a refused command prints its error alone)
+    on_checked: Any = None
 
 
 @dataclass
@@ -247,7 +250,30 @@ def _prepare_out(out: Path, record: dict[str, Any], opts: RunOptions, world_size
     return own, lock
 
 
-def _probe_model(model: Any, prep: Any, device: torch.device) -> None:
+def _warn_index_labels(info: dict[str, Any], class_names: Sequence[str] | None, target: Any) -> None:
+    """An ImageFolder tree whose sub-folder names are not the model's class names is labelled
+    by sorted sub-folder index (torchvision's rule): ``photos/cats`` becomes class 0 of an
+    ImageNet model (tench). Say so, with the mapping, where the labels are used (no
+    ``--target``) and the model names its classes."""
+    import warnings
+
+    from ..errors import MeaningfulPerturbationWarning
+
+    if target is not None or not class_names or info.get("label_rule") != "sorted sub-folder index":
+        return
+    pairs = [f"{c} -> {i} ({class_names[i]})" if i < len(class_names) else f"{c} -> {i}"
+             for c, i in list(info["mapping"].items())[:4]]
+    more = ", ..." if len(info["mapping"]) > 4 else ""
+    warnings.warn(
+        f"SOURCE: the sub-folder names are not the model's class names, so each sub-folder's label is its index "
+        f"in sorted order (torchvision's ImageFolder rule): {', '.join(pairs)}{more}; if the sub-folders are not "
+        "this model's classes, pass --target top1 to explain each image's top class instead",
+        MeaningfulPerturbationWarning,
+        stacklevel=2,
+    )
+
+
+def _probe_model(model: Any, prep: Any, device: torch.device) -> int:
     """One forward pass on a mid-grey image before any output is written: a model whose output
     cannot be read at all (it raises, returns a tuple, no class columns) stops the run here
     with one error, instead of failing every item. Non-finite *values* are left to the items
@@ -263,7 +289,7 @@ def _probe_model(model: Any, prep: Any, device: torch.device) -> None:
     raw = call_model(model, x[None].to(device=device, dtype=input_dtype(model)))
     if isinstance(raw, torch.Tensor) and raw.is_floating_point():
         raw = torch.nan_to_num(raw)
-    model_output(raw, 1, where="on the clean images")
+    return int(model_output(raw, 1, where="on the clean images").shape[1])  # the model's output columns
 
 
 def _message(e: BaseException) -> str:
@@ -394,7 +420,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
         )
         class_names = tuple(opts.class_names) if opts.class_names else prep.class_names
         device = torch.device(device_name)
-        _probe_model(loaded.model, prep, device)
+        n_outputs = _probe_model(loaded.model, prep, device)
         layer = settings.config.get("layer")
         if isinstance(layer, str) and isinstance(loaded.model, torch.nn.Module):
             from ..methods.channels import resolve_layer_name
@@ -406,12 +432,14 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
         from ..api import mirror_config
 
         settings.config = mirror_config(loaded.model, settings.config, settings.overrides)  # flip jitter off for a model that is not mirror-invariant
-        if isinstance(settings.target, str) and settings.target not in ("top1", "top5"):
-            target_from_option(settings.target, torch.zeros(1, len(class_names or ()) or 1), class_names)
+        if settings.target is not None and settings.target not in ("top1", "top5"):
+            # a class index beyond the model's outputs or an unknown name: refused before any item
+            target_from_option(settings.target, torch.zeros(1, n_outputs), class_names)
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.overrides.items()}
         overrides = input_stats_overrides(settings.config, overrides, prep.mean, prep.std)
         resolve_config(get_method(settings.method), overrides)  # bad settings: refused now, not per batch
         items, source_info = load_source(opts.source, opts.source_type, class_names, exclude=opts.out)
+        _warn_index_labels(source_info, class_names, settings.target)
         record = _settings_record(settings, opts, source_info, prep)
         error = None
         if ctx.is_main:
@@ -422,6 +450,8 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
         error = ctx.broadcast(error)
         if error is not None:
             raise (ConfigError if error[0] == "ConfigError" else InputError)(error[1])
+        if opts.on_checked is not None:
+            opts.on_checked()
         if not ctx.is_main:
             lock = FolderLock(out, f"lock.rank{ctx.rank}").acquire()
         own = inspect_out(out)

@@ -1,0 +1,114 @@
+"""Files and runs: findings of a fresh-user probe (symlink loops under a quoted ** glob, a
+--target the model cannot have, ImageFolder labels that are not the model's classes, tampered
+explanation files, raw library warnings, mp.load_model)."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import meaningful_perturbation as mp
+from meaningful_perturbation.cli import main
+from meaningful_perturbation.errors import InputError
+from meaningful_perturbation.io import expand_images
+
+
+def _png(path, colour=(200, 30, 40)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (20, 20), colour).save(path)
+
+
+def test_a_recursive_glob_does_not_follow_folder_links(tmp_path, monkeypatch):
+    # Two links back up the tree made glob.glob(recursive=True) enumerate ~2^40 paths.
+    root = tmp_path / "loop"
+    _png(root / "a.png")
+    _png(root / "sub" / "b.png")
+    _png(root / "sub" / "deep" / "c.png")
+    _png(root / "sub" / ".hidden.png")
+    os.symlink("..", root / "sub" / "up")
+    os.symlink("../..", root / "sub" / "up2")
+    monkeypatch.chdir(tmp_path)
+    found = expand_images(["loop/**/*.png"])
+    assert [p.as_posix() for p in found] == ["loop/a.png", "loop/sub/b.png", "loop/sub/deep/c.png"]
+    assert [p.as_posix() for p in expand_images(["loop/sub/.*.png"])] == ["loop/sub/.hidden.png"]
+    assert [p.name for p in expand_images([str(tmp_path / "loop" / "*" / "*.png")])] == ["b.png"]
+    with pytest.raises(InputError, match="pattern matches no image files"):
+        expand_images(["loop/**/*.jpg"])
+
+
+def test_run_refuses_a_target_index_the_model_does_not_have_before_any_output(tmp_path, capsys):
+    src = tmp_path / "imgs"
+    _png(src / "a.png")
+    out = tmp_path / "r"
+    for target in ("99", "2,99"):
+        rc = main(["run", str(src), "--out", str(out), "--target", target, "--steps", "2"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and err == ["mperturb: error: --target: class index 99 out of range for a model with 6 classes"]
+        assert not out.exists()
+
+
+def test_imagefolder_labels_by_index_are_named_in_a_warning(tmp_path, capsys):
+    src = tmp_path / "tree"
+    _png(src / "cats" / "a.png")
+    _png(src / "dogs" / "b.png")
+    rc = main(["run", str(src), "--out", str(tmp_path / "r"), "--steps", "2", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert ("mperturb: warning: SOURCE: the sub-folder names are not the model's class names, so each sub-folder's "
+            "label is its index in sorted order (torchvision's ImageFolder rule): cats -> 0 (disc), dogs -> 1 (square)"
+            ) in err and "--target top1" in err
+    rows = [json.loads(line) for line in (tmp_path / "r" / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["target"] for r in rows) == [[0], [1]]
+    # with --target the labels are not used: no warning
+    rc = main(["run", str(src), "--out", str(tmp_path / "r2"), "--steps", "2", "-q", "--target", "top1"])
+    assert rc == 0 and "ImageFolder rule" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("member", ["saliency", "masks"])
+def test_explanation_load_refuses_non_finite_maps(tmp_path, member):
+    ex = mp.explain(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1),
+                                        torch.nn.Flatten()), torch.randn(1, 3, 16, 16), steps=2)
+    good = tmp_path / "ex.npz"
+    ex.save(good)
+    bad = tmp_path / "bad.npz"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename == f"{member}.npy":
+                arr = np.load(__import__("io").BytesIO(data))
+                arr[(0,) * arr.ndim] = np.nan
+                buf = __import__("io").BytesIO()
+                np.save(buf, arr)
+                data = buf.getvalue()
+            zout.writestr(info, data)
+    with pytest.raises(InputError, match=f"{member} contains NaN or inf values"):
+        mp.Explanation.load(bad)
+    assert torch.equal(mp.Explanation.load(good).saliency, ex.saliency)
+
+
+def test_a_plain_pickle_as_weights_is_one_error_line_without_torch_warnings(tmp_path, capsys):
+    f = tmp_path / "w.pt"
+    with open(f, "wb") as fh:
+        pickle.dump({"a": [1, 2]}, fh, protocol=4)
+    img = tmp_path / "a.png"
+    _png(img)
+    rc = main(["explain", str(img), "--weights", str(f), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("mperturb: error:") and "pickle protocol" not in err[0]
+
+
+def test_load_model_is_top_level_and_lazy():
+    code = ("import sys, meaningful_perturbation as mp; assert 'meaningful_perturbation.models.hub' not in sys.modules; "
+            "f = mp.load_model; assert f.__module__.startswith('meaningful_perturbation.models'); "
+            "print(mp.load_model('demo').class_names[0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "disc"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        mp.nope  # noqa: B018
