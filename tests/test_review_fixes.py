@@ -112,3 +112,23 @@ def test_load_model_is_top_level_and_lazy():
     assert out.stdout.strip() == "disc"
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         mp.nope  # noqa: B018
+
+
+def test_pipes_devices_and_broken_links_are_named_and_counted(tmp_path, capsys):
+    src = tmp_path / "imgs"
+    _png(src / "ok.png")
+    os.mkfifo(src / "pipe.png")  # reading it would block forever
+    os.symlink("missing.png", src / "dangling.png")
+    rc = main(["explain", str(src), "--steps", "2", "--out", str(tmp_path / "o"), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert f"mperturb: skipping: {src / 'dangling.png'}: broken symbolic link (-> missing.png)" in err
+    assert f"mperturb: skipping: {src / 'pipe.png'}: not a regular file (a named pipe (FIFO)); expected an image file" in err
+    assert err[-1] == "mperturb: 2 of 3 image(s) could not be read or explained"
+    rc = main(["run", str(src), "--steps", "2", "--out", str(tmp_path / "r"), "-q"])
+    capsys.readouterr()
+    fails = [json.loads(line) for line in (tmp_path / "r" / "failures.jsonl").read_text().splitlines()]
+    assert rc == 1 and sorted(f["path"] for f in fails) == ["dangling.png", "pipe.png"]
+    rc = main(["explain", str(src / "ok.png"), "--weights", "/dev/zero", "--out", str(tmp_path / "w")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["mperturb: error: /dev/zero: not a regular file (a device); expected a weights file"]

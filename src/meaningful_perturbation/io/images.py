@@ -80,6 +80,35 @@ def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def broken_link_text(path: Path) -> str | None:
+    """``"broken symbolic link (-> target)"`` for a link whose target is missing, else None."""
+    if path.is_symlink() and not path.exists():
+        try:
+            return f"broken symbolic link (-> {os.readlink(path)})"
+        except OSError:
+            return "broken symbolic link"
+    return None
+
+
+def special_file_text(path: Path) -> str:
+    """What a path that exists but is neither a regular file nor a folder is."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "not a regular file"
+    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+    return kind if kind == "not a regular file" else f"not a regular file ({kind})"
+
+
+def _listed(p: Path) -> bool:
+    """A folder entry named like an image that is not a folder: a regular file, or one the
+    reader will refuse with its reason (a broken link, a pipe), so it is counted, not lost."""
+    return _is_image_name(p) and (p.is_file() or p.is_symlink() and not p.exists() or p.exists() and not p.is_dir())
+
+
 def _glob_files(pattern: str) -> list[Path]:
     """The paths matching a glob ``pattern`` (``**`` crosses folders), without following
     symbolic links to folders while crossing them: ``glob.glob(recursive=True)`` does, and two
@@ -145,11 +174,11 @@ def expand_images(args: Sequence[str | os.PathLike[str]], *, recursive: bool = F
     for arg in args:
         text = os.fspath(arg)
         path = Path(text)
-        if path.is_file():
-            add(path)
+        if path.is_file() or (path.exists() or path.is_symlink()) and not path.is_dir():
+            add(path)  # a regular file; or a broken link or pipe, which load_image refuses by name
         elif path.is_dir():
             walker = path.rglob("*") if recursive else path.iterdir()
-            images = sorted(p for p in walker if p.is_file() and _is_image_name(p))
+            images = sorted(p for p in walker if _listed(p))
             if not images:
                 raise InputError(
                     f"{text}: folder contains no images (looked for {', '.join(IMAGE_EXTENSIONS)}"
@@ -158,7 +187,7 @@ def expand_images(args: Sequence[str | os.PathLike[str]], *, recursive: bool = F
             for p in images:
                 add(p)
         elif _GLOB_CHARS & set(text):
-            matches = sorted(p for p in _glob_files(text) if p.is_file() and _is_image_name(p))
+            matches = sorted(p for p in _glob_files(text) if _listed(p))
             if not matches:
                 raise InputError(f"{text}: pattern matches no image files")
             for p in matches:
@@ -242,9 +271,11 @@ def load_image(
     name = os.fspath(path)
     p = Path(name)
     if not p.exists():
-        raise InputError(f"{name}: no such file")
+        raise InputError(f"{name}: {broken_link_text(p) or 'no such file'}")
     if p.is_dir():
         raise InputError(f"{name}: is a folder, not an image file (use expand_images to list its images)")
+    if not p.is_file():  # a pipe, device or socket: reading it could block or never end
+        raise InputError(f"{name}: {special_file_text(p)}; expected an image file")
     try:
         size_bytes = p.stat().st_size
     except OSError as exc:

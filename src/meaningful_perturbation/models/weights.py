@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from meaningful_perturbation.errors import ConfigError, InputError
+from meaningful_perturbation.io.images import broken_link_text, special_file_text
 from meaningful_perturbation.models.base import TRUST_FLAG, one_line
 
 __all__ = ["apply_state_dict", "load_state_dict_file"]
@@ -67,9 +68,11 @@ def load_state_dict_file(
     name = os.fspath(path)
     p = Path(name).expanduser()
     if not p.exists():
-        raise InputError(f"{name}: no such weights file")
+        raise InputError(f"{name}: {broken_link_text(p) or 'no such weights file'}")
     if p.is_dir():
         raise InputError(f"{name}: is a folder, not a weights file")
+    if not p.is_file():
+        raise InputError(f"{name}: {special_file_text(p)}; expected a weights file")
     if p.stat().st_size == 0:
         raise InputError(f"{name}: weights file is empty (0 bytes)")
     if p.suffix.lower() == ".safetensors":

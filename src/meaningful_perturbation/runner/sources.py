@@ -78,7 +78,10 @@ def item_id(rel: str, salt: str = "") -> str:
 
 
 def _is_image(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    # a broken link or a pipe named like an image is listed: its item fails with the reason
+    # (load_image), instead of vanishing from the run's count
+    listed = p.is_file() or p.is_symlink() and not p.exists() or p.exists() and not p.is_dir()
+    return listed and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
 
 
 def detect_kind(source: Path) -> str:
