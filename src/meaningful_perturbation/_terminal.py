@@ -13,7 +13,7 @@ import re
 import warnings
 from typing import Iterator, Sequence
 
-__all__ = ["escape_text", "naming_images"]
+__all__ = ["escape_text", "naming_images", "target_text"]
 
 
 @contextlib.contextmanager
@@ -53,3 +53,25 @@ def escape_text(text: object) -> str:
     if s.isprintable():
         return s
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
+def target_text(targets: list[int], names: list[str]) -> str:
+    """The explained classes for the per-image line and the panel's title.
+
+    Names joined by `` + `` (as in ``p(cat + dog)``). ``--target`` splits its value on commas,
+    so a name holding one (WordNet synonyms: ``tabby, tabby cat``) cannot be pasted back as
+    shown: then the classes' ``--target`` spelling (their indices) follows in parentheses.
+
+    Args:
+        targets: the class indices; names: their names (``str(index)`` where the model has none).
+
+    Example:
+        >>> target_text([281, 285], ["tabby, tabby cat", "Egyptian cat"])
+        'tabby, tabby cat + Egyptian cat (--target 281,285)'
+        >>> target_text([1], ["square"])
+        'square'
+    """
+    text = " + ".join(names)
+    if any("," in n for n in names):
+        text += f" (--target {','.join(str(int(c)) for c in targets)})"
+    return text

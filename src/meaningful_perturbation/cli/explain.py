@@ -11,6 +11,14 @@ read-only file system, a file where a folder should be) stops the command with o
 file is left behind, and the files of the image in progress that did not exist before it are
 removed, so an image's outputs are all there or none of the new ones are. File names are
 printed with control characters escaped.
+
+Each explained image gets one line on stderr: ``<file>: target <classes>, p clean <p>, masked
+<p> ... (<seconds>) -> <out>/<stem>_*``. Classes are joined with `` + `` (the separator of the
+panel's ``p(a + b)``), never with a comma: WordNet-style names hold commas (``tabby, tabby
+cat``) and ``--target`` splits on commas, so when a shown name has one the line adds the
+classes' ``--target`` spelling, e.g. ``target tabby, tabby cat + Egyptian cat (--target
+281,285)``. Probabilities print with three decimals, or two significant digits below 0.0005
+(``4.5e-04``; :func:`~meaningful_perturbation.figures.format_p`), never as ``0.000``.
 """
 
 from __future__ import annotations
@@ -33,9 +41,10 @@ from ..targets import clean_scores, target_from_option
 from .options import (RunSettings, add_method_options, add_model_options, build_run_settings, check_masker_setting,
                       flush_device_note, method_overrides)
 from .._atomic import atomic_write_text, error_files, on_path, os_error_text
-from .._terminal import escape_text, naming_images
+from .._terminal import escape_text, naming_images, target_text
+from ..figures import format_p
 
-__all__ = ["add_parser", "run", "safe_stem"]
+__all__ = ["add_parser", "run", "safe_stem", "target_text"]
 
 OUTPUT_SUFFIXES = ("_overlay.png", "_panel.png", ".npz", "_summary.json")
 
@@ -90,18 +99,19 @@ def sweep_readout(scores: dict[str, Any]) -> str:
         suff = suff[0] if suff else None
     text = "sufficient area " + ("none" if suff is None or suff != suff else f"{float(suff):.1%}")
     if isinstance(curve, list) and curve:
-        text += f" (curve {curve[0]:.3f} -> {curve[-1]:.3f} over {len(curve)} areas)"
+        text += f" (curve {format_p(curve[0])} -> {format_p(curve[-1])} over {len(curve)} areas)"
     return text
 
 
 def masked_readout(masked: list, extra: dict[str, Any]) -> str:
     """The perturbed input's probability: one value, or one per area (``0.871 / 0.902 at 5% /
-    10%``) when a call optimised several (``extremal``, ``extremal-channels``)."""
+    10%``) when a call optimised several (``extremal``, ``extremal-channels``); each as
+    :func:`~meaningful_perturbation.figures.format_p`."""
     values = masked[0] if masked and isinstance(masked[0], list) else masked
     areas = extra.get("areas")
     if isinstance(areas, list) and len(areas) == len(values) > 1:
-        return " / ".join(f"{v:.3f}" for v in values) + " at " + " / ".join(f"{100 * a:g}%" for a in areas)
-    return f"{values[0]:.3f}"
+        return " / ".join(format_p(v) for v in values) + " at " + " / ".join(f"{100 * a:g}%" for a in areas)
+    return format_p(values[0])
 
 
 def area_summary(extra: dict[str, Any]) -> dict[str, Any]:
@@ -206,8 +216,12 @@ def _panel_columns(ex: Any, x: torch.Tensor, names: list[str], to_image: Any) ->
 
     Extremal presets: one column per area (an area sweep of more than 5 areas: 4 of them,
     evenly spaced along the ladder, :func:`_shown_areas`), the perturbed input scored for that
-    area, titled with the region's game ("kept region" / "deleted region"), its achieved and
-    target area in % of the image and the target's probability on it. Other mask-learning
+    area, titled with the region's game ("kept region" / "deleted region"), its area in % of
+    the image, the target area and the target's probability on it. The area is the one the
+    summary (``area``) and the :class:`~meaningful_perturbation.AreaWarning` report:
+    ``extra["achieved_area"]`` (the share of pixels where the optimised mask's region exceeds
+    ½); an area sweep draws its nested masks, whose exact area is ``extra["mask_area"]``, and
+    names the optimised mask's ``achieved_area`` beside it. Other mask-learning
     presets: the perturbed input (with that probability) and the deleted / kept region
     (:func:`_panel_tiles`). Baselines: an empty tile and input × saliency.
 
@@ -223,19 +237,25 @@ def _panel_columns(ex: Any, x: torch.Tensor, names: list[str], to_image: Any) ->
         return _channel_columns(ex, x, p, to_image)
     if isinstance(areas, list) and len(areas) > 0 and masked is not None:
         region_word = "deleted" if ex.config.get("game", "delete") == "delete" else "kept"
+        achieved, mask_area = ex.extra.get("achieved_area"), ex.extra.get("mask_area")
         cols = []
         for k in _shown_areas(len(areas)):
             a = areas[k]
             img, region, _, _ = _panel_tiles(ex, x, k)
             verb = _verb(ex.config.get("perturbation", "?"))
             rest = "region" if region_word == "deleted" else "rest"
-            title = (f"{region_word} region: {float(region.mean()):.1%} of image\n"
-                     f"(target {float(a):.1%}; {rest} {verb})\n{p} = {float(masked[0, k]):.3f}")
-            cols.append((title, to_image(img[0])))
+            # The region's area as the summary and the area warning give it (pixels above ½).
+            reached = float(achieved[0][k]) if isinstance(achieved, list) and achieved else float((region > 0.5).float().mean())
+            if ex.method == "extremal-sweep" and isinstance(mask_area, list) and len(mask_area) == len(areas):
+                head = (f"{region_word} region: {float(mask_area[k]):.1%} of image\n"
+                        f"(optimised mask reached {reached:.1%}; {rest} {verb})")
+            else:
+                head = f"{region_word} region: {reached:.1%} of image\n(target {float(a):.1%}; {rest} {verb})"
+            cols.append((f"{head}\n{p} = {format_p(masked[0, k])}", to_image(img[0])))
         return cols
     img, region, perturbed_label, region_label = _panel_tiles(ex, x, 0)
     if img is not None and masked is not None:
-        perturbed_label += f"\n{p} = {float(masked[0, 0]):.3f}"
+        perturbed_label += f"\n{p} = {format_p(masked[0, 0])}"
     shown = to_image(x[0].cpu(), region[0].cpu().clamp(0, 1))
     return [(perturbed_label, None if img is None else to_image(img[0])), (region_label, shown)]
 
@@ -256,7 +276,7 @@ def _channel_columns(ex: Any, x: torch.Tensor, p: str, to_image: Any) -> list[tu
     for k, a in enumerate(ex.extra.get("areas", [None] * ex.masks.shape[1])):
         count = len(ex.extra.get("salient_channels", [[[]]])[0][k])
         target = f" (target {float(a):.1%})" if a is not None else ""
-        score = f"\n{p} = {float(masked[0, k]):.3f}" if masked is not None else ""
+        score = f"\n{p} = {format_p(masked[0, k])}" if masked is not None else ""
         chans = ex.extra.get("salient_channels", [[[]]])[0][k]
         listed = ", ".join(map(str, chans[:CHANNELS_LISTED])) + (", ..." if len(chans) > CHANNELS_LISTED else "")
         title = f"{word}: {count} of {total} channels{target}\n[{listed}] of {layer}{score}"
@@ -303,14 +323,14 @@ def _panel_title(name: str, method: str, ex: Any, names: list[str], scores: dict
     """Two lines: file, method, game and target; the target's probability clean → perturbed."""
     game = ex.config.get("game")
     head = f"{name}: {method}" + (f" ({'deletion' if game == 'delete' else 'preservation' if game == 'preserve' else game} game)" if game else "")
-    head += f", model {model}, target {', '.join(names)}"
+    head += f", model {model}, target {target_text(ex.target[0], names)}"
     clean, masked, whole = scores.get("clean"), scores.get("masked"), scores.get("perturbed")
     p = _p_label(names, ex.head)
-    line = f"{p}: clean {clean:.3f}" if isinstance(clean, float) else ""
+    line = f"{p}: clean {format_p(clean)}" if isinstance(clean, float) else ""
     if isinstance(masked, list) and masked and not isinstance(ex.extra.get("areas"), list):
-        line += f" → with the mask {masked[0]:.3f}"
+        line += f" → with the mask {format_p(masked[0])}"
     if isinstance(whole, float):
-        line += f"; {'every channel removed' if ex.channel_masks is not None else 'whole image perturbed'} {whole:.3f}"
+        line += f"; {'every channel removed' if ex.channel_masks is not None else 'whole image perturbed'} {format_p(whole)}"
     if ex.method == "extremal-sweep":
         line += f"; {sweep_readout(scores)}"
     if low:
@@ -475,8 +495,10 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
             drawn = len(areas) // 2  # a middle rung: the smallest collapses by design on small images (docs/sweep.md)
         sal_orig = map_to_original(sal, geometry, size=original.shape[:2])
         reason = ex.degenerate_reason(0)
-        value_range = figures.saliency_range(ex, 0)
-        figures.save_overlay(out / f"{stem}_overlay.png", original, sal_orig, value_range=value_range)
+        # A degenerate explanation is drawn flat, with its reason, in the overlay and the panel.
+        shown_orig, value_range, note = figures.drawn_saliency(ex, 0, sal_orig)
+        figures.save_overlay(out / f"{stem}_overlay.png", original, shown_orig, value_range=value_range,
+                             note=None if note is None else f"degenerate explanation: {note}")
         targets = ex.target[0]
         names = [class_names[c] if class_names and c < len(class_names) else str(c) for c in targets]
         scores = {k: v[0].tolist() for k, v in ex.scores.items()}
@@ -493,13 +515,14 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
         p = _p_label(names, ex.head)
         figures.save_panel(
             out / f"{stem}_panel.png",
-            original=to_image(x), saliency=sal.numpy(), columns=columns, history=history,
-            original_label="original" + (f"\n{p} = {clean:.3f}" if isinstance(clean, float) else "")
+            original=to_image(x), saliency=figures.drawn_saliency(ex, 0)[0], columns=columns, history=history,
+            original_label="original" + (f"\n{p} = {format_p(clean)}" if isinstance(clean, float) else "")
             + (" (low confidence)" if low else ""),
             value_range=value_range, note=reason,
             colorbar_label=_colorbar_label(ex),
             history_title="optimisation" + (f" (area {areas[drawn]:.1%})" if isinstance(areas, list) else ""),
             curve=_sweep_curve(ex, p),
+            score_kind=ex.config.get("score") if ex.config.get("score") in figures.SCORE_AXIS_LABELS else None,
             title="\n".join(escape_text(t) for t in
                              _panel_title(path.name, settings.method, ex, names, scores, low, settings.model)),
         )
@@ -527,8 +550,8 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
         if low and settings.model == "demo" and not noted["demo"]:
             noted["demo"] = True
             say(DEMO_NOTE)
-        say(escape_text(f"{path}: target {', '.join(names)}"
-            + (f", p clean {clean:.3f}" if isinstance(clean, float) else "")
+        say(escape_text(f"{path}: target {target_text(targets, names)}"
+            + (f", p clean {format_p(clean)}" if isinstance(clean, float) else "")
             + (f" (low confidence: p < {LOW_CONFIDENCE:g})" if low else "")
             + (f", {sweep_readout(scores)}" if ex.method == "extremal-sweep"
                else f", masked {masked_readout(masked, ex.extra)}" if isinstance(masked, list) and masked else "")

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .._terminal import escape_text, naming_images
+from .._terminal import escape_text, naming_images, target_text
 from ..demo import DEMO_NOTE
 from ..core.head import HEADS
 from ..errors import ConfigError, InputError, MeaningfulPerturbationError
@@ -601,7 +601,9 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
                 try:
                     original = np.asarray(r["image"], dtype=np.uint8)
                     with owned_tmp(items_dir / f"{it.id}_overlay.png", own.tag) as tmp:
-                        figures.save_overlay(tmp, original, sal_orig, value_range=figures.saliency_range(one, 0))
+                        drawn, value_range, note = figures.drawn_saliency(one, 0, sal_orig)  # degenerate: flat
+                        figures.save_overlay(tmp, original, drawn, value_range=value_range,
+                                             note=note and f"degenerate explanation: {note}")
                     thumb = r["image"].copy()
                     thumb.thumbnail((opts.thumb_size, opts.thumb_size))
                     with owned_tmp(items_dir / f"{it.id}_thumb.png", own.tag) as tmp:
@@ -623,10 +625,10 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
                     "file": str(it.path),
                     "target": tgt,
                     "target_names": [_name(c, class_names) for c in tgt],
-                    "class_name": ", ".join(_name(c, class_names) for c in tgt),
+                    "class_name": target_text(tgt, [_name(c, class_names) for c in tgt]),
                     "label": r["label"],
                     "label_name": None if r["label"] is None else (
-                        ", ".join(_name(c, class_names) for c in r["label"]) if isinstance(r["label"], list)
+                        target_text(r["label"], [_name(c, class_names) for c in r["label"]]) if isinstance(r["label"], list)
                         else _name(r["label"], class_names)),
                     "predicted": r["pred"],
                     "predicted_name": _name(r["pred"], class_names),
@@ -664,7 +666,7 @@ def run_directory(settings: Any, opts: RunOptions) -> RunSummary:
                     print(escape_text(
                         f"mperturb run{f' rank {ctx.rank}' if ctx.enabled else ''}: "
                         f"[{summary.done_now + summary.done_before}/{len(mine)}] {it.rel}: "
-                        f"target {rec['class_name']}" + (f", p clean {p:.3f}" if isinstance(p, float) else "")
+                        f"target {rec['class_name']}" + (f", p clean {figures.format_p(p)}" if isinstance(p, float) else "")
                         + (f" (low confidence: p < {LOW_CONFIDENCE:g})" if rec["low_confidence"] else "")
                         + (f"; {reason}" if reason else "") + f" ({per_item:.1f}s)"), file=sys.stderr, flush=True)
 
