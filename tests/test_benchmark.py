@@ -174,7 +174,7 @@ def test_cli_defaults() -> None:
         1.0,
         0,
         "mperturb-benchmark",
-        "cpu",
+        "auto",  # like explain / run (issue 14): CUDA, then MPS, else the CPU
         False,
     )
 

@@ -76,7 +76,8 @@ def check_device(device: Any, name: str = "device", error: type[MeaningfulPertur
 
     Refused: strings torch does not parse, ``meta`` (holds no data) and other kinds without
     storage, kinds this build lacks (``cuda`` on a CPU-only wheel), kinds present in the build
-    but with no device on the machine, and an index beyond the device count.
+    but with no device on the machine, an index beyond the device count (``cpu:1`` and up:
+    there is one CPU device) and an empty string.
 
     Raises:
         ConfigError (or ``error``): naming ``name``, the value asked for and the devices
@@ -85,6 +86,8 @@ def check_device(device: Any, name: str = "device", error: type[MeaningfulPertur
     """
     if isinstance(device, bool) or not isinstance(device, (str, torch.device)):
         raise error(f"{name}: expected a device name such as 'cpu' or 'cuda:0', got {device!r}")
+    if isinstance(device, str) and not device.strip():
+        raise error(f"{name}: expected a device name such as auto, cpu, cuda or cuda:1, got an empty value")
     if isinstance(device, str) and device.strip().lower() == AUTO:
         return torch.device(auto_device())
     avail = ", ".join(available_devices())
@@ -94,6 +97,9 @@ def check_device(device: Any, name: str = "device", error: type[MeaningfulPertur
         raise error(f"{name}: {str(device)!r} is not a device name (or auto); available: {avail}") from None
     kind = dev.type
     if kind == "cpu":
+        if dev.index not in (None, 0):
+            raise error(f"{name}: {str(device)!r}: this machine has 1 cpu device (torch counts every core as one "
+                        "device), index 0; give cpu")
         return dev
     if kind == "meta":
         raise error(f"{name}: 'meta' tensors hold no data, so nothing can be computed there; available: {avail}")

@@ -22,9 +22,12 @@ from ..evaluation.benchmark import DEFAULT_METHODS, FAST_METHODS
 __all__ = ["add_parser", "run", "DEFAULT_OUT"]
 
 DEFAULT_OUT = "mperturb-benchmark"
-#: Default ``--n``: the fast set on 16 images finishes in a few minutes on 2 CPU cores
-#: (measured, docs/cli.md); the CIs are wide at this size, the published tables use 200.
+#: Default ``--n``: the fast set on 16 images took 8 to 14 minutes on shared 2-core CPU
+#: machines (docs/cli.md; the estimate line times the machine at hand); the CIs are wide at
+#: this size, the published tables use 200.
 DEFAULT_N = 16
+#: Largest ``--from`` file read (``benchmark.json`` of 200 images × 10 methods is about 1 MB).
+MAX_FROM_BYTES = 256 << 20
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -41,8 +44,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--n", type=int, default=DEFAULT_N,
-        help=f"number of test images (default {DEFAULT_N}: a few minutes on 2 CPU cores; the published "
-             "tables use 200)",
+        help=f"number of test images, >= 1 (default {DEFAULT_N}: 8 to 14 minutes measured on 2 shared CPU cores; "
+             "the estimate line printed first times this machine; the published tables use 200)",
     )
     p.add_argument(
         "--methods",
@@ -65,17 +68,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="ground-truth family: shapes (ShapeEvidence: a flat-coloured shape; default) or textures "
              "(TextureEvidence: an oriented grating in a random blob), each with its own demo model",
     )
-    p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels, 32 to 1024 (default 64)")
     p.add_argument(
         "--steps-scale",
         type=float,
         default=1.0,
-        help="multiply the optimisation steps (and RISE's n_masks) by F (default 1.0)",
+        help="multiply the optimisation steps (and RISE's n_masks) by F, in (0, 1000] (default 1.0)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the data draw and the methods (default 0)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per explain() call (default 16)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per explain() call, >= 1 (default 16)")
     p.add_argument(
-        "--curve-steps", type=int, default=100, help="grid steps of the deletion/insertion/area curves (default 100)"
+        "--curve-steps", type=int, default=100, help="grid steps of the deletion/insertion/area curves, 1 to --size squared (default 100)"
     )
     p.add_argument(
         "--from",
@@ -89,8 +92,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="auto, cpu, cuda, cuda:1, mps (default auto: CUDA if available, then MPS, else CPU; "
+                        "the choice is printed once); checked against this build and machine first")
+    p.add_argument("-q", "--quiet", action="store_true", help="no estimate line, device note or progress bar")
     p.set_defaults(func=run)
     return p
 
@@ -128,16 +133,16 @@ def _load(paths: list[str], methods: list[str] | None = None) -> Any:
 
     A method found in several files is taken from the first of them, with a note on stderr.
     """
-    from .._atomic import os_errors_as
     from ..errors import ConfigError
     from ..evaluation import BenchmarkResult
+    from .options import read_option_text
 
     results = []
     for p in paths:
+        text = read_option_text(p, "--from", limit=MAX_FROM_BYTES, what="benchmark.json")
         try:
-            with os_errors_as("--from", "cannot read"):
-                data = json.loads(Path(p).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            data = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as e:
             raise ConfigError(f"--from: {p!r} is not JSON ({e})") from None
         try:
             results.append(BenchmarkResult.from_json(data))
@@ -186,13 +191,32 @@ def report_markdown(result: Any) -> str:
     return "".join(parts)
 
 
+#: How errors of :func:`~meaningful_perturbation.evaluation.benchmark.check_benchmark_settings`
+#: name each setting: by its option.
+OPTION_NAMES: dict[str, str] = {
+    "n": "--n", "size": "--size", "steps_scale": "--steps-scale", "seed": "--seed", "batch_size": "--batch-size",
+    "curve_steps": "--curve-steps", "methods": "--methods", "device": "--device", "family": "--family",
+}
+
+
+def _name_options(message: str) -> str:
+    """``message`` with a leading internal setting name (``n: ...``, ``methods: ...``) replaced
+    by its option (``--n: ...``)."""
+    key, sep, rest = message.partition(":")
+    return OPTION_NAMES[key] + sep + rest if sep and key in OPTION_NAMES else message
+
+
 def _say_eta(args: argparse.Namespace, methods: list[str]) -> None:
-    """One stderr line before the work: images × methods and the estimated time."""
+    """One stderr line before the work: images × methods and the estimated time (every
+    setting already checked)."""
     from ..evaluation.benchmark import estimate_seconds
+    from .options import resolve_device_option
+
+    device = resolve_device_option(getattr(args, "device", None))[0]  # "auto" resolved as for the run
 
     est = estimate_seconds(methods, n=args.n, size=args.size, steps_scale=args.steps_scale,
                            batch_size=getattr(args, "batch_size", 16), curve_steps=getattr(args, "curve_steps", 100),
-                           device=args.device, family=getattr(args, "family", None) or "shapes")
+                           device=device, family=getattr(args, "family", None) or "shapes")
     total = sum(est.values())
     slowest = max(est, key=est.get)
     when = f"{total / 60:.1f} min" if total >= 90 else f"{total:.0f} s"
@@ -206,11 +230,15 @@ def _say_eta(args: argparse.Namespace, methods: list[str]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark described by ``args``; returns the exit status.
 
-    Bad settings (``--device`` this machine lacks, ``--seed`` outside ``[0, 2**64 - batches]``,
-    unknown methods, unreadable ``--from`` files) and failing writes into ``--out`` print one
-    ``mperturb: error: ...`` line and return 2. ``--out`` is created before the work starts
-    (so an unusable folder fails at once) and removed again if the benchmark then fails
-    before writing anything into it.
+    Every setting is checked before anything is printed or created: ``--n``, ``--size``,
+    ``--steps-scale``, ``--batch-size``, ``--curve-steps``, ``--seed``, ``--methods``,
+    ``--family`` and ``--device`` (ranges in
+    :func:`~meaningful_perturbation.evaluation.benchmark.check_benchmark_settings`; ``auto``,
+    the default, is resolved and printed once as ``mperturb: note: device ...``). A bad one,
+    an unreadable ``--from`` file or a failing write into ``--out`` prints one
+    ``mperturb: error: --OPTION: ...`` line and returns 2. ``--out`` is created after the
+    checks and before the work (so an unusable folder fails at once), and removed again if
+    the benchmark then fails before writing anything into it.
     """
     from ..errors import MeaningfulPerturbationError
     from . import _error
@@ -225,26 +253,34 @@ def run(args: argparse.Namespace) -> int:
                 p.rmdir()
             except OSError:
                 break
-        return _error(str(e) or type(e).__name__)
+        return _error(_name_options(str(e)) or type(e).__name__)
 
 
 def _run(args: argparse.Namespace, out: Path) -> int:
     from .._atomic import os_errors_as
-    from .._runtime import check_device, check_seed
     from ..data import get_family
     from ..errors import ConfigError
     from ..evaluation import run_benchmark
-    from ..evaluation.benchmark import legend_markdown
+    from ..evaluation.benchmark import check_benchmark_settings, legend_markdown
+    from .options import _announce_device, flush_device_note, resolve_device_option
 
     from_files = getattr(args, "from_files", None)
     family = getattr(args, "family", None)
     if family is not None:
         get_family(family, "--family")  # before --out is created
     if not from_files:
-        check_device(args.device, "--device")
-        n, batch = args.n, getattr(args, "batch_size", 16)
-        span = -(-n // batch) if isinstance(n, int) and isinstance(batch, int) and n > 0 and batch > 0 else 1
-        check_seed(args.seed, "--seed", low=0, span=span)  # the draw needs >= 0; batch b uses seed + b
+        device, auto = resolve_device_option(getattr(args, "device", None))
+        methods = _split_methods(args.methods)
+        if methods is None:
+            methods = list(DEFAULT_METHODS if getattr(args, "full", False) else FAST_METHODS)
+        checked = check_benchmark_settings(
+            n=args.n, methods=methods, size=args.size, steps_scale=args.steps_scale, seed=args.seed,
+            batch_size=getattr(args, "batch_size", 16), curve_steps=getattr(args, "curve_steps", 100),
+            device=device, family=family or "shapes", names=OPTION_NAMES,
+        )  # every setting, before any line is printed or --out is created
+        if auto:
+            _announce_device(device, quiet=bool(args.quiet))
+            flush_device_note()
     with os_errors_as("--out", "cannot create folder", on=out):  # before hours of work
         out.mkdir(parents=True, exist_ok=True)
     if from_files:
@@ -253,22 +289,19 @@ def _run(args: argparse.Namespace, out: Path) -> int:
         if family is not None and family != held:
             raise ConfigError(f"--family: the --from files hold family {held!r}, got {family!r}")
     else:
-        methods = _split_methods(args.methods)
-        if methods is None:
-            methods = list(DEFAULT_METHODS if getattr(args, "full", False) else FAST_METHODS)
         if not args.quiet:
             _say_eta(args, methods)
         result = run_benchmark(
-            n=args.n,
-            methods=methods,
-            size=args.size,
-            steps_scale=args.steps_scale,
-            seed=args.seed,
-            batch_size=getattr(args, "batch_size", 16),
-            curve_steps=getattr(args, "curve_steps", 100),
-            device=args.device,
+            n=checked.n,
+            methods=list(checked.methods),
+            size=checked.size,
+            steps_scale=checked.steps_scale,
+            seed=checked.seed,
+            batch_size=checked.batch_size,
+            curve_steps=checked.curve_steps,
+            device=device,
             progress=not args.quiet,
-            family=family or "shapes",
+            family=checked.family,
         )
     table = result.to_markdown()
     md = report_markdown(result)

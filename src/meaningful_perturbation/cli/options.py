@@ -23,6 +23,8 @@ from ..methods.registry import config_as_dict, get_method, parse_setting, resolv
 
 __all__ = [
     "RunSettings",
+    "read_option_text",
+    "resolve_device_option",
     "add_model_options",
     "add_method_options",
     "build_run_settings",
@@ -187,11 +189,56 @@ def parse_set_value(item: str) -> tuple[str, Any]:
     return parsed
 
 
-def _read_config_file(path: str) -> dict[str, Any]:
+#: Largest ``--config`` file read (a config object is a few hundred bytes; a ``config.json``
+#: written by ``mperturb explain`` a few KB).
+MAX_CONFIG_BYTES = 4 << 20
+
+
+def read_option_text(path: str, option: str, *, limit: int, what: str = "JSON") -> str:
+    """The UTF-8 text of the regular file ``path`` named by ``option``, read without blocking
+    and without reading more than ``limit`` bytes (a leading BOM is dropped).
+
+    Raises:
+        InputError: the file cannot be opened, is not a regular file (a folder, FIFO, socket
+            or device such as ``/dev/zero``), holds more than ``limit`` bytes, or is not UTF-8;
+            the message names ``option``, the file and what was expected.
+    """
+    import stat
+
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens without waiting
     except OSError as e:
-        raise InputError(f"--config: cannot read {path!r} ({e.strerror or e})") from None
+        raise InputError(f"{option}: cannot read {path!r} ({e.strerror or e})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                    else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket or special file")
+            raise InputError(f"{option}: {path!r} is {kind}, not a regular file; give a {what} file")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise InputError(f"{option}: cannot read {path!r} ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise InputError(f"{option}: {path!r} holds more than {limit} bytes, far more than a {what} file "
+                         "holds; give the right file")
+    try:
+        return b"".join(chunks).decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{option}: {path!r} is not UTF-8 text (byte {e.start}: {e.reason}); "
+                         f"expected a UTF-8 {what} file") from None
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    """The JSON object of config overrides in ``--config`` ``path`` (see :func:`read_option_text`)."""
+    text = read_option_text(path, "--config", limit=MAX_CONFIG_BYTES, what="JSON")
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as e:
@@ -256,15 +303,13 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
     """Validate the parsed options into a :class:`RunSettings`.
 
     Raises:
-        ConfigError / InputError: unknown method or setting, bad ``--set``/``--config``,
-            a ``--device`` this build or machine lacks, a ``--seed`` outside ``[-2**63, 2**64)``.
+        ConfigError / InputError: unknown method or setting, bad ``--set``/``--config`` (a
+            ``--config`` that is not a regular UTF-8 file of at most 4 MB holding a JSON
+            object), a ``--device`` this build or machine lacks (see
+            :func:`resolve_device_option`), a ``--seed`` outside ``[-2**63, 2**64)``.
     """
     _PENDING_NOTE.clear()
-    device = getattr(args, "device", None) or AUTO
-    resolved = check_device(device, "--device")
-    announce = device.strip().lower() == AUTO
-    if announce:
-        device = str(resolved)  # "cuda" (no index: under torchrun the runner adds LOCAL_RANK), "mps", "cpu"
+    device, announce = resolve_device_option(getattr(args, "device", None))
     seed = check_seed(int(getattr(args, "seed", 0) or 0), "--seed")
     overrides: dict[str, Any] = {}
     config_keys: set = set()
@@ -354,6 +399,25 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
 
 
 _PENDING_NOTE: list[str] = []
+
+
+def resolve_device_option(value: Any, option: str = "--device") -> tuple[str, bool]:
+    """The device named by ``--device`` (``None``: the default, ``auto``) as ``(device, auto)``:
+    ``auto`` resolved to ``"cuda"`` / ``"mps"`` / ``"cpu"`` (no index: under torchrun the runner
+    adds ``LOCAL_RANK``), any other name checked by :func:`check_device` and returned as
+    given; ``auto`` says whether it was ``auto`` (so the choice is announced).
+
+    Raises:
+        ConfigError: an empty value, a name torch does not parse, a device this build or
+            machine lacks, an index beyond the device count (``cpu:1`` and up included: there
+            is one CPU device), each naming ``option``.
+    """
+    if value is None:
+        value = AUTO
+    resolved = check_device(value, option)  # an empty value and cpu:1 and up are refused there too
+    if str(value).strip().lower() == AUTO:
+        return str(resolved), True
+    return str(value), False
 
 
 def flush_device_note() -> None:

@@ -1,7 +1,11 @@
 """``mperturb report DIR``: write a static, offline ``report.html`` for a ``mperturb run`` folder.
 
 ``--output FILE`` may name a file in a folder that does not exist yet: the missing folders
-are created (as ``--out`` folders are). A failing write (disk full, permission denied, a file
+are created (as ``--out`` folders are). It never replaces a file mperturb did not write: an
+existing ``FILE`` must be a report written by ``mperturb report`` (a regular file, not a
+link), and inside ``DIR`` only a new or recorded ``*.html`` directly in ``DIR`` is accepted
+(never ``settings.json``, ``results.jsonl`` or ``items/...``); anything else is one
+``--output: ...`` error, exit 2, before anything is written. A failing write (disk full, permission denied, a file
 where a folder should be, ``FILE`` being a folder) is one ``--output: ...`` error naming the
 file and the reason, exit 2, and leaves no partial file.
 """
@@ -36,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from .._terminal import escape_text
     from ..errors import InputError
     from ..runner import merge_results, write_report
+    from ..runner.report import check_report_target
 
     out = Path(args.dir)
     name = "--output" if args.output is not None else "DIR"
@@ -53,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         if not own.is_run:
             raise InputError(f"DIR: {str(out)!r} is not the folder of an `mperturb run` (no .mperturb/run.json); "
                              "give the --out folder of a run")
+        check_report_target(out, args.output)  # before anything is merged, created or written
     if out.is_dir() and any(out.glob("results.rank*.jsonl")):
         with os_errors_as("DIR", on=out):
             merge_results(out)  # a distributed run that stopped before its merge

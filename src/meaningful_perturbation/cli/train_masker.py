@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             overrides[key] = tuple(value) if isinstance(value, list) else value
             given_by_option.add(key)
-    device = str(check_device(args.device or "auto", "--device"))
+    device = str(check_device("auto" if args.device is None else args.device, "--device"))
     spec = args.model or "demo"
     loaded = load_model(spec, weights=args.weights, trust_code=args.trust_code, device=device, offline=args.offline,
                         progress=not args.quiet)

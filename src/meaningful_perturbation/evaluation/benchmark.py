@@ -45,6 +45,8 @@ __all__ = [
     "FAST_METHODS",
     "LEGEND",
     "METRICS",
+    "BenchmarkSettings",
+    "check_benchmark_settings",
     "estimate_seconds",
     "parse_variant",
     "run_benchmark",
@@ -512,6 +514,141 @@ def _passes(name: str, overrides: dict[str, Any], size: int) -> tuple[float, flo
     return 2.0, 1.0  # gradient, Grad-CAM: a forward and a backward
 
 
+#: Largest image side ``size`` (the timing batch of the estimate, 64 images, is 0.8 GB at
+#: 1024 px).
+MAX_SIZE = 1024
+#: Largest ``n × size²`` (the float32 images alone take 3.2 GB at this bound).
+MAX_PIXELS = 1 << 28
+#: Largest ``steps_scale`` (the 800-step extremal then runs 800 000 steps per image).
+MAX_STEPS_SCALE = 1000.0
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """Settings of :func:`run_benchmark`, checked by :func:`check_benchmark_settings`.
+
+    Attributes:
+        n, size, batch_size, curve_steps, seed: as given (ints in range).
+        steps_scale: a float in ``(0, MAX_STEPS_SCALE]``.
+        methods: the method entries, in order (the default set filled in).
+        variants: entry → ``(preset name, overrides)`` (``steps_scale`` applied, explicit
+            settings win).
+        device: the :class:`torch.device` (``"auto"`` resolved).
+        family: the family name.
+    """
+
+    n: int
+    size: int
+    steps_scale: float
+    seed: int
+    batch_size: int
+    curve_steps: int
+    methods: tuple[str, ...]
+    variants: dict[str, tuple[str, dict[str, Any]]]
+    device: torch.device
+    family: str
+
+
+def check_benchmark_settings(
+    *,
+    n: Any = 200,
+    methods: Sequence[str] | str | None = None,
+    size: Any = 64,
+    steps_scale: Any = 1.0,
+    seed: Any = 0,
+    batch_size: Any = 16,
+    curve_steps: Any = 100,
+    device: Any = "cpu",
+    family: Any = "shapes",
+    names: dict[str, str] | None = None,
+) -> BenchmarkSettings:
+    """Check every setting of :func:`run_benchmark` without loading a model or drawing an image.
+
+    Ranges: ``n >= 1``; ``32 <= size <= MAX_SIZE`` (1024); ``n · size² <= MAX_PIXELS``
+    (2**28); ``batch_size >= 1``; ``1 <= curve_steps <= size²``; ``steps_scale`` a finite
+    number in ``(0, MAX_STEPS_SCALE]`` (1000); ``seed`` in ``[0, 2**64 - number of batches]``;
+    known methods with valid settings, none twice; a ``device`` this build and machine have
+    (``"auto"``: CUDA, else MPS, else CPU); a known ``family``.
+
+    Args:
+        names: how errors name each argument, e.g. ``{"n": "--n", "steps_scale": "--steps-scale"}``
+            (default: the argument's own name).
+
+    Returns:
+        :class:`BenchmarkSettings`.
+
+    Raises:
+        ConfigError: naming the argument (through ``names``), what was expected and what
+            arrived, e.g. ``--size: expected an int in [32, 1024], got 0``.
+    """
+    from .._runtime import check_device, check_seed
+    from ..data import get_family
+    from ..methods.registry import get_method, resolve_config
+    from ..methods.registry import methods as registered
+
+    names = names or {}
+
+    def nm(key: str) -> str:
+        return names.get(key, key)
+
+    def whole(v: Any, key: str, low: int, high: int | None = None) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < low or (high is not None and v > high):
+            want = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
+            raise ConfigError(f"{nm(key)}: expected {want}, got {v!r}")
+        return int(v)
+
+    get_family(family, nm("family"))  # ConfigError naming the valid families
+    n = whole(n, "n", 1)
+    size = whole(size, "size", 32, MAX_SIZE)
+    if n * size * size > MAX_PIXELS:
+        raise ConfigError(f"{nm('n')}: {n} images of {size}x{size} px are {n * size * size} pixels, more than the "
+                          f"{MAX_PIXELS} the benchmark holds in memory; lower {nm('n')} or {nm('size')}")
+    batch_size = whole(batch_size, "batch_size", 1)
+    if isinstance(curve_steps, int) and not isinstance(curve_steps, bool) and curve_steps > size * size:
+        raise ConfigError(f"{nm('curve_steps')}: expected an int in [1, {size * size}] (at most one step per pixel "
+                          f"of a {size}x{size} image), got {curve_steps}")
+    curve_steps = whole(curve_steps, "curve_steps", 1)
+    if isinstance(steps_scale, bool) or not isinstance(steps_scale, (int, float)) or not (
+        math.isfinite(steps_scale) and 0 < steps_scale <= MAX_STEPS_SCALE
+    ):
+        raise ConfigError(f"{nm('steps_scale')}: expected a number in (0, {MAX_STEPS_SCALE:g}], got {steps_scale!r}")
+    steps_scale = float(steps_scale)
+    # The draw needs seed >= 0; batch b is explained with seed + b (a 64-bit generator seed).
+    seed = check_seed(seed, nm("seed"), low=0, span=-(-n // batch_size))
+    if methods is None:
+        methods = [m for m in DEFAULT_METHODS if m in registered()]
+    elif isinstance(methods, str):
+        methods = [methods]
+    methods = list(methods)
+    if not methods:
+        raise ConfigError(f"{nm('methods')}: expected at least one method name")
+    variants: dict[str, tuple[str, dict[str, Any]]] = {}
+    for m in methods:
+        try:
+            name, explicit = parse_variant(m)
+            spec = get_method(name)  # ConfigError listing the valid names
+        except ConfigError as e:
+            text = str(e)
+            for prefix in ("methods: ", "method: "):
+                if text.startswith(prefix):
+                    text = text[len(prefix):]
+            raise ConfigError(f"{nm('methods')}: {text}") from None
+        overrides = {**_scaled_overrides(name, steps_scale), **explicit}  # explicit settings win
+        try:
+            resolve_config(spec, overrides)  # fail before hours of work, naming the entry
+        except TypeError as e:
+            raise ConfigError(f"{nm('methods')}: invalid setting in {m!r} ({e})") from None
+        except ConfigError as e:
+            raise ConfigError(f"{nm('methods')}: {m!r}: {e}") from None
+        if m in variants:
+            raise ConfigError(f"{nm('methods')}: {m!r} given twice in {methods}")
+        variants[m] = (name, overrides)
+    dev = check_device(device, nm("device"))  # unknown / absent / meta devices refused up front
+    return BenchmarkSettings(n=n, size=size, steps_scale=steps_scale, seed=seed, batch_size=batch_size,
+                             curve_steps=curve_steps, methods=tuple(methods), variants=variants, device=dev,
+                             family=family)
+
+
 def estimate_seconds(
     methods: Sequence[str],
     *,
@@ -529,14 +666,22 @@ def estimate_seconds(
     Times a forward pass on 64 images and a forward+backward pass on ``batch_size`` images
     (the fastest of 5 each), then multiplies by each method's passes per image (its steps × areas,
     RISE's masks, occlusion's windows) plus the metrics' three curves of ``curve_steps + 1``
-    forward passes, times ``n``. Measured against real runs it is within a factor of ~1.5
-    (the optimisers' own arithmetic is not counted).
+    forward passes, times ``n``. A rough figure: the optimisers' own arithmetic and early
+    stopping are not counted, and the timing reflects the machine's load at that moment
+    (docs/cli.md gives runs where it was right and one, on a shared machine, where it was
+    several times too low).
+
+    Raises:
+        ConfigError: a setting :func:`check_benchmark_settings` refuses (checked before any
+            model is loaded or timed).
     """
+    checked = check_benchmark_settings(n=n, methods=methods, size=size, steps_scale=steps_scale,
+                                       batch_size=batch_size, curve_steps=curve_steps, device=device, family=family)
+    n, size, steps_scale, device = checked.n, checked.size, checked.steps_scale, checked.device
+    batch_size, curve_steps = checked.batch_size, checked.curve_steps
     if model is None:
-        from ..data import get_family
         from ..demo import demo_preprocessing, load_demo_model
 
-        get_family(family)
         # The default family calls it as before (callers may substitute load_demo_model).
         model = load_demo_model(device=device) if family == "shapes" else load_demo_model(device=device, family=family)
         trained = int(demo_preprocessing(family)["input_size"])
@@ -556,9 +701,7 @@ def estimate_seconds(
         model(xg).sum().backward()
         fb = min(fb, (time.perf_counter() - t0) / b)
     out: dict[str, float] = {}
-    for m in methods:
-        name, explicit = parse_variant(m)
-        overrides = {**_scaled_overrides(name, steps_scale), **explicit}
+    for m, (name, overrides) in checked.variants.items():
         p_fb, p_fwd = _passes(name, overrides, size)
         p_fwd += 3 * (curve_steps + 1)
         out[m] = n * (p_fb * fb + p_fwd * fwd)
@@ -586,16 +729,19 @@ def run_benchmark(
         methods: method names (default :data:`DEFAULT_METHODS`), each optionally with
             settings, ``"paper:early_stop=40"`` (see :func:`parse_variant`); rows are
             labelled by these strings.
-        size: image side in pixels (>= 32 for the demo model).
+        size: image side in pixels, in ``[32, 1024]``; ``n · size²`` at most
+            :data:`MAX_PIXELS` (2**28).
         steps_scale: multiplies the ``steps`` of optimisation methods (and RISE's
-            ``n_masks``): ``max(1, round(default · steps_scale))``.
+            ``n_masks``): ``max(1, round(default · steps_scale))``; in ``(0, 1000]``.
         seed: seed of the data draw; batch ``b`` is explained with ``seed + b``.
         batch_size: images per :func:`explain` call.
-        device: where the model and images live.
-        progress: tqdm bar over methods × batches.
+        device: where the model and images live; ``"auto"``: CUDA, else MPS, else CPU.
+        progress: a tqdm bar on stderr counting the images explained (methods × ``n``), labelled
+            with the method running now (``method 3/8 rise: explaining``, then ``scoring``).
         model: classifier taking images normalised with the demo mean / std (default:
             the family's demo model, :func:`~meaningful_perturbation.demo.load_demo_model`).
-        curve_steps: grid steps of the deletion / insertion / minimal-area curves.
+        curve_steps: grid steps of the deletion / insertion / minimal-area curves, in
+            ``[1, size²]``.
         family: ``"shapes"`` (ShapeEvidence, default) or ``"textures"`` (TextureEvidence);
             see :data:`meaningful_perturbation.data.FAMILIES`. Recorded in ``settings``.
 
@@ -603,50 +749,21 @@ def run_benchmark(
         :class:`BenchmarkResult`.
 
     Raises:
-        ConfigError: a bad setting, an unknown ``family`` or method; ``seed`` outside
-            ``[0, 2**64 - number of batches]``; a ``device`` this build or machine lacks.
+        ConfigError: a setting :func:`check_benchmark_settings` refuses (an int out of range,
+            ``n · size²`` beyond :data:`MAX_PIXELS`, an unknown ``family`` or method, ``seed``
+            outside ``[0, 2**64 - number of batches]``, a ``device`` this build or machine
+            lacks), checked before the model is loaded or any image drawn.
     """
     from .. import metrics as M
-    from .._runtime import check_device, check_seed
     from ..api import explain
     from ..data import get_family
-    from ..methods.registry import get_method, resolve_config
-    from ..methods.registry import methods as registered
 
     fam = get_family(family)  # before any work: ConfigError naming the valid families
-    n = _check_int(n, "n", 1)
-    size = _check_int(size, "size", 32)
-    batch_size = _check_int(batch_size, "batch_size", 1)
-    curve_steps = _check_int(curve_steps, "curve_steps", 1)
-    # The draw needs seed >= 0; batch b is explained with seed + b (a 64-bit generator seed).
-    seed = check_seed(seed, "seed", low=0, span=-(-n // batch_size))
-    if isinstance(steps_scale, bool) or not isinstance(steps_scale, (int, float)) or not (
-        math.isfinite(steps_scale) and steps_scale > 0
-    ):
-        raise ConfigError(f"steps_scale: expected a positive number, got {steps_scale!r}")
-    steps_scale = float(steps_scale)
-    if methods is None:
-        methods = [m for m in DEFAULT_METHODS if m in registered()]
-    elif isinstance(methods, str):
-        methods = [methods]
-    methods = list(methods)
-    if not methods:
-        raise ConfigError("methods: expected at least one method name")
-    variants: dict[str, tuple[str, dict[str, Any]]] = {}
-    for m in methods:
-        name, explicit = parse_variant(m)
-        spec = get_method(name)  # ConfigError listing the valid names
-        overrides = {**_scaled_overrides(name, steps_scale), **explicit}  # explicit settings win
-        try:
-            resolve_config(spec, overrides)  # fail before hours of work, naming the entry
-        except TypeError as e:
-            raise ConfigError(f"methods: invalid setting in {m!r} ({e})") from None
-        except ConfigError as e:
-            raise ConfigError(f"methods: {m!r}: {e}") from None
-        if m in variants:
-            raise ConfigError(f"methods: {m!r} given twice in {methods}")
-        variants[m] = (name, overrides)
-    device = check_device(device, "device")  # unknown / absent / meta devices refused up front
+    checked = check_benchmark_settings(n=n, methods=methods, size=size, steps_scale=steps_scale, seed=seed,
+                                       batch_size=batch_size, curve_steps=curve_steps, device=device, family=family)
+    n, size, steps_scale, seed = checked.n, checked.size, checked.steps_scale, checked.seed
+    batch_size, curve_steps, device = checked.batch_size, checked.curve_steps, checked.device
+    methods, variants = list(checked.methods), checked.variants
 
     if model is None:
         from ..demo import demo_preprocessing, load_demo_model
@@ -695,14 +812,17 @@ def run_benchmark(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(methods) * len(batches), desc="benchmark", unit="batch")
+        # Counted in images explained; the label names the method being run now (k of all).
+        bar = tqdm(total=len(variants) * n, desc="benchmark", unit="image")
 
     rows: list[dict[str, Any]] = []
     per_image: dict[str, dict[str, list[float]]] = {}
     overrides_used: dict[str, dict[str, Any]] = {}
     try:
-        for label, (name, overrides) in variants.items():
+        for k, (label, (name, overrides)) in enumerate(variants.items()):
             overrides_used[label] = overrides
+            if bar is not None:
+                bar.set_description(f"method {k + 1}/{len(variants)} {label}: explaining")
             counter = _CountingModel(model) if isinstance(model, torch.nn.Module) else None
             calls = [0]
 
@@ -714,8 +834,6 @@ def run_benchmark(
             saliency = torch.empty(n, size, size, dtype=torch.float32)
             seconds = 0.0
             for b, (lo, hi) in enumerate(batches):
-                if bar is not None:
-                    bar.set_description(label)
                 start = time.perf_counter()
                 ex = explain(
                     explained_model, images[lo:hi], labels[lo:hi].to(device), method=name, seed=seed + b, **overrides
@@ -723,7 +841,9 @@ def run_benchmark(
                 seconds += time.perf_counter() - start
                 saliency[lo:hi] = ex.saliency.detach().float().cpu()
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(hi - lo)
+            if bar is not None:
+                bar.set_description(f"method {k + 1}/{len(variants)} {label}: scoring")
             passes = (counter.images if counter is not None else calls[0]) / n
 
             exact = M.pointing_game(saliency, masks, tolerance=0).hits.double()

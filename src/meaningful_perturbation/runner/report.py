@@ -25,9 +25,16 @@ from ..errors import InputError
 from .merge import FAILURES, RESULTS, read_jsonl
 from .._atomic import atomic_write_text
 
-__all__ = ["write_report", "render_report", "collect_columns", "safe_json"]
+__all__ = ["write_report", "render_report", "check_report_target", "is_mperturb_report", "collect_columns", "safe_json"]
 
 REPORT = "report.html"
+#: The mark of a page this module wrote (in its first lines): only such a file is replaced by
+#: ``write_report(path=...)``.
+GENERATOR = "<meta name=\"generator\" content=\"mperturb report\">"
+_OLD_MARK = "<title>mperturb run report: "  # pages of versions before GENERATOR
+_SNIFF_BYTES = 16384
+#: Suffixes a report may have inside the run folder (the run writes no other ``.html``).
+_HTML = (".html", ".htm")
 
 
 def safe_json(data: Any) -> str:
@@ -209,6 +216,7 @@ def render_report(out: str | os.PathLike[str], *, embed: bool = False, n_boot: i
     parts: list[str] = []
     add = parts.append
     add("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">")
+    add(GENERATOR)
     add("<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">")
     add("<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src 'self' data: file:; "
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">")
@@ -308,15 +316,114 @@ def render_report(out: str | os.PathLike[str], *, embed: bool = False, n_boot: i
     return "".join(parts)
 
 
+def is_mperturb_report(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a regular file (not a link) whose first 16 KB are a page written by
+    :func:`write_report` (``<!DOCTYPE html>`` and the ``mperturb report`` generator mark).
+    Never blocks on pipes or devices and never raises."""
+    import stat
+
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        with open(path, "rb") as f:
+            head = f.read(_SNIFF_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    return head.startswith("<!DOCTYPE html>") and (GENERATOR in head or _OLD_MARK in head)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
+def check_report_target(out: str | os.PathLike[str], path: str | os.PathLike[str] | None = None) -> Path:
+    """Where the report of run folder ``out`` may be written: ``path``, or ``out/report.html``
+    when ``path`` is ``None``. Writes nothing.
+
+    The rule: a report never replaces a file mperturb did not write. An existing ``path`` must
+    be a report written by :func:`write_report` (a regular file, not a link); inside the run
+    folder it must also end in ``.html``/``.htm``, lie directly in ``out`` (``items/`` and
+    ``.mperturb/`` hold the run's own files) and, if it exists, be recorded as the run's
+    (``report.html`` written by ``mperturb run --report`` or ``mperturb report``).
+
+    Returns:
+        The target path (as given, not resolved).
+
+    Raises:
+        InputError: naming ``--output`` (or ``DIR`` for the default), the file and the reason:
+            a folder, a symbolic link, a pipe or device, an existing file that is not an
+            mperturb report, a file of the run (``settings.json``, ``results.jsonl``,
+            ``items/...``), or a path inside the run folder's sub-folders.
+    """
+    from .owner import CONTROL
+
+    out = Path(out)
+    target = Path(path) if path is not None else out / REPORT
+    name = "--output" if path is not None else "DIR"
+    shown = repr(str(target))
+    if target.is_symlink():
+        raise InputError(f"{name}: {shown} is a symbolic link; a report is never written through a link "
+                         "(it could replace the file it points to): give another --output FILE")
+    if target.is_dir():
+        raise InputError(f"{name}: {shown} is a folder; give the report's file name, "
+                         f"e.g. {str(target / REPORT)!r}")
+    if target.exists() and not target.is_file():
+        raise InputError(f"{name}: {shown} is not a regular file (a pipe, socket or device); "
+                         "give a new file name ending in .html")
+    real_out = out.resolve()
+    real = target.resolve()
+    if _inside(real, real_out):
+        rel = real.relative_to(real_out)
+        if len(rel.parts) != 1:
+            where = ("the run's control folder" if rel.parts[0] == CONTROL else
+                     "the run's items/ folder" if rel.parts[0] == "items" else "a sub-folder of the run folder")
+            raise InputError(f"{name}: {shown} is inside {where}, which holds the run's own files; write the "
+                             f"report directly in DIR (default {str(out / REPORT)!r}) or outside it")
+        if rel.suffix.lower() not in _HTML:
+            raise InputError(f"{name}: {shown} is inside the run folder and does not end in .html; the run's own "
+                             f"files ({RESULTS}, settings.json, ...) are never replaced by a report: give a name "
+                             "ending in .html")
+        if target.exists():
+            from .owner import inspect_out
+
+            try:
+                own = inspect_out(out)
+            except InputError:
+                own = None
+            recorded = own is not None and (own.kind == "legacy-run" or rel.name in own.files)
+            if not (recorded and is_mperturb_report(target)):
+                raise InputError(f"{name}: {shown} exists and was not written by mperturb; "
+                                 "move it away or pass --output FILE")
+    elif target.exists() and not is_mperturb_report(target):
+        raise InputError(f"{name}: {shown} exists and is not a report written by mperturb (it would be "
+                         "replaced and lost); move it away or give a new --output FILE")
+    return target
+
+
 def write_report(out: str | os.PathLike[str], *, path: str | os.PathLike[str] | None = None,
                  embed: bool = False) -> Path:
-    """Write ``report.html`` (or ``path``) for run folder ``out`` atomically; returns its path."""
+    """Write ``report.html`` (or ``path``) for run folder ``out`` atomically; returns its path.
+
+    Only a new file or a report mperturb wrote is replaced (:func:`check_report_target`); a
+    report written inside the run folder is recorded as the run's own
+    (``.mperturb/run.json``).
+
+    Raises:
+        InputError: ``out`` is not a run folder, or ``path`` is refused by
+            :func:`check_report_target`.
+        OSError: the write failed (nothing partial is left).
+    """
     out = Path(out)
     if not out.is_dir():
         raise InputError(f"DIR: {str(out)!r} is not a folder")
     if not (out / RESULTS).exists() and not (out / "settings.json").exists():
         raise InputError(f"DIR: {str(out)!r} is not a `mperturb run` output folder (no {RESULTS} or settings.json)")
-    target = Path(path) if path is not None else out / REPORT
+    target = check_report_target(out, path)
     rel = os.path.relpath(out.resolve(), target.resolve().parent).replace(os.sep, "/")
     text = render_report(out, embed=embed, base="" if rel == "." else rel + "/")
     from .owner import inspect_out
@@ -325,11 +432,8 @@ def write_report(out: str | os.PathLike[str], *, path: str | os.PathLike[str] | 
         own = inspect_out(out)
     except InputError:
         own = None
-    if own is not None and own.kind == "run" and target.resolve() == (out / REPORT).resolve():
-        if REPORT not in own.files and target.exists():
-            raise InputError(f"--output: {str(target)!r} exists and was not written by mperturb; "
-                             "move it away or pass --output FILE")
-        own.add_files([REPORT])  # recorded as the run's own before it is written
+    if own is not None and own.kind == "run" and target.resolve().parent == out.resolve():
+        own.add_files([target.name])  # recorded as the run's own before it is written
         from .owner import write_owned_text
 
         write_owned_text(target, text, own.tag)
