@@ -132,3 +132,63 @@ def test_pipes_devices_and_broken_links_are_named_and_counted(tmp_path, capsys):
     rc = main(["explain", str(src / "ok.png"), "--weights", "/dev/zero", "--out", str(tmp_path / "w")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == ["mperturb: error: /dev/zero: not a regular file (a device); expected a weights file"]
+
+
+def test_explain_out_is_never_an_input_folder_or_an_input_file(tmp_path, capsys, monkeypatch):
+    d = tmp_path / "io"
+    _png(d / "cat.png")
+    _png(d / "cat_overlay.png", (10, 200, 10))  # the user's own image, named like an output
+    before = (d / "cat_overlay.png").read_bytes()
+    monkeypatch.chdir(tmp_path)
+    rc = main(["explain", "io", "--out", "io"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["mperturb: error: --out: 'io' is the input folder 'io'; its overlays and panels would be "
+                               "explained as images by the next run on that folder: choose another --out"]
+    rc = main(["explain", "io/cat.png", "io/cat_overlay.png", "--out", "io", "--overwrite"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["mperturb: error: --out: the output file 'io/cat_overlay.png' would replace an input "
+                               "image of the same name; choose another --out"]
+    assert (d / "cat_overlay.png").read_bytes() == before and sorted(p.name for p in d.iterdir()) == ["cat.png", "cat_overlay.png"]
+
+
+def test_cli_messages_drop_the_python_spelling_of_an_option(tmp_path, capsys):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    f = tmp_path / "m.py"
+    f.write_text("def build():\n    import torch\n    return torch.nn.Linear(2, 2)\n")
+    img = tmp_path / "a.png"
+    _png(img)
+    for argv in (["explain", str(tmp_path / "empty"), "--out", str(tmp_path / "o")],
+                 ["explain", str(img), "--model", f"python:{f}:build", "--out", str(tmp_path / "o")]):
+        rc = main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and "(Python" not in err[0], err
+    assert "--trust-code" in err[0]
+    # the Python API keeps both spellings
+    with pytest.raises(mp.ConfigError, match=r"\(Python API: load_model\(\.\.\., trust_code=True\)\)"):
+        mp.load_model(f"python:{f}:build")
+
+
+def test_sigterm_ends_a_run_like_ctrl_c_with_one_line(tmp_path):
+    import signal
+    import time
+
+    src = tmp_path / "imgs"
+    for i in range(6):
+        _png(src / f"im{i}.png", (40 * i, 100, 200))
+    out = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "meaningful_perturbation", "run", str(src), "--out", str(out),
+                             "--steps", "100", "--batch-size", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "results.jsonl").exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == ("mperturb: terminated (SIGTERM); finished items are kept "
+                                            "(mperturb run: --resume continues)")
+    assert "Traceback" not in err
+    assert not list((out / "items").glob("*.tmp*"))  # no partial file; the lock is released (the resume below runs)
+    rc = main(["run", str(src), "--out", str(out), "--steps", "100", "--batch-size", "1", "--resume", "-q"])
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert rc == 0 and sorted(r["path"] for r in rows) == [f"im{i}.png" for i in range(6)]

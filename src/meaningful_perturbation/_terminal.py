@@ -13,7 +13,7 @@ import re
 import warnings
 from typing import Iterator, Sequence
 
-__all__ = ["escape_text", "naming_images", "target_text"]
+__all__ = ["cli_text", "escape_text", "naming_images", "target_text"]
 
 
 @contextlib.contextmanager
@@ -75,3 +75,21 @@ def target_text(targets: list[int], names: list[str]) -> str:
     if any("," in n for n in names):
         text += f" (--target {','.join(str(int(c)) for c in targets)})"
     return text
+
+
+# "(Python: expand_images(..., recursive=True))", "(Python API: offline=True)": the Python
+# spelling that messages shared by the API and the CLI add after the CLI's own (one level of
+# nested parentheses, as in a call).
+_PYTHON_HINT = re.compile(r"\s*\(Python(?: API)?: [^()]*(?:\([^()]*\)[^()]*)*\)")
+
+
+def cli_text(message: str) -> str:
+    """A message shared by the Python API and the command line, as the command line prints it:
+    the ``(Python: ...)`` / ``(Python API: ...)`` spellings of an option dropped, since a CLI
+    user cannot pass a Python argument.
+
+    Example:
+        >>> cli_text("pass --trust-code (Python API: load_model(..., trust_code=True)) if you trust it")
+        'pass --trust-code if you trust it'
+    """
+    return _PYTHON_HINT.sub("", message)

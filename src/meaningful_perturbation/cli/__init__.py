@@ -24,12 +24,14 @@ import argparse
 import dataclasses
 import importlib
 import os
+import signal
 import sys
+import threading
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
 from .._atomic import os_error_text
-from .._terminal import escape_text
+from .._terminal import cli_text, escape_text
 from ..errors import MeaningfulPerturbationError, MeaningfulPerturbationWarning
 
 __all__ = ["main", "build_parser"]
@@ -131,7 +133,7 @@ def _show_project_warnings_as_lines() -> None:
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
         if not issubclass(category, MeaningfulPerturbationWarning):
             return default(message, category, filename, lineno, file, line)
-        text = escape_text(" ".join(str(message).split()))
+        text = escape_text(" ".join(cli_text(str(message)).split()))
         if text not in seen:
             seen.add(text)
             print(f"mperturb: warning: {text}", file=sys.stderr)
@@ -140,10 +142,28 @@ def _show_project_warnings_as_lines() -> None:
     warnings.simplefilter("always", MeaningfulPerturbationWarning)
 
 
+_TERMINATED: list[bool] = []
+
+
+def _terminate_as_interrupt() -> Any:
+    """SIGTERM (``kill``, a batch scheduler's time limit) ends a command like Ctrl-C: the
+    same clean-up (no partial files, the run folder's lock released) and one line, instead of
+    dying silently. Returns the previous handler (None off the main thread)."""
+    _TERMINATED.clear()
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):  # noqa: ANN001
+        _TERMINATED.append(True)
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def _error(message: str) -> int:
     """Print ``mperturb: error: <message>`` as one line (whitespace runs joined, control
     characters escaped) on stderr; returns 2."""
-    print(f"mperturb: error: {escape_text(' '.join(message.split()))}", file=sys.stderr)
+    print(f"mperturb: error: {escape_text(' '.join(cli_text(message).split()))}", file=sys.stderr)
     return 2
 
 
@@ -158,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return 2
+    previous = _terminate_as_interrupt()
     try:
         with warnings.catch_warnings():
             _show_project_warnings_as_lines()
@@ -175,5 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:  # last resort: a file-system fault no subcommand converted
         return _error(os_error_text(e, "cannot use"))
     except KeyboardInterrupt:
+        if _TERMINATED:
+            print("mperturb: terminated (SIGTERM); finished items are kept (mperturb run: --resume continues)",
+                  file=sys.stderr)
+            return 143
         print("mperturb: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

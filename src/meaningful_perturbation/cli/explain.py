@@ -344,6 +344,26 @@ def _to_hwc_uint8(img: torch.Tensor) -> np.ndarray:
     return (img.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
+def _check_out_apart(args: list[str], paths: list[Path], planned: list[Path], out: Path) -> None:
+    """``--out`` must not be an input folder (the next ``mperturb explain`` of that folder
+    would explain these outputs: overlays of overlays), and no output file may be an input
+    image (``cat_overlay.png`` beside ``cat.png``: ``--overwrite`` would replace the photo).
+
+    Raises:
+        InputError: naming ``--out`` and the folder or file.
+    """
+    target = out.resolve()
+    for a in args:
+        if Path(a).is_dir() and Path(a).resolve() == target:
+            raise InputError(f"--out: {str(out)!r} is the input folder {a!r}; its overlays and panels would be "
+                             "explained as images by the next run on that folder: choose another --out")
+    inputs = {p.resolve() for p in paths}
+    clash = next((p for p in planned if p.resolve() in inputs), None)
+    if clash is not None:
+        raise InputError(f"--out: the output file {str(clash)!r} would replace an input image of the same name; "
+                         "choose another --out")
+
+
 def _remove_created(created: list[Path]) -> None:
     """Remove the config.json (and folder) this command created, nothing else; a folder that
     is not empty is kept."""
@@ -394,6 +414,7 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
         raise InputError(f"--out: {str(out)!r} exists and is not a folder")
     stems = _unique_stems(paths)
     planned = [out / "config.json"] + [out / f"{s}{suf}" for s in stems for suf in OUTPUT_SUFFIXES]
+    _check_out_apart(args.images, paths, planned, out)
     existing = [p for p in planned if p.exists()]
     if existing and not args.overwrite:
         names = ", ".join(p.name for p in existing[:3]) + (" ..." if len(existing) > 3 else "")
