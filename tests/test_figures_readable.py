@@ -73,7 +73,7 @@ def test_degenerate_thresholds_on_hand_made_scores():
     lost = mp.Explanation(scores={"clean": torch.tensor([0.9]), "masked": torch.tensor([[0.1002]]),
                                   "perturbed": torch.tensor([0.1])}, **{**base, "config": {"game": "preserve"}})
     assert degenerate_reason(lost) is not None
-    with pytest.raises(IndexError, match="image index 3 out of range for 1 images"):
+    with pytest.raises(mp.InputError, match="image index 3 out of range for 1 images"):
         degenerate_reason(moved, 3)
 
 

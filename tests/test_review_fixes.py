@@ -192,3 +192,29 @@ def test_sigterm_ends_a_run_like_ctrl_c_with_one_line(tmp_path):
     rc = main(["run", str(src), "--out", str(out), "--steps", "100", "--batch-size", "1", "--resume", "-q"])
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert rc == 0 and sorted(r["path"] for r in rows) == [f"im{i}.png" for i in range(6)]
+
+
+def test_small_api_and_option_errors_are_project_errors(tmp_path, capsys):
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 6))
+    x = torch.rand(2, 3, 16, 16)
+    ex = mp.explain(net, x, steps=2)
+    with pytest.raises(InputError, match=r"image index 5 out of range for 2 images"):
+        ex.degenerate_reason(5)
+    with pytest.raises(InputError, match="is a folder; expected a file name"):
+        ex.save(tmp_path)
+    assert not (tmp_path.parent / f"{tmp_path.name}.npz").exists()
+    with pytest.raises(InputError) as err:
+        mp.explain(net, x.numpy(), steps=2)
+    assert str(err.value) == ("x: expected a torch.Tensor of shape (N, C, H, W), got a ndarray of shape (2, 3, 16, 16) "
+                              "and dtype float32 (convert with torch.from_numpy(x))")
+    # a top_k the model cannot give is said, with the value used
+    with pytest.warns(mp.MeaningfulPerturbationWarning, match="top_k=100 but the model gives at most 5 classes"):
+        ex = mp.explain(net, x[:1], steps=2, top_k=100)
+    assert len(ex.target[0]) == 5
+    img = tmp_path / "a.png"
+    _png(img)
+    rc = main(["explain", str(img), "--resize", "-1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["mperturb: error: --resize: expected 0 (just cover the input size) or a short side "
+                               "up to 4096 pixels, got -1"]

@@ -23,6 +23,10 @@ def check_images(x: Any, name: str = "x") -> torch.Tensor:
     """``x`` must be a finite ``(N, C, H, W)`` tensor of dtype float16, bfloat16, float32 or
     float64 with ``N >= 1``."""
     if not isinstance(x, torch.Tensor):
+        shape = getattr(x, "shape", None)
+        if shape is not None and hasattr(x, "dtype"):  # a NumPy (or similar) array: type and shape, not its values
+            raise InputError(f"{name}: expected a torch.Tensor of shape (N, C, H, W), got a {type(x).__name__} of "
+                             f"shape {tuple(shape)} and dtype {x.dtype} (convert with torch.from_numpy(x))")
         raise InputError(f"{name}: expected a torch.Tensor of shape (N, C, H, W), got {describe(x)}")
     if x.dim() != 4:
         hint = " (add a batch dimension with x.unsqueeze(0))" if x.dim() == 3 else ""

@@ -181,6 +181,7 @@ def explain(
         with frozen(model):
             logits, model_head = clean_scores(model, x, head)
             rows = resolve_target(target, logits, getattr(cfg, "top_k", 1), model_head)
+            _warn_top_k(overrides, target, rows, method)
             generator = torch.Generator(device="cpu")
             generator.manual_seed(seed)
             ctx = Context(
@@ -208,6 +209,23 @@ def explain(
     finally:
         if bar is not None:
             bar.close()
+
+
+def _warn_top_k(overrides: dict[str, Any], target: Any, rows: list[list[int]], method: str) -> None:
+    """A ``top_k`` the caller set that the model cannot give (more classes than it has; under a
+    softmax, all of them: their probabilities sum to 1) is reduced by :func:`top_classes`;
+    say so, naming the value used. The presets' own defaults are reduced silently (documented)."""
+    import warnings
+
+    asked = overrides.get("top_k")
+    if target is not None or not isinstance(asked, int) or not rows or len(rows[0]) >= asked:
+        return
+    warnings.warn(
+        f"{method}: top_k={asked} but the model gives at most {len(rows[0])} classes to explain together (a softmax "
+        f"of every class sums to 1 whatever the input); explaining the top {len(rows[0])}",
+        MeaningfulPerturbationWarning,
+        stacklevel=3,
+    )
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))

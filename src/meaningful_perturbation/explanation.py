@@ -160,6 +160,9 @@ class Explanation:
             The path written (``.npz`` appended when missing).
         """
         path = Path(path)
+        if path.is_dir():
+            raise InputError(f"path: {str(path)!r} is a folder; expected a file name such as "
+                             f"{str(path / 'explanation.npz')!r}")
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
         meta = {
@@ -285,6 +288,11 @@ class Explanation:
         )
 
 
+def _p(v: float) -> str:
+    """A probability in a reason: three decimals, two significant digits below 0.0005."""
+    return f"{v:.1e}" if v == v and v != 0.0 and abs(v) < 0.0005 else f"{v:.3f}"
+
+
 def degenerate_reason(ex: Explanation, i: int = 0) -> str | None:
     """Why explanation ``i`` of ``ex`` is degenerate (shows nothing), or ``None`` if it is not.
 
@@ -310,8 +318,9 @@ def degenerate_reason(ex: Explanation, i: int = 0) -> str | None:
     Returns:
         A one-line reason starting with :data:`NO_REGION_NOTE`, or ``None``.
     """
-    if not -len(ex) <= i < len(ex):
-        raise IndexError(f"degenerate_reason: image index {i} out of range for {len(ex)} images")
+    if isinstance(i, bool) or not isinstance(i, int) or not -len(ex) <= i < len(ex):
+        raise InputError(f"degenerate_reason: image index {i!r} out of range for {len(ex)} images "
+                         f"(expected an int in [{-len(ex)}, {len(ex)}))")
     s = ex.saliency[i].detach().float()
     s = torch.nan_to_num(s, nan=0.0)
     lo, hi = float(s.min()), float(s.max())
@@ -329,11 +338,11 @@ def degenerate_reason(ex: Explanation, i: int = 0) -> str | None:
     whole = "removing every channel" if channels else "perturbing the whole image"
     if span <= DEGENERATE_MIN_CHANGE:
         return (f"{NO_REGION_NOTE} ({whole} changes it by {span:.2g}: "
-                f"p {clean:.3f} -> {perturbed:.3f})")
+                f"p {_p(clean)} -> {_p(perturbed)})")
     if "sufficient_area" in ex.scores and math.isnan(float(ex.scores["sufficient_area"][i].reshape(-1)[0])):
         keep = float(ex.config.get("keep_fraction", 0.9))
         return (f"{NO_REGION_NOTE} (the fully perturbed input already keeps {keep:.0%} of the clean score: "
-                f"p {clean:.3f} -> {perturbed:.3f}; no sufficient area)")
+                f"p {_p(clean)} -> {_p(perturbed)}; no sufficient area)")
     if channels and ex.config.get("game", "preserve") != "delete" and clean - perturbed <= DEGENERATE_MIN_CHANGE:
         return (f"{NO_REGION_NOTE} (every channel removed keeps it: p {clean:.3f} -> {perturbed:.3f}; "
                 "no channel is needed to preserve it)")

@@ -541,7 +541,7 @@ def _plot_history(fig: Any, grid: Any, col: int, history: Mapping[str, Any] | No
     heading = top.set_title(title, fontsize=TILE_TITLE_FONT, parse_math=False)
     top.tick_params(labelsize=7)
     if loss is not None:
-        top.legend(loc="upper left", fontsize=6, frameon=False)
+        top.legend(loc="upper center", fontsize=6, frameon=False)  # a falling loss starts top left
     largest = 0.0
     for k, v in scores.items():
         steps = np.arange(1, v.size + 1)

@@ -19,6 +19,7 @@ from typing import Any
 from .._runtime import AUTO, check_device, check_seed
 from ..core.head import HEADS
 from ..errors import ConfigError, InputError
+from ..io.preprocessing import MAX_INPUT_SIDE
 from ..methods.registry import config_as_dict, get_method, parse_setting, resolve_config
 
 __all__ = [
@@ -377,6 +378,10 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
         raise ConfigError(f"{where}: {e}") from None
     if announce:  # once every setting is valid: a bad one gets its error line alone
         _announce_device(device, quiet=bool(getattr(args, "quiet", False)))
+    resize = getattr(args, "resize", None)
+    if resize is not None and not 0 <= resize <= MAX_INPUT_SIDE:
+        raise ConfigError(f"--resize: expected 0 (just cover the input size) or a short side up to {MAX_INPUT_SIDE} "
+                          f"pixels, got {resize}")
     prep: dict[str, Any] = {}
     for name in ("input_size", "resize", "channels", "mean", "std"):
         value = getattr(args, name, None)
