@@ -218,3 +218,16 @@ def test_small_api_and_option_errors_are_project_errors(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == ["mperturb: error: --resize: expected 0 (just cover the input size) or a short side "
                                "up to 4096 pixels, got -1"]
+
+
+def test_a_model_failing_on_the_first_clean_pass_is_one_error_naming_the_input_size(tmp_path, capsys):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    _png(a)
+    _png(b)
+    rc = main(["explain", str(a), str(b), "--input-size", "1", "--resize", "0", "--out", str(tmp_path / "o"),
+               "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err  # one line, not a "skipping" line per image
+    assert err[0].startswith("mperturb: error: model: calling it on x of shape (1, 3, 1, 1) failed")
+    assert err[0].endswith("the images are fed at 1x1 (--input-size): too small, or not the size this model takes?")
+    assert not (tmp_path / "o").exists()

@@ -480,11 +480,15 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
         xb = x.unsqueeze(0).to(device=device, dtype=model_dtype)
         # One head for the whole command: read (or checked) on the first image explained and
         # kept. Before any image is done a setting the model contradicts is the user's error
-        # (exit 2); after that an image the model fails on, or whose output contradicts the
-        # head, is skipped like an unreadable one (exit 1), as `mperturb run` records a failure.
+        # (exit 2), and so is the model failing on the first image's clean pass (a wrong input
+        # size, a broken model: every image would fail alike); after that an image the model
+        # fails on, or whose output contradicts the head, is skipped like an unreadable one
+        # (exit 1), as `mperturb run` records a failure.
+        clean_pass = True
         try:
             logits, head = clean_scores(loaded.model, xb, head_kind)
             target = target_from_option(settings.target, logits.cpu(), class_names)
+            clean_pass = False
             t0 = time.perf_counter()
             with naming_images([path]):  # one image per call: its "image 0" is this file
                 ex = explain_fn(
@@ -492,7 +496,13 @@ def _run(args: argparse.Namespace, state: dict[str, list[Path]]) -> int:
                     head=head.kind, progress=interactive, **overrides,
                 )
         except (ModelError, ConfigError) as e:
-            if len(paths) == 1 or (isinstance(e, ConfigError) and not explained):
+            if clean_pass and isinstance(e, ModelError) and settings.preprocessing.get("input_size") is not None:
+                h, w = xb.shape[-2:]
+                e = ModelError(f"{e}; the images are fed at {h}x{w} (--input-size): too small, or not the size "
+                               "this model takes?")  # the option the user set is the likely cause
+                if len(paths) == 1 or not explained:
+                    raise e from None
+            if len(paths) == 1 or (not explained and (clean_pass or isinstance(e, ConfigError))):
                 raise
             failures += 1
             msg = " ".join(str(e).split())
