@@ -391,12 +391,16 @@ def test_reduced_decode_gives_the_same_model_input(tmp_path, name, orientation):
     assert preprocess(moved, prep)[1].original_size == (80, 100)
 
 
-def test_no_reduction_for_palette_or_when_not_asked(tmp_path):
+def test_palette_reduced_on_colours_not_indices_and_no_reduction_when_not_asked(tmp_path):
     _gradient(1200, 900).convert("P").save(tmp_path / "p.png")
     from meaningful_perturbation.io import ORIGINAL_SIZE_KEY
+    from meaningful_perturbation.io.images import to_rgb
 
     image = load_image(tmp_path / "p.png", min_size=lambda hw: (10, 10))
-    assert image.size == (1200, 900) and ORIGINAL_SIZE_KEY not in image.info  # indices not averaged
+    with Image.open(tmp_path / "p.png") as full:
+        expected = to_rgb(full).reduce(90)  # the colours averaged, never the palette indices
+    assert image.size == (14, 10) and image.info[ORIGINAL_SIZE_KEY] == ((900, 1200), (10, 14))
+    assert np.array_equal(np.asarray(image), np.asarray(expected))
     _gradient(1200, 900).save(tmp_path / "g.png")
     assert load_image(tmp_path / "g.png").size == (1200, 900)
     assert load_image(tmp_path / "g.png", min_size=lambda hw: (600, 700)).size == (1200, 900)  # < 2x

@@ -231,3 +231,33 @@ def test_a_model_failing_on_the_first_clean_pass_is_one_error_naming_the_input_s
     assert err[0].startswith("mperturb: error: model: calling it on x of shape (1, 3, 1, 1) failed")
     assert err[0].endswith("the images are fed at 1x1 (--input-size): too small, or not the size this model takes?")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("mode", ["P", "P+transparency", "1", "I;16"])
+@pytest.mark.parametrize("factor", [2, 3, 7])
+def test_modes_pillow_cannot_reduce_are_reduced_in_bands_exactly(mode, factor):
+    # palette, 1-bit, 16-bit and colour-keyed images: no full-size RGB copy, same pixels
+    from meaningful_perturbation.io.images import _reduce_in_bands, to_rgb
+
+    rng = np.random.default_rng(0)
+    if mode.startswith("P"):
+        im = Image.fromarray(rng.integers(0, 255, (203, 157), dtype=np.uint8), "L").convert("P")
+        if "transparency" in mode:
+            im.info["transparency"] = 5
+    elif mode == "1":
+        im = Image.fromarray(rng.integers(0, 2, (203, 157), dtype=np.uint8) * 255, "L").convert("1")
+    else:
+        im = Image.fromarray(rng.integers(0, 65535, (203, 157), dtype=np.uint16))
+    banded = _reduce_in_bands(im, factor, (255, 255, 255), band_pixels=500)  # many bands
+    assert np.array_equal(np.asarray(banded), np.asarray(to_rgb(im, (255, 255, 255)).reduce(factor)))
+
+
+def test_a_big_palette_png_is_reduced_on_load(tmp_path):
+    from meaningful_perturbation.io import load_image
+    from meaningful_perturbation.io.images import ORIGINAL_SIZE_KEY
+
+    f = tmp_path / "big.png"
+    Image.new("P", (3000, 2000), 3).save(f)
+    im = load_image(f, min_size=lambda hw: (224, 224))  # factor 8 still covers 224
+    assert im.mode == "RGB" and im.size == (375, 250)
+    assert im.info[ORIGINAL_SIZE_KEY] == ((2000, 3000), (250, 375))

@@ -248,8 +248,8 @@ def load_image(
             a full decode); other formats (which cannot reduce while decoding) are
             box-averaged by the largest integer factor that still covers it right after
             decoding, before any conversion (grey, RGB, RGBA, CMYK, 32-bit and float modes;
-            palette, 1-bit and 16-bit images and colour-keyed transparency are read at full
-            size). The full size is
+            palette, 1-bit and 16-bit images and colour-keyed transparency are made RGB and
+            reduced one band of rows at a time). The full size is
             recorded under ``image.info[ORIGINAL_SIZE_KEY]`` so
             :func:`~meaningful_perturbation.io.preprocess` maps back to the original.
             ``None`` (default): always full size.
@@ -322,12 +322,16 @@ def load_image(
                 raise InputError(
                     f"{name}: image data is truncated or corrupt ({_one_line(exc)})"
                 ) from exc
-        if plan is not None and image.mode in _REDUCIBLE_MODES and "transparency" not in image.info:
+        if plan is not None:
             # Formats that cannot reduce while decoding: box-average right after decoding,
-            # before any conversion or copy is made at full size.
+            # before any conversion or copy is made at full size. Modes Pillow cannot reduce
+            # (palette, 1-bit, 16-bit, colour-keyed transparency) are made RGB and reduced one
+            # band of rows at a time, so no full-size RGB copy exists either.
             factor = min(image.width // plan[1][0], image.height // plan[1][1])
-            if factor >= 2:
+            if factor >= 2 and image.mode in _REDUCIBLE_MODES and "transparency" not in image.info:
                 image = image.reduce(factor)
+            elif factor >= 2:
+                image = _reduce_in_bands(image, factor, background)
         upright = _apply_exif_orientation(image, name)
         try:
             result = convert_channels(upright, channels, background)
@@ -346,6 +350,23 @@ def load_image(
 # Modes whose pixels Image.reduce can box-average (palette indices must not be averaged;
 # Pillow cannot reduce 1-bit and 16-bit modes).
 _REDUCIBLE_MODES = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr", "I", "F"})
+
+
+def _reduce_in_bands(image: Image.Image, factor: int, background: tuple[int, int, int],
+                     band_pixels: int = 1 << 22) -> Image.Image:
+    """``to_rgb(image).reduce(factor)`` without the full-size RGB image: bands of rows (a
+    multiple of ``factor`` high) are converted and reduced one at a time and stacked. Box
+    averages never straddle two bands, so the result is the same image."""
+    width, height = image.size
+    rows = factor * max(1, band_pixels // max(1, width * factor))  # ~4 M pixels (12 MB of RGB) a band
+    pieces = [to_rgb(image.crop((0, y, width, min(height, y + rows))), background).reduce(factor)
+              for y in range(0, height, rows)]
+    out = Image.new("RGB", (pieces[0].width, sum(p.height for p in pieces)))
+    y = 0
+    for piece in pieces:
+        out.paste(piece, (0, y))
+        y += piece.height
+    return out
 
 
 def _reduction_for(
