@@ -242,15 +242,21 @@ def test_estimate_accepts_device_auto():
     assert set(est) == {"center"} and est["center"] > 0
 
 
-def test_benchmark_from_reads_only_bounded_regular_utf8_files(tmp_path, capsys, monkeypatch):
-    import meaningful_perturbation.cli.benchmark as cli_bench
-
+def _unreadable_json(tmp_path, big_text):
+    """A non-UTF-8 file, a FIFO and an oversized file (``big_text``), all named ``*.json``."""
     bad = tmp_path / "bad.json"
     bad.write_bytes(b"\x80\x04junk")
     fifo = tmp_path / "pipe.json"
     os.mkfifo(fifo)
     big = tmp_path / "big.json"
-    big.write_text(" " * 200 + "{}")
+    big.write_text(big_text)
+    return bad, fifo, big
+
+
+def test_benchmark_from_reads_only_bounded_regular_utf8_files(tmp_path, capsys, monkeypatch):
+    import meaningful_perturbation.cli.benchmark as cli_bench
+
+    bad, fifo, big = _unreadable_json(tmp_path, " " * 200 + "{}")
     monkeypatch.setattr(cli_bench, "MAX_FROM_BYTES", 100)
     for path, text in ((bad, "is not UTF-8 text"), (fifo, "is a FIFO"), (big, "holds more than 100 bytes"),
                        (tmp_path, "is a folder")):
@@ -266,12 +272,7 @@ def test_benchmark_from_reads_only_bounded_regular_utf8_files(tmp_path, capsys, 
 def test_config_reads_only_bounded_regular_utf8_files(tmp_path, capsys, monkeypatch, command):
     import meaningful_perturbation.cli.options as options
 
-    bad = tmp_path / "bad.json"
-    bad.write_bytes(b"\x80\x04junk")
-    fifo = tmp_path / "pipe.json"
-    os.mkfifo(fifo)
-    big = tmp_path / "big.json"
-    big.write_text(" " * 100 + '{"steps": 2}')
+    bad, fifo, big = _unreadable_json(tmp_path, " " * 100 + '{"steps": 2}')
     monkeypatch.setattr(options, "MAX_CONFIG_BYTES", 64)
     cases = [(bad, "is not UTF-8 text (byte 0"), (fifo, "is a FIFO (named pipe), not a regular file"),
              (big, "holds more than 64 bytes"), (tmp_path, "is a folder, not a regular file"),

@@ -104,7 +104,7 @@ def test_degenerate_explanation_is_flat_with_a_note_in_overlay_and_panel(tmp_pat
     assert (band.min(axis=2) > 200).mean() > 0.3  # a white band holding the note
     # Panel: the saliency tile is one colour, titled degenerate, with the reason over it.
     assert seen["note"] == summary["degenerate_reason"] and seen["note"].startswith(NO_REGION_NOTE)
-    fig = figures._panel_figure(**seen)
+    fig = figures.panel_figure(**seen)
     (sal_ax,) = [a for a in fig.axes if a.get_title() == "saliency (degenerate)"]
     assert np.ptp(np.asarray(sal_ax.images[0].get_array())) == 0
     assert " ".join(sal_ax.texts[0].get_text().split()) == seen["note"]
@@ -125,7 +125,7 @@ def test_drawn_saliency_and_panel_flatten_only_degenerate_maps():
     m, rng, note = figures.drawn_saliency(ex, 0)
     assert note is None and np.array_equal(m, sal[0].numpy()) and rng == (0.0, 1.0)
     # save_panel with a note draws the tile flat whatever map it is given.
-    fig = figures._panel_figure(original=np.zeros((20, 30, 3), np.uint8), saliency=sal[0].numpy(),
+    fig = figures.panel_figure(original=np.zeros((20, 30, 3), np.uint8), saliency=sal[0].numpy(),
                                 value_range=(0.0, 1.0), note="no region found")
     (sal_ax,) = [a for a in fig.axes if a.get_title() == "saliency (degenerate)"]
     assert np.ptp(np.asarray(sal_ax.images[0].get_array())) == 0
@@ -197,7 +197,7 @@ def test_panel_titles_are_wrapped_inside_the_figure_and_do_not_overlap(tmp_path,
             ("deleted region\n(what the mask removed)", cat)]
     title = (f"chelsea.jpg: paper (deletion game), model timm:vit_tiny_patch16_224:NONE, target {' + '.join(names)}\n"
              f"{p}: clean 0.012 → with the mask 0.011; whole image perturbed 0.005  [low confidence: p < 0.5]")
-    fig = figures._panel_figure(original=cat, saliency=np.random.default_rng(0).random((224, 224)), columns=cols,
+    fig = figures.panel_figure(original=cat, saliency=np.random.default_rng(0).random((224, 224)), columns=cols,
                                 history=_history(), title=title, original_label=f"original\n{p} = 0.012 (low confidence)",
                                 value_range=(0.0, 1.0), note=NO_REGION_NOTE + " (the mask moves it by 0.00056)",
                                 colorbar_label="deleted (1 − mask)", score_kind="prob")
@@ -218,7 +218,7 @@ def test_sweep_panel_curve_label_does_not_overlap_the_optimisation_plot(names):
             "area": np.linspace(1, 0.8, 5)}
     curve = {"areas": areas, "preserved": np.linspace(0.011, 0.032, 6), "clean": 0.035, "perturbed": 0.010,
              "sufficient_area": float("nan"), "keep_fraction": 0.9, "label": p}
-    fig = figures._panel_figure(original=cup, saliency=np.random.default_rng(1).random((224, 224)), columns=cols,
+    fig = figures.panel_figure(original=cup, saliency=np.random.default_rng(1).random((224, 224)), columns=cols,
                                 history=hist, title="coffee.jpg: extremal-sweep\n" + p, value_range=(0.0, 1.0),
                                 colorbar_label="how early the pixel is kept\n(log scale of the area at entry; 1 = first)",
                                 curve=curve, score_kind="logit")
@@ -231,7 +231,7 @@ def test_cli_panel_with_long_comma_names_is_readable(tmp_path, monkeypatch):
     seen = _spy_panel(monkeypatch)
     assert main(["explain", str(photo), "--model", spec, "--trust-code", "--method", "extremal-fast", "--steps", "4",
                  "--set", "probe_stride=16", "--target", "0,2,4", "--out", str(tmp_path / "o"), "-q"]) == 0
-    _assert_readable(figures._panel_figure(**seen))
+    _assert_readable(figures.panel_figure(**seen))
 
 
 # -- C4: the score axis says what was optimised -----------------------------------------------
@@ -245,7 +245,7 @@ def _score_axis(fig):
                                          ("contrastive", "score (logit − best other)"), (None, "score")])
 def test_score_axis_is_labelled_from_the_score_setting_not_the_values(kind, label):
     values = {"score_preserve": np.full(10, 0.884)}  # a logit that happens to lie in [0, 1]
-    fig = figures._panel_figure(original=np.zeros((8, 8, 3), np.uint8), saliency=np.zeros((8, 8)), history=values,
+    fig = figures.panel_figure(original=np.zeros((8, 8, 3), np.uint8), saliency=np.zeros((8, 8)), history=values,
                                 score_kind=kind)
     ax = _score_axis(fig)
     assert ax.get_ylabel() == label
@@ -256,7 +256,7 @@ def test_score_axis_is_labelled_from_the_score_setting_not_the_values(kind, labe
         assert hi - lo < 0.5  # its own range, not a probability's fixed axis
     with pytest.raises(ConfigError, match=r"^score_kind: expected one of \['prob', 'logit', 'contrastive'\] or None, "
                                           r"got 'p'$"):
-        figures._panel_figure(original=np.zeros((8, 8, 3), np.uint8), saliency=np.zeros((8, 8)), score_kind="p")
+        figures.panel_figure(original=np.zeros((8, 8, 3), np.uint8), saliency=np.zeros((8, 8)), score_kind="p")
 
 
 def test_cli_passes_the_methods_score_setting(tmp_path, monkeypatch):
@@ -266,7 +266,7 @@ def test_cli_passes_the_methods_score_setting(tmp_path, monkeypatch):
     assert main(["explain", str(photo), "--model", spec, "--trust-code", "--method", "extremal-fast", "--steps",
                  "3", "--set", "probe_stride=32", "--out", str(tmp_path / "e"), "-q"]) == 0
     assert seen["score_kind"] == "logit"
-    assert _score_axis(figures._panel_figure(**seen)).get_ylabel() == "score (logit)"
+    assert _score_axis(figures.panel_figure(**seen)).get_ylabel() == "score (logit)"
     assert main(["explain", str(photo), "--model", spec, "--trust-code", "--steps", "3", "--out", str(tmp_path / "p"),
                  "-q"]) == 0
     assert seen["score_kind"] == "prob"
@@ -274,7 +274,7 @@ def test_cli_passes_the_methods_score_setting(tmp_path, monkeypatch):
 
 def test_score_curve_legend_shows_raw_and_smoothed_and_steps_are_integers():
     def legend(steps):
-        fig = figures._panel_figure(original=np.zeros((8, 8, 3), np.uint8), saliency=np.zeros((8, 8)),
+        fig = figures.panel_figure(original=np.zeros((8, 8, 3), np.uint8), saliency=np.zeros((8, 8)),
                                     history=_history(steps), score_kind="prob")
         ax = _score_axis(fig)
         fig.canvas.draw()

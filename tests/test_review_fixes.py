@@ -123,7 +123,7 @@ def test_pipes_devices_and_broken_links_are_named_and_counted(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
     assert f"mperturb: skipping: {src / 'dangling.png'}: broken symbolic link (-> missing.png)" in err
-    assert f"mperturb: skipping: {src / 'pipe.png'}: not a regular file (a named pipe (FIFO)); expected an image file" in err
+    assert f"mperturb: skipping: {src / 'pipe.png'}: a FIFO (named pipe), not a regular file; expected an image file" in err
     assert err[-1] == "mperturb: 2 of 3 image(s) could not be read or explained"
     rc = main(["run", str(src), "--steps", "2", "--out", str(tmp_path / "r"), "-q"])
     capsys.readouterr()
@@ -131,7 +131,7 @@ def test_pipes_devices_and_broken_links_are_named_and_counted(tmp_path, capsys):
     assert rc == 1 and sorted(f["path"] for f in fails) == ["dangling.png", "pipe.png"]
     rc = main(["explain", str(src / "ok.png"), "--weights", "/dev/zero", "--out", str(tmp_path / "w")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and err == ["mperturb: error: /dev/zero: not a regular file (a device); expected a weights file"]
+    assert rc == 2 and err == ["mperturb: error: /dev/zero: a device, not a regular file; expected a weights file"]
 
 
 def test_explain_out_is_never_an_input_folder_or_an_input_file(tmp_path, capsys, monkeypatch):

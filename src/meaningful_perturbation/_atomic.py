@@ -20,7 +20,7 @@ from typing import IO, Iterator
 
 from .errors import InputError, MeaningfulPerturbationError
 
-__all__ = ["atomic_path", "atomic_open", "atomic_write_text", "os_error_text", "os_errors_as", "on_path",
+__all__ = ["file_kind", "atomic_path", "atomic_open", "atomic_write_text", "os_error_text", "os_errors_as", "on_path",
            "error_files"]
 
 
@@ -127,3 +127,20 @@ def os_errors_as(name: str, action: str = "cannot write",
         if on is not None and not any(on_path(f, on) for f in error_files(e)):
             raise
         raise error(f"{name}: {os_error_text(e, action, name)}") from e
+
+
+def file_kind(mode: int) -> str:
+    """What a file of ``stat`` mode ``mode`` is, for messages about one that is not a regular
+    file: ``"a folder"``, ``"a FIFO (named pipe)"``, ``"a device"``, ``"a socket"`` or
+    ``"a special file"`` (``"a regular file"`` for a regular one)."""
+    import stat
+
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "a special file"

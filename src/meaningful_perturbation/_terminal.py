@@ -13,7 +13,7 @@ import re
 import warnings
 from typing import Iterator, Sequence
 
-__all__ = ["cli_text", "escape_text", "naming_images", "target_text"]
+__all__ = ["cli_text", "escape_text", "format_p", "naming_images", "target_text"]
 
 
 @contextlib.contextmanager
@@ -93,3 +93,17 @@ def cli_text(message: str) -> str:
         'pass --trust-code if you trust it'
     """
     return _PYTHON_HINT.sub("", message)
+
+
+def format_p(v: float) -> str:
+    """A probability for a line or a title: three decimals (``0.173``), or two significant
+    digits when three decimals would show a nonzero value as 0 (``4.5e-04``); ``nan`` as is.
+
+    Example:
+        >>> format_p(0.17349), format_p(0.00045), format_p(0.0), format_p(1.0)
+        ('0.173', '4.5e-04', '0.000', '1.000')
+    """
+    v = float(v)
+    if v == v and v != 0.0 and abs(v) < 0.0005:
+        return f"{v:.1e}"
+    return f"{v:.3f}"

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ._atomic import atomic_open
+from ._terminal import format_p
 from .errors import InputError
 
 __all__ = [
@@ -288,11 +289,6 @@ class Explanation:
         )
 
 
-def _p(v: float) -> str:
-    """A probability in a reason: three decimals, two significant digits below 0.0005."""
-    return f"{v:.1e}" if v == v and v != 0.0 and abs(v) < 0.0005 else f"{v:.3f}"
-
-
 def degenerate_reason(ex: Explanation, i: int = 0) -> str | None:
     """Why explanation ``i`` of ``ex`` is degenerate (shows nothing), or ``None`` if it is not.
 
@@ -338,11 +334,11 @@ def degenerate_reason(ex: Explanation, i: int = 0) -> str | None:
     whole = "removing every channel" if channels else "perturbing the whole image"
     if span <= DEGENERATE_MIN_CHANGE:
         return (f"{NO_REGION_NOTE} ({whole} changes it by {span:.2g}: "
-                f"p {_p(clean)} -> {_p(perturbed)})")
+                f"p {format_p(clean)} -> {format_p(perturbed)})")
     if "sufficient_area" in ex.scores and math.isnan(float(ex.scores["sufficient_area"][i].reshape(-1)[0])):
         keep = float(ex.config.get("keep_fraction", 0.9))
         return (f"{NO_REGION_NOTE} (the fully perturbed input already keeps {keep:.0%} of the clean score: "
-                f"p {_p(clean)} -> {_p(perturbed)}; no sufficient area)")
+                f"p {format_p(clean)} -> {format_p(perturbed)}; no sufficient area)")
     if channels and ex.config.get("game", "preserve") != "delete" and clean - perturbed <= DEGENERATE_MIN_CHANGE:
         return (f"{NO_REGION_NOTE} (every channel removed keeps it: p {clean:.3f} -> {perturbed:.3f}; "
                 "no channel is needed to preserve it)")

@@ -19,9 +19,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from ._atomic import atomic_path
+from ._terminal import format_p
 
 __all__ = ["CMAP", "MIN_TILE_SIDE", "SCORE_AXIS_LABELS", "drawn_saliency", "format_p", "overlay", "saliency_range",
-           "save_overlay", "save_panel", "atomic_path"]
+           "save_overlay", "save_panel", "panel_figure", "atomic_path"]
 
 
 def _matplotlib():
@@ -233,20 +234,6 @@ def save_overlay(
     return Path(path)
 
 
-def format_p(v: Any) -> str:
-    """A probability for a line or a title: three decimals (``0.173``), or two significant
-    digits when three decimals would show a nonzero value as 0 (``4.5e-04``); ``nan`` as is.
-
-    Example:
-        >>> format_p(0.17349), format_p(0.00045), format_p(0.0), format_p(1.0)
-        ('0.173', '4.5e-04', '0.000', '1.000')
-    """
-    v = float(v)
-    if v == v and v != 0.0 and abs(v) < 0.0005:
-        return f"{v:.1e}"
-    return f"{v:.3f}"
-
-
 def _wrap_artist(text: Any, max_px: float, renderer: Any) -> None:
     """Re-wrap ``text`` (a matplotlib ``Text``) at spaces (and inside a word longer than a line)
     so each line is at most ``max_px`` pixels long (along the text: a rotated label is
@@ -321,8 +308,23 @@ TILE_TITLE_FONT = 9.0
 CURVE_GAP = 0.05
 
 
-def save_panel(
-    path: str | os.PathLike,
+def save_panel(path: str | os.PathLike, **panel: Any) -> Path:
+    """Write :func:`panel_figure` (``panel``: its keyword arguments) as a PNG to ``path``,
+    atomically (no partial file on failure).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ConfigError: see :func:`panel_figure`.
+    """
+    fig = panel_figure(**panel)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)
+
+
+def panel_figure(
     *,
     original: Any,
     saliency: Any,
@@ -340,7 +342,7 @@ def save_panel(
     history_title: str = "optimisation",
     curve: Mapping[str, Any] | None = None,
     score_kind: str | None = None,
-) -> Path:
+) -> Any:
     """Original | saliency (with colour bar) | image columns | loss and score over the steps
     (| the area–score curve, when ``curve`` is given).
 
@@ -380,42 +382,11 @@ def save_panel(
             values.
 
     Returns:
-        ``path``.
+        A ``matplotlib.figure.Figure`` (:func:`save_panel` writes it).
 
     Raises:
         ConfigError: ``score_kind`` is not one of :data:`SCORE_AXIS_LABELS`.
     """
-    fig = _panel_figure(
-        original=original, saliency=saliency, perturbed=perturbed, preserved=preserved, history=history,
-        title=title, labels=labels, columns=columns, original_label=original_label, value_range=value_range,
-        note=note, colorbar_label=colorbar_label, min_side=min_side, history_title=history_title, curve=curve,
-        score_kind=score_kind,
-    )
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return Path(path)
-
-
-def _panel_figure(
-    *,
-    original: Any,
-    saliency: Any,
-    perturbed: Any = None,
-    preserved: Any = None,
-    history: Mapping[str, Any] | None = None,
-    title: str = "",
-    labels: tuple[str, str] = ("perturbed input", "preserved region"),
-    columns: Sequence[tuple[str, Any]] | None = None,
-    original_label: str = "original",
-    value_range: tuple[float, float] | None = None,
-    note: str | None = None,
-    colorbar_label: str = "saliency",
-    min_side: int = MIN_TILE_SIDE,
-    history_title: str = "optimisation",
-    curve: Mapping[str, Any] | None = None,
-    score_kind: str | None = None,
-) -> Any:
-    """The matplotlib ``Figure`` :func:`save_panel` writes (same arguments, no path)."""
     if score_kind not in SCORE_AXIS_LABELS:
         from .errors import ConfigError
 

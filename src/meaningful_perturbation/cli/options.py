@@ -13,9 +13,9 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from .._atomic import file_kind
 from .._runtime import AUTO, check_device, check_seed
 from ..core.head import HEADS
 from ..errors import ConfigError, InputError
@@ -213,9 +213,7 @@ def read_option_text(path: str, option: str, *, limit: int, what: str = "JSON") 
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
-                    else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket or special file")
-            raise InputError(f"{option}: {path!r} is {kind}, not a regular file; give a {what} file")
+            raise InputError(f"{option}: {path!r} is {file_kind(mode)}, not a regular file; give a {what} file")
         chunks, size = [], 0
         while size <= limit:
             chunk = os.read(fd, min(1 << 20, limit + 1 - size))

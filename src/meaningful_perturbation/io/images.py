@@ -91,19 +91,17 @@ def broken_link_text(path: Path) -> str | None:
 
 
 def special_file_text(path: Path) -> str:
-    """What a path that exists but is neither a regular file nor a folder is."""
-    import stat
+    """What a path that exists but is neither a regular file nor a folder is, e.g.
+    ``"a FIFO (named pipe), not a regular file"`` (:func:`~meaningful_perturbation._atomic.file_kind`)."""
+    from .._atomic import file_kind
 
     try:
-        mode = path.stat().st_mode
+        return f"{file_kind(path.stat().st_mode)}, not a regular file"
     except OSError:
         return "not a regular file"
-    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
-    return kind if kind == "not a regular file" else f"not a regular file ({kind})"
 
 
-def _listed(p: Path) -> bool:
+def is_listed_image(p: Path) -> bool:
     """A folder entry named like an image that is not a folder: a regular file, or one the
     reader will refuse with its reason (a broken link, a pipe), so it is counted, not lost."""
     return _is_image_name(p) and (p.is_file() or p.is_symlink() and not p.exists() or p.exists() and not p.is_dir())
@@ -178,7 +176,7 @@ def expand_images(args: Sequence[str | os.PathLike[str]], *, recursive: bool = F
             add(path)  # a regular file; or a broken link or pipe, which load_image refuses by name
         elif path.is_dir():
             walker = path.rglob("*") if recursive else path.iterdir()
-            images = sorted(p for p in walker if _listed(p))
+            images = sorted(p for p in walker if is_listed_image(p))
             if not images:
                 raise InputError(
                     f"{text}: folder contains no images (looked for {', '.join(IMAGE_EXTENSIONS)}"
@@ -187,7 +185,7 @@ def expand_images(args: Sequence[str | os.PathLike[str]], *, recursive: bool = F
             for p in images:
                 add(p)
         elif _GLOB_CHARS & set(text):
-            matches = sorted(p for p in _glob_files(text) if _listed(p))
+            matches = sorted(p for p in _glob_files(text) if is_listed_image(p))
             if not matches:
                 raise InputError(f"{text}: pattern matches no image files")
             for p in matches:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import InputError
-from ..io import IMAGE_EXTENSIONS
+from ..io.images import is_listed_image
 
 __all__ = ["Item", "SOURCE_KINDS", "load_source", "item_id", "detect_kind"]
 
@@ -80,8 +80,7 @@ def item_id(rel: str, salt: str = "") -> str:
 def _is_image(p: Path) -> bool:
     # a broken link or a pipe named like an image is listed: its item fails with the reason
     # (load_image), instead of vanishing from the run's count
-    listed = p.is_file() or p.is_symlink() and not p.exists() or p.exists() and not p.is_dir()
-    return listed and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    return is_listed_image(p) and not p.name.startswith(".")
 
 
 def detect_kind(source: Path) -> str:
